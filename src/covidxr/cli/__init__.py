@@ -1,0 +1,31 @@
+"""`covidxr` command line: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from covidxr.cli.data import data_app, run_demo
+from covidxr.errors import CovidxrError
+
+app = typer.Typer(
+    help="Chest X-ray COVID-19 classifier by transfer learning, evaluated honestly.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+app.command("demo", help="Run the main job on freshly generated synthetic phantoms (no download).")(run_demo)
+
+
+def main() -> None:
+    """Entry point: user-facing errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except CovidxrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

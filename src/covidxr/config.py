@@ -1,0 +1,70 @@
+"""Typed configuration. Every CLI flag maps to a field here; the resolved config is saved with each run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from covidxr.data.labels import DEFAULT_POSITIVE, Task
+from covidxr.data.readers import DEFAULT_MAX_PIXELS
+from covidxr.data.sources import FRONTAL_VIEWS
+from covidxr.data.split import DEFAULT_FRACTIONS
+from covidxr.errors import CovidxrError
+
+
+@dataclass
+class DataConfig:
+    task: Task = "binary"
+    positive: str = DEFAULT_POSITIVE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    seed: int = 0
+    views: tuple[str, ...] = FRONTAL_VIEWS
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write_yaml(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        return cls(data=_section(DataConfig, raw.get("data") or {}, "data"))
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> Config:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise CovidxrError(f"{path}: cannot read config ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise CovidxrError(f"{path}: a config file must be a mapping of sections")
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CovidxrError(f"{path}: unknown section(s) {sorted(unknown)}")
+        return cls.from_dict(raw)
+
+
+def _section(kind: type, raw: dict[str, Any], name: str) -> Any:
+    known = {f.name for f in fields(kind)}
+    unknown = set(raw) - known
+    if unknown:
+        raise CovidxrError(f"config section {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return kind(**values)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

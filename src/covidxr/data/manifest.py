@@ -1,0 +1,80 @@
+"""The one data contract every later stage takes: rows of `path, label, patient_id, source` plus metadata.
+
+Paths are stored relative to `root` (POSIX style) so that manifests and `splits.csv` files stay portable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CORE_COLUMNS = ("path", "label", "patient_id", "source")
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # relative to Manifest.root, POSIX separators
+    label: str
+    patient_id: str | None = None
+    source: str = ""
+    meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A listed or found file that will not be used, and why."""
+
+    path: str
+    problem: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "problem": self.problem, "detail": self.detail}
+
+
+@dataclass
+class Manifest:
+    root: Path
+    records: list[Record]
+    layout: str
+    skipped: list[Skipped] = field(default_factory=list)  # problems found while listing (unknown label, ...)
+    ignored: list[str] = field(default_factory=list)  # non-image files and hidden folders, not errors
+    excluded: int = 0  # rows left out on purpose by a filter (e.g. CT or lateral views in Cohen's set)
+
+    def abspath(self, record: Record) -> Path:
+        return self.root / record.path
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({r.label for r in self.records})
+
+    def label_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.label for r in self.records).items()))
+
+    @property
+    def has_patient_ids(self) -> bool:
+        return all(r.patient_id for r in self.records)
+
+    def patient_count(self) -> int:
+        return len({r.patient_id or f"image:{r.path}" for r in self.records})
+
+    def fingerprint(self) -> str:
+        """Content key of the listing (paths, labels, patients): changes when the data set changes."""
+        digest = hashlib.sha256()
+        for r in sorted(self.records, key=lambda r: r.path):
+            digest.update(f"{r.path}\t{r.label}\t{r.patient_id or ''}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def subset(self, records: list[Record]) -> Manifest:
+        return Manifest(self.root, records, self.layout)
+
+    def write_csv(self, path: Path) -> None:
+        extra = sorted({k for r in self.records for k in r.meta})
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([*CORE_COLUMNS, *extra])
+            for r in self.records:
+                writer.writerow([r.path, r.label, r.patient_id or "", r.source, *(r.meta.get(k, "") for k in extra)])

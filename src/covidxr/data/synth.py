@@ -1,0 +1,137 @@
+"""Synthetic chest-X-ray phantoms: the embedded default data set, with lesion masks for explanation checks.
+
+Positives carry soft opacities inside the lung fields; negatives carry look-alike blobs of the same total
+energy outside the lungs. Size, contrast and brightness vary per patient far more than a lesion shifts global
+statistics, so only looking inside the lungs separates the classes: a phantom set has no shortcut by design.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+POSITIVE, NEGATIVE = "COVID-19", "normal"
+SOURCE = "covidxr synthetic phantom"
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """What stays the same across one patient's images."""
+
+    width: int
+    height: int
+    body: float  # half-width of the body outline, as a fraction of the width
+    lung_w: float
+    lung_h: float
+    heart: float
+    brightness: float
+    contrast: float
+
+
+def _patient(rng: np.random.Generator) -> Anatomy:
+    height = int(rng.integers(224, 320))
+    return Anatomy(
+        width=int(height * rng.uniform(0.85, 1.2)),
+        height=height,
+        body=rng.uniform(0.38, 0.46),
+        lung_w=rng.uniform(0.13, 0.17),
+        lung_h=rng.uniform(0.28, 0.34),
+        heart=rng.uniform(0.08, 0.12),
+        brightness=rng.uniform(-0.12, 0.12),
+        contrast=rng.uniform(0.7, 1.3),
+    )
+
+
+def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _blob(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    return np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2)))
+
+
+def render(anatomy: Anatomy, positive: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image (uint8), its lesion mask (bool, empty for negatives) and its lung mask (bool)."""
+    h, w = anatomy.height, anatomy.width
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / np.float32(h)
+    cx = w / h / 2 + rng.normal(0, 0.01)
+    img = np.full((h, w), 0.08, dtype=np.float32)
+    img[_ellipse(yy, xx, 0.58, cx, 0.55, anatomy.body * w / h)] = 0.55  # soft tissue
+    lung_y = 0.47 + rng.normal(0, 0.01)
+    lungs = np.zeros((h, w), dtype=bool)
+    for side in (-1, 1):
+        lx = cx + side * (anatomy.lung_w + 0.05)
+        lungs |= _ellipse(yy, xx, lung_y, lx, anatomy.lung_h, anatomy.lung_w)
+    img[lungs] = 0.22
+    for k in range(9):  # ribs: bright arcs through both lungs
+        ry = lung_y - anatomy.lung_h + 0.07 * k + 0.02
+        arc = np.abs(yy - ry - 0.06 * ((xx - cx) / 0.3) ** 2) < 0.008
+        img[arc & lungs] += 0.12
+    img[np.abs(xx - cx) < 0.035] += 0.25  # spine
+    img += 0.3 * _blob(yy, xx, lung_y + 0.12, cx + 0.04, anatomy.heart)  # heart shadow
+
+    lesion = np.zeros((h, w), dtype=bool)
+    n_spots = int(rng.integers(1, 4))
+    spots = []
+    lung_pts = np.argwhere(lungs)
+    tissue_pts = np.argwhere(~lungs & (img > 0.3))
+    # Look-alikes go where the film is as dark as lung (outside the body), so they shift the same statistics.
+    dark_pts = np.argwhere(~lungs & (img < 0.3) & (np.abs(xx - cx) < anatomy.body * w / h + 0.1))
+    for _ in range(n_spots):
+        radius = rng.uniform(0.03, 0.06)
+        strength = rng.uniform(0.22, 0.35)
+        if positive:
+            y, x = lung_pts[rng.integers(len(lung_pts))]
+        else:
+            y, x = dark_pts[rng.integers(len(dark_pts))]
+        spots.append((y / h, x / h, radius, strength))
+    for _ in range(int(rng.integers(1, 3))):  # distractors for everyone, outside the lungs
+        y, x = tissue_pts[rng.integers(len(tissue_pts))]
+        spots.append((y / h, x / h, rng.uniform(0.03, 0.06), rng.uniform(0.2, 0.3)))
+    for i, (sy, sx, r, s) in enumerate(spots):
+        g = _blob(yy, xx, sy, sx, r)
+        img += s * g
+        if positive and i < n_spots:
+            lesion |= (g > 0.5) & lungs
+
+    noise = rng.normal(0, 0.03, (h, w)).astype(np.float32)
+    img = (img - 0.4) * anatomy.contrast + 0.4 + anatomy.brightness + noise
+    out = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.15)
+    return (out * 255).round().astype(np.uint8), lesion, lungs
+
+
+def generate(out: Path | str, n: int = 400, seed: int = 0, images_per_patient: tuple[int, int] = (1, 4)) -> Path:
+    """Write `n` phantoms, their lesion masks and `labels.csv` under `out`; returns the CSV path."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    rows = []
+    patient = 0
+    while len(rows) < n:
+        anatomy = _patient(rng)
+        positive = bool(rng.integers(2))
+        label = POSITIVE if positive else NEGATIVE
+        pid = f"phantom-{patient:04d}"
+        patient += 1
+        for k in range(min(int(rng.integers(*images_per_patient, endpoint=True)), n - len(rows))):
+            pixels, lesion, _ = render(anatomy, positive, rng)
+            name = f"{pid}_{k}.png"
+            image_path = out / "images" / label / name
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(image_path)
+            mask_rel = ""
+            if positive:
+                mask_path = out / "masks" / name
+                mask_path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(lesion.astype(np.uint8) * 255).save(mask_path)
+                mask_rel = mask_path.relative_to(out).as_posix()
+            rows.append([image_path.relative_to(out).as_posix(), label, pid, SOURCE, mask_rel])
+    labels = out / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "patient_id", "source", "mask_path"])
+        writer.writerows(rows)
+    return labels

@@ -1,0 +1,255 @@
+"""Decode every listed image once and write the data report: what is usable, what is skipped and why,
+which images are duplicates, and whether image geometry alone already tells the classes apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
+from covidxr.data.manifest import Manifest, Record, Skipped
+from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
+from covidxr.errors import DataError, ImageReadError
+
+MIN_PATIENTS_PER_CLASS = 3  # one patient group per class in each of train / val / test
+HASH_SIDE = 16  # 256-bit difference hash: 64 bits cannot tell one chest X-ray from another
+NEAR_DUPLICATE_BITS = 10  # on cxr-dev, distinct images are >= 15 bits apart and re-saved copies 0
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    record: Record
+    info: ImageInfo | None
+    pixel_hash: str = ""
+    dhash: np.ndarray | None = None  # packed bits, HASH_SIDE**2 / 8 bytes
+    error: ImageReadError | None = None
+
+
+@dataclass
+class DataReport:
+    source: str
+    layout: str
+    task: str
+    classes: list[str]
+    listed: int
+    usable: int
+    per_label: dict[str, dict[str, int]]
+    patients: int
+    skipped: list[Skipped]
+    ignored: list[str]
+    excluded: int
+    exact_duplicates: list[list[str]]
+    near_duplicates: list[tuple[str, str, int]]
+    geometry: dict[str, dict[str, float]]
+    warnings: list[str] = field(default_factory=list)
+    problem: str | None = None  # why the data set is unusable; None when it can be used
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def duplicate_links(self) -> list[list[str]]:
+        """Groups of paths that must share a split (exact and near duplicates)."""
+        return self.exact_duplicates + [[a, b] for a, b, _ in self.near_duplicates]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "layout": self.layout,
+            "task": self.task,
+            "classes": self.classes,
+            "listed": self.listed,
+            "usable": self.usable,
+            "patients": self.patients,
+            "per_label": self.per_label,
+            "skipped": [s.to_dict() for s in self.skipped],
+            "ignored": self.ignored,
+            "excluded_by_filter": self.excluded,
+            "exact_duplicates": self.exact_duplicates,
+            "near_duplicates": [{"a": a, "b": b, "distance": d} for a, b, d in self.near_duplicates],
+            "geometry": self.geometry,
+            "warnings": self.warnings,
+            "problem": self.problem,
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def format_table(self) -> str:
+        lines = [
+            f"data: {self.source} ({self.layout} layout, {self.task} task: {' / '.join(self.classes)})",
+            f"images: {self.listed} listed, {self.usable} usable, {len(self.skipped)} skipped; "
+            f"{len(self.per_label)} classes in the data; {self.patients} patients",
+            "",
+            f"{'label':<16}{'images':>8}{'patients':>10}{'median size':>14}{'square':>8}",
+        ]
+        for label, counts in self.per_label.items():
+            geo = self.geometry.get(label, {})
+            size = f"{geo.get('median_width', 0):.0f}x{geo.get('median_height', 0):.0f}"
+            square = f"{geo.get('square_fraction', 0):.0%}"
+            lines.append(f"{label:<16}{counts['images']:>8}{counts['patients']:>10}{size:>14}{square:>8}")
+        if self.skipped:
+            lines += ["", f"skipped {len(self.skipped)} file(s):"]
+            lines += [f"  {s.path}: {s.problem}" + (f" ({s.detail})" if s.detail else "") for s in self.skipped]
+        if self.ignored:
+            shown = ", ".join(self.ignored[:5]) + (" ..." if len(self.ignored) > 5 else "")
+            lines += ["", f"ignored {len(self.ignored)} non-image file(s) or hidden folder(s): {shown}"]
+        if self.excluded:
+            lines.append(f"excluded by view/modality filter: {self.excluded} row(s)")
+        if self.exact_duplicates or self.near_duplicates:
+            lines.append(
+                f"duplicates: {len(self.exact_duplicates)} group(s) of identical images, "
+                f"{len(self.near_duplicates)} near-duplicate pair(s) (kept together when splitting)"
+            )
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append(f"UNUSABLE: {self.problem}" if self.problem else "usable: yes")
+        return "\n".join(lines)
+
+
+def inspect(
+    manifest: Manifest,
+    task: Task = "binary",
+    positive: str = DEFAULT_POSITIVE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> tuple[Manifest, DataReport]:
+    """Decode every image; return the manifest of usable images and the report. Never raises for bad files."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(pool.map(lambda r: _decode(manifest, r, max_pixels), manifest.records))
+    skipped = list(manifest.skipped)
+    skipped += [Skipped(d.record.path, d.error.problem, d.error.detail) for d in decoded if d.error]
+    good = [d for d in decoded if d.error is None]
+    usable = manifest.subset([d.record for d in good])
+    exact, near = _duplicates(good)
+    report = DataReport(
+        source=str(manifest.root),
+        layout=manifest.layout,
+        task=task,
+        classes=[],
+        listed=len(manifest.records) + len(manifest.skipped),
+        usable=len(good),
+        per_label=_per_label(usable.records),
+        patients=usable.patient_count(),
+        skipped=skipped,
+        ignored=list(manifest.ignored),
+        excluded=manifest.excluded,
+        exact_duplicates=exact,
+        near_duplicates=near,
+        geometry=_geometry(good),
+    )
+    report.warnings = _warnings(usable, report, good)
+    try:
+        label_map = LabelMap.from_labels(usable.labels, task, positive)
+        report.classes = list(label_map.classes)
+        report.problem = _usability_problem(usable, label_map)
+    except DataError as exc:
+        report.problem = str(exc)
+    return usable, report
+
+
+def _decode(manifest: Manifest, record: Record, max_pixels: int) -> _Decoded:
+    try:
+        image = read_image(manifest.abspath(record), max_pixels)
+    except ImageReadError as exc:
+        return _Decoded(record, None, error=exc)
+    quantised = np.round(image.pixels * 65535).astype(np.uint16)
+    pixel_hash = hashlib.sha256(quantised.tobytes() + str(quantised.shape).encode()).hexdigest()
+    return _Decoded(record, image.info, pixel_hash, difference_hash(image.pixels))
+
+
+def difference_hash(pixels: np.ndarray, side: int = HASH_SIDE) -> np.ndarray:
+    """dHash: signs of horizontal gradients on a small thumbnail; robust to resizing and re-encoding."""
+    thumb = np.asarray(Image.fromarray(pixels.astype(np.float32), mode="F").resize((side + 1, side), Image.BOX))
+    return np.packbits(thumb[:, 1:] > thumb[:, :-1])
+
+
+def _duplicates(good: list[_Decoded]) -> tuple[list[list[str]], list[tuple[str, str, int]]]:
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for d in good:
+        by_hash[d.pixel_hash].append(d.record.path)
+    exact = [sorted(paths) for paths in by_hash.values() if len(paths) > 1]
+    exact_pairs = {frozenset((a, b)) for group in exact for a in group for b in group if a != b}
+    hashes = np.stack([d.dhash for d in good]) if good else np.zeros((0, 1), np.uint8)
+    near = []
+    for i in range(len(good)):
+        distances = np.unpackbits(hashes[i + 1 :] ^ hashes[i], axis=1).sum(axis=1)
+        for j in np.flatnonzero(distances <= NEAR_DUPLICATE_BITS):
+            a, b = good[i].record.path, good[i + 1 + j].record.path
+            if frozenset((a, b)) not in exact_pairs:
+                near.append((a, b, int(distances[j])))
+    return sorted(exact), near
+
+
+def _per_label(records: list[Record]) -> dict[str, dict[str, int]]:
+    images = Counter(r.label for r in records)
+    patients: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        patients[r.label].add(r.patient_id or f"image:{r.path}")
+    return {label: {"images": images[label], "patients": len(patients[label])} for label in sorted(images)}
+
+
+def _geometry(good: list[_Decoded]) -> dict[str, dict[str, float]]:
+    by_label: dict[str, list[ImageInfo]] = defaultdict(list)
+    for d in good:
+        assert d.info is not None
+        by_label[d.record.label].append(d.info)
+    out = {}
+    for label, infos in sorted(by_label.items()):
+        widths = np.array([i.width for i in infos])
+        heights = np.array([i.height for i in infos])
+        out[label] = {
+            "median_width": float(np.median(widths)),
+            "median_height": float(np.median(heights)),
+            "square_fraction": float(np.mean(widths == heights)),
+            "median_aspect": float(np.median(widths / heights)),
+        }
+    return out
+
+
+def _warnings(usable: Manifest, report: DataReport, good: list[_Decoded]) -> list[str]:
+    warnings = []
+    if not usable.has_patient_ids:
+        warnings.append(
+            "no patient ids for some images: each such image is its own group, so images of one patient "
+            "may land in different splits and inflate test scores"
+        )
+    label_of = {d.record.path: d.record.label for d in good}
+    conflicts = [g for g in report.duplicate_links() if len({label_of[p] for p in g}) > 1]
+    if conflicts:
+        warnings.append(f"{len(conflicts)} duplicate group(s) carry different labels, e.g. {', '.join(conflicts[0])}")
+    square = {label: g["square_fraction"] for label, g in report.geometry.items()}
+    if len(square) > 1 and max(square.values()) - min(square.values()) > 0.5:
+        warnings.append(
+            "image geometry differs by class (share of square images: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in square.items())
+            + "): a model can tell the classes apart without looking at the lungs"
+        )
+    return warnings
+
+
+def _usability_problem(usable: Manifest, label_map: LabelMap) -> str | None:
+    if not usable.records:
+        return "no readable images"
+    groups: dict[str, set[str]] = defaultdict(set)
+    for r in usable.records:
+        groups[label_map.class_name(r.label)].add(r.patient_id or f"image:{r.path}")
+    present = [c for c in label_map.classes if groups[c]]
+    if len(present) < 2:
+        return f"only one class has readable images ({', '.join(present)}); a classifier needs at least two"
+    thin = {c: len(groups[c]) for c in label_map.classes if len(groups[c]) < MIN_PATIENTS_PER_CLASS}
+    if thin:
+        return (
+            "too few patients per class for a train/val/test split (need at least "
+            f"{MIN_PATIENTS_PER_CLASS} each): " + ", ".join(f"{c} has {n}" for c, n in thin.items())
+        )
+    return None
