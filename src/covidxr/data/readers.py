@@ -99,19 +99,16 @@ def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
 
 def _read_raster(path: Path, max_pixels: int) -> DecodedImage:
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit replaces PIL's bomb heuristics; make PIL's warning an error, never silent.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixels(path, img.width, img.height, max_pixels)
-                fmt = img.format or path.suffix.lstrip(".").upper()
-                mode = img.mode
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                pixels, bit_depth = _to_gray(img)
+        with Image.open(path) as img:
+            _check_pixels(path, img.width, img.height, max_pixels)  # header only: nothing decoded yet
+            fmt = img.format or path.suffix.lstrip(".").upper()
+            mode = img.mode
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            pixels, bit_depth = _to_gray(img)
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:  # only reachable when max_pixels is set above PIL's own limit
         raise ImageReadError(path, Problem.TOO_LARGE, str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, Problem.NOT_AN_IMAGE, "no known image format") from exc
@@ -155,8 +152,10 @@ def read_dicom_patient_id(path: Path) -> str | None:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # any unreadable header simply has no patient id; decoding reports the file later
         return None
     value = str(getattr(ds, "PatientID", "") or "").strip()
     return value or None
@@ -168,9 +167,13 @@ def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about oddities; what matters is checked below
+            ds = pydicom.dcmread(path, force=True)  # force: old files without the 128-byte preamble
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
         raise ImageReadError(path, Problem.UNREADABLE_DICOM, str(exc)) from exc
+    if not any(key in ds for key in ("SOPClassUID", "Rows", "PixelData")):
+        raise ImageReadError(path, Problem.UNREADABLE_DICOM, "no DICOM image attributes found")
     if "PixelData" not in ds:
         raise ImageReadError(path, Problem.NO_PIXEL_DATA)
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)

@@ -1,0 +1,3 @@
+from covidxr.cli import main
+
+main()

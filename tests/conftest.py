@@ -1,0 +1,34 @@
+"""Shared fixtures: the real cxr-dev set (skipped only where absent) and a small generated phantom set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from covidxr.data.synth import generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cxr_dev_path() -> Path:
+    """`COVIDXR_CXR_DEV`, else ../shared/data/cxr-dev beside the repository."""
+    configured = os.environ.get("COVIDXR_CXR_DEV", "../shared/data/cxr-dev")
+    path = Path(configured)
+    return path if path.is_absolute() else (REPO / path).resolve()
+
+
+@pytest.fixture(scope="session")
+def cxr_dev() -> Path:
+    path = cxr_dev_path()
+    if not (path / "labels.csv").is_file():
+        pytest.skip(f"real chest X-rays not found at {path} (set COVIDXR_CXR_DEV); CI always has them")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    generate(out, n=120, seed=7)
+    return out

@@ -1,0 +1,57 @@
+"""The Dataset decodes lazily and yields normalised 3-channel tensors of the model's input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covidxr.data.dataset import Preprocess, XrayDataset
+from covidxr.data.labels import LabelMap
+from covidxr.data.manifest import Record
+from covidxr.data.sources import load_manifest
+from covidxr.errors import ImageReadError
+
+
+def test_items_have_model_size_three_channels_and_normalisation(phantoms: Path) -> None:
+    manifest = load_manifest(phantoms)
+    label_map = LabelMap.from_labels(manifest.labels)
+    pre = Preprocess(64, (0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
+    ds = XrayDataset(manifest.root, manifest.records[:4], label_map, pre)
+    x, y = ds[0]
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert y == label_map.encode(manifest.records[0].label)
+    unit = x * torch.tensor(pre.std)[:, None, None] + torch.tensor(pre.mean)[:, None, None]
+    assert torch.allclose(unit[0], unit[1], atol=1e-5) and torch.allclose(unit[0], unit[2], atol=1e-5)
+    assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5
+
+
+def test_white_image_maps_to_one_minus_mean_over_std() -> None:
+    pre = Preprocess(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    out = pre(np.ones((40, 30), np.float32))
+    assert out.shape == (3, 16, 16)
+    assert torch.allclose(out, torch.ones_like(out))
+
+
+def test_augment_runs_on_unit_rgb_before_normalising() -> None:
+    pre = Preprocess(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    seen: list[torch.Tensor] = []
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return x * 0
+
+    out = pre(np.full((10, 10), 0.5, np.float32), augment=spy)
+    assert seen[0].shape == (3, 8, 8) and torch.allclose(seen[0], torch.full_like(seen[0], 0.5))
+    assert out.abs().max() == 0
+
+
+def test_nothing_is_decoded_until_an_item_is_read(tmp_path: Path) -> None:
+    records = [Record(f"missing{i}.png", "normal") for i in range(1000)]
+    label_map = LabelMap.from_labels(["normal", "COVID-19"])
+    ds = XrayDataset(tmp_path, records, label_map, Preprocess(32, (0.5,) * 3, (0.5,) * 3))
+    assert len(ds) == 1000  # built without touching a single file
+    with pytest.raises(ImageReadError, match=r"missing0\.png: missing"):
+        ds[0]
