@@ -17,6 +17,7 @@ from covidxr.errors import CovidxrError
 
 @dataclass
 class DataConfig:
+    path: str | None = None  # the data set a run was trained on (folder, CSV or Cohen metadata)
     task: Task = "binary"
     positive: str = DEFAULT_POSITIVE
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -26,8 +27,40 @@ class DataConfig:
 
 
 @dataclass
+class TrainConfig:
+    """The study's defaults (lr 1e-4, batch 16, Adam, 20 epochs), on a backbone whose weights ship offline."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "imagenet"  # imagenet | none | path to .safetensors / state dict
+    freeze: str = "head"  # head | last-k | full
+    last_k: int = 1
+    input_size: int | None = None  # None: the backbone's own (299 for the Inceptions)
+    hidden: int = 64
+    dropout: float = 0.3
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-4
+    optimizer: str = "adam"  # adam | adamw | sgd | rmsprop
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    patience: int = 5
+    balance: str = "none"  # none | weights (class-weighted loss) | sampler (balanced sampling)
+    augment: str = "xray"  # preset name: seed (the study's), xray, none
+    augment_copies: int = 1  # K augmented copies per training image, materialised (the study doubled: K=1)
+    feature_cache: bool = True  # with freeze=head: extract backbone features once, train the head on them
+    cache_dir: str | None = None  # None: $COVIDXR_CACHE or ~/.cache/covidxr
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,7 +70,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
-        return cls(data=_section(DataConfig, raw.get("data") or {}, "data"))
+        return cls(
+            data=_section(DataConfig, raw.get("data") or {}, "data"),
+            train=_section(TrainConfig, raw.get("train") or {}, "train"),
+        )
 
     @classmethod
     def from_yaml(cls, path: Path) -> Config:

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from covidxr.cli.data import data_app, run_demo
+from covidxr.cli.train import augment_app, train_cmd
 from covidxr.errors import CovidxrError
 
 app = typer.Typer(
@@ -16,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(augment_app, name="augment")
+app.command("train", help="Train a classifier into a run directory; resumable.")(train_cmd)
 app.command("demo", help="Run the main job on freshly generated synthetic phantoms (no download).")(run_demo)
 
 

@@ -46,7 +46,13 @@ class Preprocess:
 
 
 class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
-    """(image tensor, class index) pairs; nothing is decoded until an item is asked for."""
+    """(image tensor, class index) pairs; nothing is decoded until an item is asked for.
+
+    With `augment` and `copies=K`, the set holds each original plus K fixed augmented copies (offline
+    augmentation, as the study doubled its data with K=1). With `copies=0`, augmentation is fresh each epoch.
+    With a `seed`, every augmented item is seeded from (seed, copy or epoch, index), so results do not depend
+    on worker processes or on where a resumed run restarted.
+    """
 
     def __init__(
         self,
@@ -56,17 +62,30 @@ class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
         preprocess: Preprocess,
         augment: Transform | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        copies: int = 0,
+        seed: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
-        self.targets = [label_map.encode(r.label) for r in self.records]
         self.preprocess = preprocess
         self.augment = augment
         self.max_pixels = max_pixels
+        self.copies = copies if augment is not None else 0
+        self.seed = seed
+        self.epoch = 0
+        self.targets = [label_map.encode(r.label) for r in self.records] * (1 + self.copies)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * (1 + self.copies)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = read_image(self.root / self.records[index].path, self.max_pixels)
-        return self.preprocess(image.pixels, self.augment), self.targets[index]
+        i, copy = index % len(self.records), index // len(self.records)
+        augment = self.augment if (copy > 0 or self.copies == 0) else None
+        if augment is not None and self.seed is not None:
+            variant = copy if self.copies else 1_000 + self.epoch
+            torch.manual_seed((self.seed * 1_000_003 + variant * 100_003 + i) % (2**63))
+        image = read_image(self.root / self.records[i].path, self.max_pixels)
+        return self.preprocess(image.pixels, augment), self.targets[index]

@@ -1,0 +1,49 @@
+"""Presets: `seed` (every operation of the study) and `xray` (only what is plausible for a radiograph).
+
+`xray` leaves out: vertical flips (no chest film is upside down), horizontal flips (the heart is on the left;
+a mirrored chest is an anatomy the model will never see), and the colour operations (RGB shift, HSV shift,
+grayscale): radiographs have no colour, so these either do nothing or invent colour that never occurs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from covidxr.errors import CovidxrError
+
+SEED: dict[str, dict[str, Any]] = {
+    "rotate": {"p": 0.5, "degrees": 15},
+    "shear": {"p": 0.3, "degrees": 10},
+    "zoom": {"p": 0.5, "amount": 0.15},
+    "hflip": {"p": 0.5},
+    "vflip": {"p": 0.5},
+    "contrast": {"p": 0.3, "amount": 0.3},
+    "rgb_shift": {"p": 0.3, "limit": 0.08},
+    "hsv_shift": {"p": 0.3, "hue": 0.05, "saturation": 0.3, "value": 0.1},
+    "grayscale": {"p": 0.2},
+    "equalize": {"p": 0.2},
+    "resize": {"p": 0.3, "low": 0.6},
+    "multiply": {"p": 0.3, "low": 0.85, "high": 1.15, "per_channel": True},
+    "brightness": {"p": 0.3, "amount": 0.2},
+}
+
+XRAY: dict[str, dict[str, Any]] = {
+    "rotate": {"p": 0.5, "degrees": 10},
+    "shear": {"p": 0.3, "degrees": 5},
+    "zoom": {"p": 0.5, "amount": 0.1},
+    "contrast": {"p": 0.3, "amount": 0.25},
+    "equalize": {"p": 0.1},
+    "resize": {"p": 0.3, "low": 0.6},
+    "multiply": {"p": 0.3, "low": 0.9, "high": 1.1, "per_channel": False},
+    "brightness": {"p": 0.3, "amount": 0.15},
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"seed": SEED, "xray": XRAY, "none": {}}
+
+
+def preset(name: str) -> dict[str, dict[str, Any]]:
+    try:
+        return copy.deepcopy(PRESETS[name])
+    except KeyError:
+        raise CovidxrError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,91 @@
+"""`covidxr train` and `covidxr augment preview`."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from covidxr.config import Config, TrainConfig
+from covidxr.errors import CovidxrError
+
+augment_app = typer.Typer(help="Augmentation previews.", no_args_is_help=True)
+
+
+def load_config(config: Path | None, data: Path | None, overrides: dict[str, Any]) -> Config:
+    """Config file (or defaults), then every flag the user actually gave."""
+    cfg = Config.from_yaml(config) if config else Config()
+    if data is not None:
+        cfg.data.path = str(data)
+    known = {f.name for f in fields(TrainConfig)}
+    for name, value in overrides.items():
+        if value is not None:
+            if name == "seed":
+                cfg.data.seed = value
+            elif name in known:
+                setattr(cfg.train, name, value)
+            else:
+                raise CovidxrError(f"internal: flag {name} maps to no config field")
+    return cfg
+
+
+def train_cmd(
+    data: Path | None = typer.Option(None, "--data", help="data set: folder, CSV manifest or Cohen metadata.csv"),
+    out: Path | None = typer.Option(None, "--out", help="run directory (default runs/<backbone>-<seed>)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML config; flags override it"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue an interrupted run from its last.ckpt"),
+    backbone: str | None = typer.Option(None, "--backbone", help="registry name, e.g. resnet50, simple_cnn"),
+    weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH (.safetensors/state dict)"),
+    freeze: str | None = typer.Option(None, "--freeze", help="head | last-k | full"),
+    last_k: int | None = typer.Option(None, "--last-k", help="stages trained with --freeze last-k"),
+    input_size: int | None = typer.Option(None, "--input-size", help="override the backbone's input size"),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adam | adamw | sgd | rmsprop"),
+    dropout: float | None = typer.Option(None, "--dropout"),
+    patience: int | None = typer.Option(None, "--patience", help="early-stopping patience (epochs)"),
+    balance: str | None = typer.Option(None, "--balance", help="none | weights | sampler"),
+    augment: str | None = typer.Option(None, "--augment", help="preset: seed | xray | none"),
+    augment_copies: int | None = typer.Option(None, "--augment-copies", help="K augmented copies per image"),
+    feature_cache: bool | None = typer.Option(None, "--feature-cache/--no-feature-cache"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir"),
+    num_workers: int | None = typer.Option(None, "--num-workers"),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | gpu"),
+    devices: str | None = typer.Option(None, "--devices"),
+    strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp | ..."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes"),
+    precision: str | None = typer.Option(None, "--precision", help="32-true | 16-mixed | bf16-mixed"),
+    seed: int | None = typer.Option(None, "--seed"),
+) -> None:
+    """Train a classifier into a run directory (interrupt any time; continue with --resume RUN)."""
+    from covidxr.training.job import train
+
+    if resume is not None:
+        result = train(Config(), resume, resume=True)
+    else:
+        overrides = {k: v for k, v in locals().items() if k not in ("data", "out", "config", "resume", "train")}
+        cfg = load_config(config, data, overrides)
+        run_dir = out or Path("runs") / f"{cfg.train.backbone}-{cfg.data.seed}"
+        result = train(cfg, run_dir)
+    typer.echo(result.summary())
+
+
+@augment_app.command("preview")
+def preview_cmd(
+    data: Path = typer.Argument(..., help="data set to draw sample images from"),
+    preset_name: str = typer.Option("seed", "--preset", help="seed | xray"),
+    out: Path = typer.Option(Path("augment-preview.png"), "--out"),
+    n_images: int = typer.Option(4, "--images"),
+    size: int = typer.Option(224, "--size"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """A grid of originals and augmented versions, plus the same images in HSV (the study's view)."""
+    from covidxr.augment.presets import preset
+    from covidxr.augment.preview import preview_grid
+    from covidxr.data.sources import load_manifest
+
+    grid, hsv = preview_grid(load_manifest(data), preset(preset_name), out, n_images, size=size, seed=seed)
+    typer.echo(f"wrote {grid} and {hsv}")

@@ -1,0 +1,137 @@
+"""Build the network a ModelSpec describes: backbone (feature extractor) + the study's head, with freezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from covidxr.errors import CovidxrError
+from covidxr.models.head import ClassifierHead
+from covidxr.models.registry import Backbone, get_backbone
+from covidxr.models.simple_cnn import SimpleCNN
+from covidxr.models.spec import ModelSpec
+from covidxr.models.weights import apply_weights
+
+BEST_WEIGHTS = "best.safetensors"
+FREEZE_POLICIES = ("head", "last-k", "full")
+
+
+class CovidxrNet(nn.Module):
+    """`features` (pooled backbone output) and `head`, kept apart so cached features can feed the head alone."""
+
+    def __init__(self, backbone: nn.Module, head: ClassifierHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.frozen_norms: list[nn.Module] = []
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> CovidxrNet:
+        super().train(mode)
+        for norm in self.frozen_norms:  # frozen BatchNorm keeps its ImageNet statistics
+            norm.eval()
+        return self
+
+
+def create_backbone(backbone: Backbone) -> nn.Module:
+    if backbone.timm_name is None:
+        return SimpleCNN()
+    import timm
+
+    return timm.create_model(backbone.timm_name, pretrained=False, num_classes=0)
+
+
+def spec_for(
+    backbone: str,
+    classes: list[str],
+    task: str,
+    positive: str | None,
+    weights: str = "imagenet",
+    hidden: int = 64,
+    dropout: float = 0.3,
+    freeze: str = "head",
+    input_size: int | None = None,
+) -> ModelSpec:
+    """A spec with the backbone's own input size and normalisation (optionally a smaller input for speed)."""
+    size, mean, std = get_backbone(backbone).input_config()
+    return ModelSpec(backbone, weights, task, classes, positive, input_size or size, mean, std, hidden, dropout, freeze)
+
+
+def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
+    """Build the network; with `init_weights` (imagenet/none/path) the backbone is initialised and
+    `spec.weights` records the origin. Without it, weights are left random for a checkpoint to fill."""
+    entry = get_backbone(spec.backbone)
+    backbone = create_backbone(entry)
+    if init_weights is not None:
+        spec.weights = apply_weights(backbone, entry, init_weights)
+    # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features
+    width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    head = ClassifierHead(int(width), spec.num_outputs, spec.hidden, spec.dropout)
+    return CovidxrNet(backbone, head)
+
+
+def apply_freeze(net: CovidxrNet, policy: str, last_k: int = 1) -> None:
+    """`head`: backbone frozen (the study's "fine-tune the last layers"); `last-k`: the last k stages train
+    too; `full`: everything trains. Frozen BatchNorm layers stay in eval mode."""
+    if policy not in FREEZE_POLICIES:
+        raise CovidxrError(f"unknown freeze policy {policy!r}; choose one of {', '.join(FREEZE_POLICIES)}")
+    net.requires_grad_(True)
+    if policy == "head":
+        net.backbone.requires_grad_(False)
+    elif policy == "last-k":
+        for name in frozen_parameter_names(net.backbone, last_k):
+            net.backbone.get_parameter(name).requires_grad_(False)
+    net.frozen_norms = [
+        m
+        for m in net.backbone.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters())
+    ]
+    net.train(net.training)
+
+
+def frozen_parameter_names(backbone: nn.Module, last_k: int) -> list[str]:
+    """Parameters outside the backbone's last k stages (timm's coarse stage grouping; simple_cnn by block)."""
+    if last_k < 1:
+        raise CovidxrError(f"last-k needs k >= 1, got {last_k}")
+    if isinstance(backbone, SimpleCNN):
+        groups: dict[int, list[str]] = {}
+        for name, _ in backbone.named_parameters():
+            groups.setdefault(int(name.split(".")[1]), []).append(name)
+    else:
+        from timm.models import group_parameters
+
+        groups = group_parameters(backbone, backbone.group_matcher(coarse=True))  # type: ignore[operator]
+    ordered = [groups[k] for k in sorted(groups)]
+    return [name for group in ordered[: max(0, len(ordered) - last_k)] for name in group]
+
+
+def save_weights(net: nn.Module, run_dir: Path) -> Path:
+    """Atomically write the full network (backbone + head) as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / BEST_WEIGHTS
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def load_model(run_dir: Path | str) -> tuple[CovidxrNet, ModelSpec]:
+    """A trained run, ready for inference: spec from model.json, weights from best.safetensors."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    spec = ModelSpec.read(run_dir)
+    net = build_model(spec)
+    path = run_dir / BEST_WEIGHTS
+    if not path.is_file():
+        raise CovidxrError(f"{path}: not found; the run has no trained weights yet")
+    net.load_state_dict(load_file(str(path)), strict=True)
+    return net.eval(), spec

@@ -1,0 +1,60 @@
+"""ModelSpec (`model.json`): everything needed to rebuild a trained model and feed it correctly.
+
+Evaluate, explain, predict, export and serve read the model's facts from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from covidxr.data.dataset import Preprocess
+from covidxr.errors import CovidxrError
+
+SPEC_FILE = "model.json"
+
+
+@dataclass
+class ModelSpec:
+    backbone: str
+    weights: str  # where the initial backbone weights came from (imagenet:bundled:..., imagenet:hub, file:..., none)
+    task: str
+    classes: list[str]
+    positive: str | None
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    hidden: int = 64
+    dropout: float = 0.3
+    freeze: str = "head"
+    threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.input_size, tuple(self.mean), tuple(self.std))  # type: ignore[arg-type]
+
+    def write(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / SPEC_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ModelSpec:
+        path = Path(run_dir) / SPEC_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CovidxrError(f"{path}: not found; is {run_dir} a covidxr run directory?") from None
+        except json.JSONDecodeError as exc:
+            raise CovidxrError(f"{path}: not valid JSON ({exc})") from exc
+        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+        return cls(**raw)

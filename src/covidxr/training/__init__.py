@@ -1,0 +1,1 @@
+"""Training stage: Lightning module and callbacks, feature cache for frozen backbones, the `train` job, resume."""

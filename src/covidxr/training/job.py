@@ -1,0 +1,268 @@
+"""`train`: data -> model -> Lightning fit -> run directory, resumable after any interruption.
+
+Run directory: config.yaml, data_report.json, splits.csv, model.json, best.safetensors, best.ckpt,
+last.ckpt, history.csv, state.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from covidxr.augment import build_augment, preset
+from covidxr.config import Config
+from covidxr.data.dataset import XrayDataset
+from covidxr.data.prepare import PreparedData, prepare
+from covidxr.errors import CovidxrError
+from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_for
+from covidxr.models.spec import ModelSpec
+from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
+from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
+from covidxr.training.module import ClassifierModule
+from covidxr.training.sampling import EpochSampler, class_weights
+
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "state.json"
+LAST_CKPT = "last.ckpt"
+BEST_CKPT = "best.ckpt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    spec: ModelSpec
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    cache_hit: bool | None  # None when the feature cache was not used
+
+    def summary(self) -> str:
+        best = next((r for r in read_history(self.run_dir / "history.csv") if int(r["epoch"]) == self.best_epoch), {})
+        metrics = ", ".join(f"{k} {float(best[k]):.3f}" for k in ("val_loss", "val_acc", "val_f1", "val_auc") if best)
+        cache = "" if self.cache_hit is None else f"; feature cache {'hit' if self.cache_hit else 'computed'}"
+        return (
+            f"trained {self.spec.backbone} ({self.spec.weights}, freeze {self.spec.freeze}) for {self.epochs_run} "
+            f"epoch(s); best epoch {self.best_epoch}: {metrics}{cache}\nrun directory: {self.run_dir}"
+        )
+
+
+def train(cfg: Config, run_dir: Path | str, resume: bool = False) -> TrainResult:
+    """Train as `cfg` says into `run_dir`. With `resume`, the run's own config is used and training continues
+    from `last.ckpt`; a finished run is left as it is."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise CovidxrError(f"{run_dir}: no {CONFIG_FILE}; not a covidxr run to resume")
+        cfg = Config.from_yaml(run_dir / CONFIG_FILE)
+        state = _read_state(run_dir)
+        if state.get("status") == "finished":
+            return _result(run_dir, ModelSpec.read(run_dir), state)
+    elif (run_dir / LAST_CKPT).exists():
+        raise CovidxrError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
+    if cfg.data.path is None:
+        raise CovidxrError("no data set given (--data)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tc = cfg.train
+    prepared = prepare(cfg.data.path, run_dir, cfg.data)
+    L.seed_everything(cfg.data.seed, verbose=False)
+    lm = prepared.label_map
+    spec = spec_for(
+        tc.backbone, list(lm.classes), lm.task, lm.positive, tc.weights, tc.hidden, tc.dropout, tc.freeze, tc.input_size
+    )
+    net = build_model(spec, tc.weights)
+    apply_freeze(net, tc.freeze, tc.last_k)
+    cfg.write_yaml(run_dir / CONFIG_FILE)
+    spec.write(run_dir)
+    _write_state(run_dir, {"status": "running"})
+
+    use_cache = tc.freeze == "head" and tc.feature_cache
+    cached: CachedFeatures | None = None
+    if use_cache:
+        cached = _cached_features(cfg, prepared, net, spec)
+        train_loader, val_loader = _feature_loaders(cfg, cached)
+        trainable: torch.nn.Module = net.head
+    else:
+        train_loader, val_loader = _image_loaders(cfg, prepared, spec)
+        trainable = net
+    train_targets = list(train_loader.sampler.targets)  # type: ignore[attr-defined]
+    weights = class_weights(train_targets, spec.num_outputs) if tc.balance == "weights" else None
+    module = ClassifierModule(trainable, lm.task, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, weights)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
+        enable_version_counter=False,
+    )  # fmt: skip
+    last = run_dir / LAST_CKPT
+    with quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=tc.epochs,
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            strategy=tc.strategy,
+            num_nodes=tc.num_nodes,
+            precision=tc.precision,  # type: ignore[arg-type]
+            callbacks=[
+                EpochSeed(cfg.data.seed),
+                HistoryCSV(run_dir),
+                EarlyStopping(monitor="val_loss", mode="min", patience=tc.patience),
+                checkpoint,
+            ],
+            plugins=[AtomicCheckpointIO()],
+            logger=False,
+            default_root_dir=run_dir,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+        )
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    if not trainer.is_global_zero:
+        return _result(run_dir, spec, {})
+    best = torch.load(run_dir / BEST_CKPT, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    save_weights(net, run_dir)
+    state = {
+        "status": "finished",
+        "best_epoch": int(best["epoch"]),
+        "best_val_loss": float(checkpoint.best_model_score or float("nan")),
+        "epochs_run": int(trainer.current_epoch),
+        "cache_hit": cached.hit if cached is not None else None,
+        "cache_key": cached.key if cached is not None else None,
+    }
+    _write_state(run_dir, state)
+    return _result(run_dir, spec, state)
+
+
+def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpec) -> CachedFeatures:
+    tc = cfg.train
+    manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
+    ops = preset(tc.augment)
+    copies = tc.augment_copies if ops else 0
+    key = {
+        "backbone": spec.backbone,
+        "weights": spec.weights,
+        "seed": cfg.data.seed,  # random init (weights none) and the augmented copies depend on it
+        "input_size": spec.input_size,
+        "mean": spec.mean,
+        "std": spec.std,
+        "manifest": manifest.fingerprint(),
+        "split": sorted(split.assignment.items()),
+        "augment": ops if copies else None,
+        "copies": copies,
+    }
+
+    def compute() -> tuple[Any, list[dict[str, Any]]]:
+        pre = spec.preprocess
+        originals = XrayDataset(manifest.root, manifest.records, lm, pre, max_pixels=cfg.data.max_pixels)
+        rows = [
+            {"path": r.path, "copy": 0, "split": split.assignment[r.path], "target": t}
+            for r, t in zip(manifest.records, originals.targets, strict=True)
+        ]
+        parts = [extract(net.backbone, originals, tc.batch_size, tc.num_workers, "features")]
+        train_records = split.records(manifest, "train")
+        if copies:
+            augment = build_augment(ops, spec.input_size)
+            augmented = XrayDataset(
+                manifest.root, train_records, lm, pre, augment, cfg.data.max_pixels, copies=copies, seed=cfg.data.seed
+            )
+            n = len(train_records)
+            parts.append(
+                extract(
+                    net.backbone,
+                    Subset(augmented, range(n, len(augmented))),
+                    tc.batch_size,
+                    tc.num_workers,
+                    "augmented features",
+                )
+            )
+            rows += [
+                {"path": r.path, "copy": k, "split": "train", "target": lm.encode(r.label)}
+                for k in range(1, copies + 1)
+                for r in train_records
+            ]
+        import numpy as np
+
+        return np.concatenate(parts), rows
+
+    cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
+    return load_or_compute(cache_dir, key, compute)
+
+
+def _feature_loaders(cfg: Config, cached: CachedFeatures) -> tuple[DataLoader, DataLoader]:
+    x_train, y_train = cached.select("train", with_copies=True)
+    x_val, y_val = cached.select("val", with_copies=False)
+    sampler = EpochSampler(y_train.tolist(), cfg.data.seed, cfg.train.balance == "sampler")
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=cfg.train.batch_size, sampler=sampler)
+    val = DataLoader(TensorDataset(x_val, y_val), batch_size=max(64, cfg.train.batch_size))
+    return train, val
+
+
+def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tuple[DataLoader, DataLoader]:
+    tc = cfg.train
+    manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
+    pre = spec.preprocess
+    ops = preset(tc.augment)
+    augment = build_augment(ops, spec.input_size) if ops else None
+    train_ds = XrayDataset(
+        manifest.root, split.records(manifest, "train"), lm, pre, augment, cfg.data.max_pixels,
+        copies=tc.augment_copies, seed=cfg.data.seed,
+    )  # fmt: skip
+    val_ds = XrayDataset(manifest.root, split.records(manifest, "val"), lm, pre, max_pixels=cfg.data.max_pixels)
+    sampler = EpochSampler(train_ds.targets, cfg.data.seed, tc.balance == "sampler", dataset=train_ds)
+    workers = {"num_workers": tc.num_workers, "persistent_workers": False}
+    train = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, **workers)
+    val = DataLoader(val_ds, batch_size=tc.batch_size, **workers)
+    return train, val
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    tmp = run_dir / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(run_dir / STATE_FILE)
+
+
+def _result(run_dir: Path, spec: ModelSpec, state: dict[str, Any]) -> TrainResult:
+    return TrainResult(
+        run_dir,
+        spec,
+        int(state.get("best_epoch", -1)),
+        float(state.get("best_val_loss", float("nan"))),
+        int(state.get("epochs_run", 0)),
+        state.get("cache_hit"),
+    )
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's tips (loggers, workers, hardware) are noise for CLI users; real warnings still show."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for message in (
+                ".*does not have many workers.*",
+                ".*number of training batches.*",
+                ".*exists and is not empty.*",
+                ".*treespec.*",
+            ):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

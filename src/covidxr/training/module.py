@@ -1,0 +1,104 @@
+"""The LightningModule: one for images through the whole network and for cached features through the head.
+
+Epoch metrics are computed here from collected outputs when validation starts, so that train and val metrics
+of an epoch are both in `callback_metrics` before early stopping, checkpointing and the history writer run.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covidxr.errors import CovidxrError
+from covidxr.models.head import positive_scores
+from covidxr.training.metrics import epoch_metrics
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+def classification_loss(
+    logits: torch.Tensor, targets: torch.Tensor, task: str, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary: the study's two sigmoid outputs with one-hot targets and binary cross-entropy; else softmax CE."""
+    if task == "binary":
+        onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+        per_sample = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").mean(dim=1)
+        if class_weights is not None:
+            per_sample = per_sample * class_weights.to(logits.device)[targets]
+            return per_sample.sum() / class_weights.to(logits.device)[targets].sum()
+        return per_sample.mean()
+    weight = class_weights.to(logits.device) if class_weights is not None else None
+    return F.cross_entropy(logits, targets, weight=weight)
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        task: str,
+        optimizer: str = "adam",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise CovidxrError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        self.net = net
+        self.task = task
+        self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
+        self.class_weights = class_weights
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.net(x)
+        loss = classification_loss(logits, y, self.task, self.class_weights if stage == "train" else None)
+        scores = positive_scores(logits.detach().float(), self.task)
+        self._outputs[stage].append((scores.cpu(), y.detach().cpu(), loss.detach().cpu() * len(y)))
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_train_epoch_start(self) -> None:
+        self._outputs["train"].clear()
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs["val"].clear()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        for stage in ("train", "val"):
+            outputs = self._outputs[stage]
+            if not outputs:
+                continue
+            scores = torch.cat([o[0] for o in outputs]).numpy()
+            targets = torch.cat([o[1] for o in outputs]).numpy()
+            loss = float(sum(o[2] for o in outputs) / len(targets))
+            metrics = {"loss": loss, **epoch_metrics(scores, targets, self.task)}
+            for name, value in metrics.items():
+                self.log(f"{stage}_{name}", float(np.nan_to_num(value, nan=0.0)) if name != "loss" else value)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if not params:
+            raise CovidxrError("nothing to train: every parameter is frozen")
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.RMSprop(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
