@@ -10,6 +10,7 @@ import pytest
 from covidxr.data.synth import generate
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network, even where it exists
 
 
 def cxr_dev_path() -> Path:
@@ -25,6 +26,11 @@ def cxr_dev() -> Path:
     if not (path / "labels.csv").is_file():
         pytest.skip(f"real chest X-rays not found at {path} (set COVIDXR_CXR_DEV); CI always has them")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["COVIDXR_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -78,8 +80,10 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], origin: str) ->
 
 def load_by_order(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Packages ported from another implementation name keys differently but keep their order and shapes."""
-    target = {k: v for k, v in module.state_dict().items()}
-    source = [v for k, v in state.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
+    target = module.state_dict()
+    source = list(state.values())
+    if len(source) != len(target):  # a feature extractor: leave the source's ImageNet classifier out
+        source = [v for k, v in state.items() if not k.startswith(("_fc.", "fc.", "classifier."))]
     if len(source) != len(target) or any(s.shape != t.shape for s, t in zip(source, target.values(), strict=True)):
         raise CovidxrError(f"{origin}: bundled weights do not match the backbone layer by layer")
     module.load_state_dict(dict(zip(target, source, strict=True)), strict=True)
@@ -109,19 +113,56 @@ def apply_weights(module: nn.Module, backbone: Backbone, weights: str) -> str:
     return f"file:{path.name}:{file_digest(path)}"
 
 
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_available(backbone: Backbone, timeout: float = 3.0) -> bool:
+    """Whether timm can get the weights: from the local hub cache when HF_HUB_OFFLINE is set, else when the
+    hub answers (checked in seconds, instead of a minute of download retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = getattr(timm.get_pretrained_cfg(backbone.timm_name), "hf_hub_id", None)
+        files = ("model.safetensors", "pytorch_model.bin")
+        return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _no_imagenet(backbone: Backbone, why: str) -> CovidxrError:
+    bundled = "tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2"
+    return CovidxrError(
+        f"no ImageNet weights for {backbone.name}: none are bundled and {why}. Offline, use --weights PATH "
+        f"(a .safetensors or state-dict file of timm's {backbone.timm_name}), --weights none (random init), or a "
+        f"backbone with bundled weights ({bundled}); with a previously downloaded hub cache, set HF_HUB_OFFLINE=1"
+    )
+
+
+def check_weights(backbone: Backbone, weights: str) -> None:
+    """Fail in seconds, before any data work, when the requested weights cannot be had."""
+    if weights == "none":
+        return
+    if weights == "imagenet":
+        if backbone.timm_name is None:
+            raise CovidxrError(f"{backbone.name} is trained from scratch: use --weights none")
+        if bundled_weights_file(backbone) is None and not hub_available(backbone):
+            raise _no_imagenet(backbone, "the model hub cannot be reached and they are not in its local cache")
+        return
+    if not Path(weights).is_file():
+        raise CovidxrError(f"{weights}: weights file not found (use imagenet, none, or a path to a weights file)")
+
+
 def _from_hub(module: nn.Module, backbone: Backbone) -> str:
-    if backbone.timm_name is None:
-        raise CovidxrError(f"{backbone.name} is trained from scratch: use --weights none")
+    check_weights(backbone, "imagenet")
     import timm
 
     try:
         hub_model = timm.create_model(backbone.timm_name, pretrained=True, num_classes=0)
-    except Exception as exc:  # offline, hub refused, cache missing: the user needs the alternatives, not a trace
-        bundled = ", ".join(n for n in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"))
-        raise CovidxrError(
-            f"no ImageNet weights for {backbone.name}: none are bundled and timm's hub download failed "
-            f"({type(exc).__name__}). Offline, use --weights PATH (a .safetensors or state-dict file of "
-            f"{backbone.timm_name}), --weights none (random init), or a backbone with bundled weights ({bundled})"
-        ) from exc
+    except Exception as exc:  # hub refused, cache missing: the user needs the alternatives, not a trace
+        raise _no_imagenet(backbone, f"timm's hub download failed ({type(exc).__name__})") from exc
     module.load_state_dict(hub_model.state_dict(), strict=True)
     return f"imagenet:hub:{backbone.timm_name}"

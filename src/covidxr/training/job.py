@@ -26,7 +26,9 @@ from covidxr.data.dataset import XrayDataset
 from covidxr.data.prepare import PreparedData, prepare
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_for
+from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
+from covidxr.models.weights import check_weights
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
 from covidxr.training.module import ClassifierModule
@@ -72,8 +74,9 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False) -> TrainResult
         raise CovidxrError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
     if cfg.data.path is None:
         raise CovidxrError("no data set given (--data)")
-    run_dir.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
+    check_weights(get_backbone(tc.backbone), tc.weights)
+    run_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(cfg.data.path, run_dir, cfg.data)
     L.seed_everything(cfg.data.seed, verbose=False)
     lm = prepared.label_map

@@ -1,0 +1,139 @@
+"""Training end to end: phantoms are learned, runs are complete and reload, resume is exact, the cache works."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.data.dataset import XrayDataset
+from covidxr.data.labels import LabelMap
+from covidxr.data.sources import load_manifest
+from covidxr.data.split import read_split
+from covidxr.data.synth import generate
+from covidxr.errors import CovidxrError
+from covidxr.models.factory import load_model
+from covidxr.models.head import positive_scores
+from covidxr.training.callbacks import read_history
+from covidxr.training.job import train
+from covidxr.training.metrics import epoch_metrics
+
+RUN_FILES = {
+    "config.yaml", "data_report.json", "splits.csv", "model.json", "best.safetensors", "best.ckpt", "last.ckpt",
+    "history.csv", "state.json",
+}  # fmt: skip
+
+
+def _cfg(data: Path, cache: Path, **train: object) -> Config:
+    return Config(DataConfig(path=str(data)), TrainConfig(cache_dir=str(cache), **train))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def more_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms240")
+    generate(out, n=240, seed=21)
+    return out
+
+
+def _best_row(run: Path, epoch: int) -> dict[str, str]:
+    return next(r for r in read_history(run / "history.csv") if int(r["epoch"]) == epoch)
+
+
+def test_lite0_head_learns_the_phantoms(more_phantoms: Path, tmp_path: Path) -> None:
+    result = train(_cfg(more_phantoms, tmp_path / "cache", epochs=20), tmp_path / "run")
+    best = _best_row(result.run_dir, result.best_epoch)
+    assert float(best["val_auc"]) > 0.9, best
+    assert result.spec.weights.startswith("imagenet:bundled:")
+    assert set(p.name for p in result.run_dir.iterdir()) >= RUN_FILES
+
+
+def test_cxr_dev_run_is_complete_and_the_best_checkpoint_reproduces_val_metrics(cxr_dev: Path, tmp_path: Path) -> None:
+    result = train(_cfg(cxr_dev, tmp_path / "cache", epochs=3, augment_copies=0), tmp_path / "run")
+    run = result.run_dir
+    assert set(p.name for p in run.iterdir()) >= RUN_FILES
+    assert len(read_history(run / "history.csv")) == 3
+    net, spec = load_model(run)
+    assert spec.classes == ["not COVID-19", "COVID-19"] and spec.input_size == 224
+    manifest = load_manifest(cxr_dev)
+    split = read_split(run / "splits.csv", manifest)
+    label_map = LabelMap.from_labels(manifest.labels)
+    val = XrayDataset(manifest.root, split.records(manifest, "val"), label_map, spec.preprocess)
+    scores, targets = [], []
+    with torch.no_grad():
+        for x, y in DataLoader(val, batch_size=32):
+            scores.append(positive_scores(net(x), spec.task))
+            targets.append(y)
+    metrics = epoch_metrics(torch.cat(scores).numpy(), torch.cat(targets).numpy(), spec.task)
+    best = _best_row(run, result.best_epoch)
+    assert metrics["auc"] == pytest.approx(float(best["val_auc"]), abs=1e-4)
+    assert metrics["acc"] == pytest.approx(float(best["val_acc"]), abs=1e-6)
+
+
+def test_feature_cache_is_hit_then_invalidated_by_augmentation(phantoms: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = train(_cfg(phantoms, cache, epochs=2), tmp_path / "a")
+    second = train(_cfg(phantoms, cache, epochs=2), tmp_path / "b")
+    changed = train(_cfg(phantoms, cache, epochs=2, augment="seed"), tmp_path / "c")
+    assert (first.cache_hit, second.cache_hit, changed.cache_hit) == (False, True, False)
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2
+    features = np.load(next(cache.glob("*/features.npy")), mmap_mode="r")
+    n_train = sum(1 for r in csv.DictReader((tmp_path / "a" / "splits.csv").open()) if r["split"] == "train")
+    assert features.shape == (120 + n_train, 1280)  # originals plus one augmented copy of each training image
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "covidxr", "train", *args]
+
+
+def test_kill_and_resume_ends_like_an_uninterrupted_run(phantoms: Path, tmp_path: Path) -> None:
+    args = [
+        "--data", str(phantoms), "--backbone", "simple_cnn", "--weights", "none", "--freeze", "full",
+        "--input-size", "48", "--epochs", "6", "--patience", "10", "--augment", "xray", "--augment-copies", "0",
+        "--lr", "1e-3", "--seed", "3",
+    ]  # fmt: skip
+    straight = subprocess.run(_cli(*args, "--out", str(tmp_path / "a")), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen(
+        _cli(*args, "--out", str(tmp_path / "b")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    history = tmp_path / "b" / "history.csv"
+    deadline = time.monotonic() + 300
+    while len(read_history(history)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before_kill = len(read_history(history))
+    assert 2 <= done_before_kill < 6
+    resumed = subprocess.run(_cli("--resume", str(tmp_path / "b")), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    keys = ("epoch", "train_loss", "val_loss", "val_acc", "val_auc")
+    a = [{k: r[k] for k in keys} for r in read_history(tmp_path / "a" / "history.csv")]
+    b = [{k: r[k] for k in keys} for r in read_history(history)]
+    assert a == b
+    state_a = (tmp_path / "a" / "state.json").read_text()
+    state_b = (tmp_path / "b" / "state.json").read_text()
+    assert '"status": "finished"' in state_b
+    assert state_a.split('"best_epoch"')[1][:6] == state_b.split('"best_epoch"')[1][:6]
+
+
+def test_existing_run_needs_resume_and_bad_choices_are_explained(phantoms: Path, tmp_path: Path) -> None:
+    train(_cfg(phantoms, tmp_path / "cache", epochs=1), tmp_path / "run")
+    with pytest.raises(CovidxrError, match="already holds a run"):
+        train(_cfg(phantoms, tmp_path / "cache", epochs=1), tmp_path / "run")
+    assert train(Config(), tmp_path / "run", resume=True).best_epoch == 0  # finished: nothing to redo
+    out = subprocess.run(
+        _cli("--data", str(phantoms), "--out", str(tmp_path / "x"), "--backbone", "resnet50"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 2 and "no ImageNet weights for resnet50" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "x" / "splits.csv").exists()
