@@ -27,7 +27,7 @@ REQUIRED = STUDY | {
 def test_registry_has_the_study_backbones_and_ours() -> None:
     assert set(list_backbones()) >= REQUIRED
     assert {b.name for b in BACKBONES.values() if b.study} == STUDY
-    with pytest.raises(CovidxrError, match="unknown backbone 'vgg'.*resnet50"):
+    with pytest.raises(CovidxrError, match=r"unknown backbone 'vgg'.*resnet50"):
         get_backbone("vgg")
 
 
