@@ -29,8 +29,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Benchmarks are measurements, not tests: run them on purpose, results land in benchmarks/results/.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.bench_train_step
+	$(BIN)/python -m benchmarks.bench_feature_cache
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache demo-out

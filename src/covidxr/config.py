@@ -37,6 +37,7 @@ class TrainConfig:
     input_size: int | None = None  # None: the backbone's own (299 for the Inceptions)
     hidden: int = 64
     dropout: float = 0.3
+    cnn_widths: tuple[int, ...] = (32, 64, 128, 128)  # simple_cnn only: one block per width
     epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-4
@@ -46,6 +47,7 @@ class TrainConfig:
     patience: int = 5
     balance: str = "none"  # none | weights (class-weighted loss) | sampler (balanced sampling)
     augment: str = "xray"  # preset name: seed (the study's), xray, none
+    augment_ops: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-op {p, ranges} over the preset
     augment_copies: int = 1  # K augmented copies per training image, materialised (the study doubled: K=1)
     feature_cache: bool = True  # with freeze=head: extract backbone features once, train the head on them
     cache_dir: str | None = None  # None: $COVIDXR_CACHE or ~/.cache/covidxr

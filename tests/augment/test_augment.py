@@ -88,3 +88,9 @@ def test_preview_writes_grid_and_hsv_view(phantoms: Path, tmp_path: Path) -> Non
     for path in (grid, hsv):
         with Image.open(path) as img:
             assert img.width > 300 and img.height > 100
+
+
+def test_config_overrides_each_operations_probability_and_range() -> None:
+    ops = preset("xray", {"rotate": {"degrees": 3}, "vflip": {"p": 0.2}, "zoom": {"p": 0}})
+    assert ops["rotate"] == {"p": 0.5, "degrees": 3}
+    assert ops["vflip"] == {"p": 0.2} and "zoom" not in ops

@@ -94,3 +94,10 @@ def test_freeze_policies() -> None:
     assert _trainable(net) == {n for n, _ in net.named_parameters()}
     with pytest.raises(CovidxrError, match="unknown freeze policy"):
         apply_freeze(net, "some")
+
+
+def test_simple_cnn_depth_and_widths_come_from_the_spec() -> None:
+    spec = spec_for("simple_cnn", ["a", "b"], "binary", "b", input_size=32)
+    spec.extra["cnn_widths"] = [4, 8]
+    net = build_model(spec, "none")
+    assert len(net.backbone.blocks) == 2 and net.head[0].in_features == 8

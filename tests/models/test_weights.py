@@ -89,6 +89,7 @@ def test_safetensors_with_model_prefix_loads(tmp_path: Path) -> None:
     assert torch.equal(target.state_dict()["blocks.0.0.weight"], _reference_state()["blocks.0.0.weight"])
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_wrong_or_unsafe_files_are_refused(tmp_path: Path) -> None:
     entry = get_backbone("simple_cnn")
     bad = {k: torch.zeros(3) for k in _reference_state()}

