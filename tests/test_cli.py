@@ -19,7 +19,7 @@ def covidxr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 def test_help_lists_subcommands() -> None:
     out = covidxr("--help")
     assert out.returncode == 0
-    for name in ("data", "demo", "train", "augment"):
+    for name in ("data", "demo", "train", "augment", "run", "evaluate"):
         assert name in out.stdout
     data_help = covidxr("data", "--help").stdout
     for name in ("inspect", "split", "synth"):
@@ -64,13 +64,15 @@ def test_synth_then_split_then_reuse(tmp_path: Path) -> None:
     assert again.returncode == 0 and "splits.csv reused" in again.stdout
 
 
-def test_demo_generates_inspects_splits_and_trains(tmp_path: Path) -> None:
+def test_demo_runs_the_main_job_and_ends_with_the_report_path(tmp_path: Path) -> None:
     out = covidxr("demo", "--out", str(tmp_path / "demo"), "--n", "80", "--epochs", "2")
     assert out.returncode == 0, out.stderr
     assert "generated 80 phantoms" in out.stdout
     assert "80 usable" in out.stdout and "usable: yes" in out.stdout
-    assert "trained tf_efficientnet_lite0" in out.stdout
-    for name in ("splits.csv", "best.safetensors", "model.json", "history.csv"):
+    assert "trained tf_efficientnet_lite0" in out.stdout and "roc_auc" in out.stdout
+    report = tmp_path / "demo" / "run" / "report.html"
+    assert out.stdout.strip().endswith(f"report: {report}")
+    for name in ("splits.csv", "best.safetensors", "model.json", "history.csv", "metrics.json", "predictions.csv"):
         assert (tmp_path / "demo" / "run" / name).is_file()
     again = covidxr("demo", "--out", str(tmp_path / "demo"), "--n", "80", "--epochs", "2")
     assert again.returncode == 0 and "generated" not in again.stdout  # phantoms and run are reused

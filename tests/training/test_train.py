@@ -49,7 +49,7 @@ def _best_row(run: Path, epoch: int) -> dict[str, str]:
 
 
 def test_lite0_head_learns_the_phantoms(more_phantoms: Path, tmp_path: Path) -> None:
-    result = train(_cfg(more_phantoms, tmp_path / "cache", epochs=20), tmp_path / "run")
+    result = train(_cfg(more_phantoms, tmp_path / "cache", epochs=20, lr=1e-3), tmp_path / "run")
     best = _best_row(result.run_dir, result.best_epoch)
     assert float(best["val_auc"]) > 0.9, best
     assert result.spec.weights.startswith("imagenet:bundled:")

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from covidxr.cli.data import data_app, run_demo
-from covidxr.cli.train import augment_app, train_cmd
+from covidxr.cli.train import augment_app, evaluate_cmd, run_cmd, train_cmd
 from covidxr.errors import CovidxrError
 
 app = typer.Typer(
@@ -18,7 +18,11 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(augment_app, name="augment")
+app.command("run", help="The main job: inspect, split, train, evaluate, audit, report.")(run_cmd)
 app.command("train", help="Train a classifier into a run directory; resumable.")(train_cmd)
+app.command("evaluate", help="Test metrics with CIs, shortcut audit, report; --data for external validation.")(
+    evaluate_cmd
+)
 app.command("demo", help="Run the main job on freshly generated synthetic phantoms (no download).")(run_demo)
 
 

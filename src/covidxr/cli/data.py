@@ -83,25 +83,28 @@ def synth_cmd(
 
 
 def run_demo(
+    data: Path | None = typer.Option(None, "--data", help="real data instead of the phantoms (any layout)"),
     out: Path = typer.Option(Path("demo-out"), "--out", help="folder for the phantoms, the run and the cache"),
     n: int = typer.Option(400, "--n", min=10, help="number of phantom images"),
     epochs: int = typer.Option(20, "--epochs", min=1),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Generate phantoms (once), inspect and split them, and train the default model on them."""
+    """`covidxr run` with the defaults on freshly generated phantoms (or on --data), ending with the report."""
     from covidxr.config import Config, TrainConfig
-    from covidxr.training.job import train
+    from covidxr.pipeline import run
 
-    data = out / "phantoms"
-    if not (data / "labels.csv").exists():
-        generate(data, n=n, seed=seed)
-        typer.echo(f"generated {n} phantoms in {data}")
-    run = out / "run"
+    if data is None:
+        data = out / "phantoms"
+        if not (data / "labels.csv").exists():
+            generate(data, n=n, seed=seed)
+            typer.echo(f"generated {n} phantoms in {data}")
+        run_dir = out / "run"
+    else:
+        run_dir = out / f"run-{Path(data).resolve().name}"
     cfg = Config(DataConfig(path=str(data), seed=seed), TrainConfig(epochs=epochs, cache_dir=str(out / "cache")))
-    prepared = prepare(data, run, cfg.data)
+    prepared = prepare(data, run_dir, cfg.data)
     typer.echo(prepared.report.format_table())
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))
     typer.echo("")
-    result = train(cfg, run, resume=(run / "last.ckpt").exists())
-    typer.echo(result.summary())
+    typer.echo(run(cfg, run_dir).summary())

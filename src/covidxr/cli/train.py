@@ -1,7 +1,8 @@
-"""`covidxr train` and `covidxr augment preview`."""
+"""`covidxr train`, `run`, `evaluate` and `augment preview`."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,54 @@ def train_cmd(
     seed: int | None = typer.Option(None, "--seed"),
 ) -> None:
     """Train a classifier into a run directory (interrupt any time; continue with --resume RUN)."""
+    _execute(locals(), full_job=False)
+
+
+def run_cmd(**options: Any) -> None:
+    """The main job: inspect, split, train, evaluate on test, audit for shortcuts, write report.html."""
+    _execute(options, full_job=True)
+
+
+run_cmd.__signature__ = inspect.signature(train_cmd)  # type: ignore[attr-defined]  # same flags as train
+
+
+def _execute(options: dict[str, Any], full_job: bool) -> None:
+    from covidxr.pipeline import run
     from covidxr.training.job import train
 
+    data, out, config, resume = (options.pop(k) for k in ("data", "out", "config", "resume"))
     if resume is not None:
-        result = train(Config(), resume, resume=True)
+        cfg, run_dir = Config(), resume
     else:
-        overrides = {k: v for k, v in locals().items() if k not in ("data", "out", "config", "resume", "train")}
-        cfg = load_config(config, data, overrides)
+        cfg = load_config(config, data, options)
         run_dir = out or Path("runs") / f"{cfg.train.backbone}-{cfg.data.seed}"
-        result = train(cfg, run_dir)
-    typer.echo(result.summary())
+    if full_job:
+        if resume is not None:
+            cfg = Config.from_yaml(Path(resume) / "config.yaml")
+        typer.echo(run(cfg, run_dir).summary())
+    else:
+        typer.echo(train(cfg, run_dir, resume=resume is not None).summary())
+
+
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained run directory"),
+    data: Path | None = typer.Option(None, "--data", help="an external data set (any layout) to score the run on"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for the CIs"),
+    threshold: str = typer.Option("f1", "--threshold", help="how to choose the threshold on val: f1 | youden"),
+) -> None:
+    """Test metrics with CIs, shortcut audit and report for a run; with --data, external validation too."""
+    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run
+    from covidxr.report.html import write_report
+
+    if data is None:
+        metrics = evaluate_run(run_dir, bootstrap, threshold)
+        for warning in (metrics.get("audit") or {}).get("warnings", []):
+            typer.echo(f"WARNING: {warning}")
+    else:
+        result = evaluate_external(run_dir, data, bootstrap)
+        typer.echo(f"internal test vs external ({data}), threshold {result['threshold']:.3f} from the run's val split:")
+        typer.echo(comparison_table(result))
+    typer.echo(f"report: {write_report(run_dir)}")
 
 
 @augment_app.command("preview")

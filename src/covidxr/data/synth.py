@@ -1,8 +1,9 @@
 """Synthetic chest-X-ray phantoms: the embedded default data set, with lesion masks for explanation checks.
 
-Positives carry soft opacities inside the lung fields; negatives carry look-alike blobs of the same total
-energy outside the lungs. Size, contrast and brightness vary per patient far more than a lesion shifts global
-statistics, so only looking inside the lungs separates the classes: a phantom set has no shortcut by design.
+Positives carry soft opacities inside the lung fields. Everyone carries look-alike blobs outside the lungs
+(soft tissue, markers on the film), drawn the same way for both classes. Size, contrast and brightness vary per
+patient far more than a lesion shifts global statistics, so only looking inside the lungs separates the
+classes: a phantom set has no shortcut by design (the shortcut audit checks exactly that).
 """
 
 from __future__ import annotations
@@ -75,31 +76,28 @@ def render(anatomy: Anatomy, positive: bool, rng: np.random.Generator) -> tuple[
     img += 0.3 * _blob(yy, xx, lung_y + 0.12, cx + 0.04, anatomy.heart)  # heart shadow
 
     lesion = np.zeros((h, w), dtype=bool)
-    n_spots = int(rng.integers(1, 4))
-    spots = []
     lung_pts = np.argwhere(lungs)
     tissue_pts = np.argwhere(~lungs & (img > 0.3))
-    # Look-alikes go where the film is as dark as lung (outside the body), so they shift the same statistics.
     dark_pts = np.argwhere(~lungs & (img < 0.3) & (np.abs(xx - cx) < anatomy.body * w / h + 0.1))
-    for _ in range(n_spots):
-        radius = rng.uniform(0.03, 0.06)
-        strength = rng.uniform(0.22, 0.35)
-        if positive:
+    # Distractors for everyone, drawn the same way whatever the label: soft-tissue blobs and markers on the
+    # film beside the body. Only the lesions inside the lungs tell the classes apart.
+    for pts in (tissue_pts, dark_pts):
+        for _ in range(int(rng.integers(0, 3))):
+            y, x = pts[rng.integers(len(pts))]
+            img += rng.uniform(0.2, 0.35) * _blob(yy, xx, y / h, x / h, rng.uniform(0.03, 0.06))
+    if positive:
+        for _ in range(int(rng.integers(1, 4))):
             y, x = lung_pts[rng.integers(len(lung_pts))]
-        else:
-            y, x = dark_pts[rng.integers(len(dark_pts))]
-        spots.append((y / h, x / h, radius, strength))
-    for _ in range(int(rng.integers(1, 3))):  # distractors for everyone, outside the lungs
-        y, x = tissue_pts[rng.integers(len(tissue_pts))]
-        spots.append((y / h, x / h, rng.uniform(0.03, 0.06), rng.uniform(0.2, 0.3)))
-    for i, (sy, sx, r, s) in enumerate(spots):
-        g = _blob(yy, xx, sy, sx, r)
-        img += s * g
-        if positive and i < n_spots:
+            g = _blob(yy, xx, y / h, x / h, rng.uniform(0.03, 0.06))
+            img += rng.uniform(0.3, 0.45) * g
             lesion |= (g > 0.5) & lungs
 
-    noise = rng.normal(0, 0.03, (h, w)).astype(np.float32)
-    img = (img - 0.4) * anatomy.contrast + 0.4 + anatomy.brightness + noise
+    img += rng.normal(0, 0.03, (h, w)).astype(np.float32)
+    # Global brightness and contrast are drawn per image independently of the label, then imposed: whatever
+    # the lesions add, the mean and spread of the film carry no information about the class.
+    target_mean = 0.38 + anatomy.brightness + rng.normal(0, 0.015)
+    target_std = 0.2 * anatomy.contrast * rng.uniform(0.95, 1.05)
+    img = (img - img.mean()) / img.std() * target_std + target_mean
     out = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.15)
     return (out * 255).round().astype(np.uint8), lesion, lungs
 

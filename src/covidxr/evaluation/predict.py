@@ -1,0 +1,39 @@
+"""Run a trained network over manifest records: per-image class scores, optionally through an image transform
+(the lung occlusion of the audit plugs in here, on the [0, 1] image before normalisation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from covidxr.data.dataset import Transform, XrayDataset
+from covidxr.data.labels import LabelMap
+from covidxr.data.manifest import Record
+from covidxr.models.head import positive_scores
+from covidxr.models.spec import ModelSpec
+
+
+@torch.no_grad()
+def predict_scores(
+    net: torch.nn.Module,
+    spec: ModelSpec,
+    root: Path,
+    records: Sequence[Record],
+    label_map: LabelMap,
+    transform: Transform | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, C), targets (N,)) in record order, in eval mode."""
+    net.eval()
+    dataset = XrayDataset(root, records, label_map, spec.preprocess, augment=transform)
+    scores, targets = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        scores.append(positive_scores(net(x), spec.task).numpy())
+        targets.append(y.numpy())
+    if not scores:
+        return np.zeros((0, spec.num_outputs)), np.zeros(0, dtype=int)
+    return np.concatenate(scores), np.concatenate(targets)

@@ -1,0 +1,44 @@
+"""Operating points chosen on the validation split only; the test split is never used to choose anything."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+THRESHOLD_METHODS = ("f1", "youden")
+
+
+def choose_threshold(y: np.ndarray, score: np.ndarray, method: str = "f1") -> float:
+    """Max-F1 (default) or Youden's J threshold on validation predictions."""
+    y = np.asarray(y).astype(int)
+    score = np.asarray(score, dtype=float)
+    if method == "youden":
+        fpr, tpr, thresholds = roc_curve(y, score)
+        best = int(np.argmax(tpr - fpr))
+        return float(min(thresholds[best], 1.0))
+    if method != "f1":
+        raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
+    values = np.unique(score)
+    if len(values) < 2:
+        return 0.5
+    # Cut between observed scores, not on them, and take the middle of a run of equally good cuts: with
+    # well-separated validation scores the max-F1 cut is a whole interval, and its edge would overfit.
+    candidates = (values[:-1] + values[1:]) / 2
+    f1 = np.array([_f1(y, score >= t) for t in candidates])
+    best = np.flatnonzero(f1 == f1.max())
+    return float(candidates[best[len(best) // 2]])
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> float:
+    tp = np.sum(pred & (y == 1))
+    denom = np.sum(pred) + np.sum(y == 1)
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def threshold_for_specificity(y: np.ndarray, score: np.ndarray, specificity: float = 0.95) -> float:
+    """The lowest threshold whose specificity on (validation) data is at least `specificity`."""
+    negatives = np.sort(np.asarray(score, dtype=float)[np.asarray(y) == 0])
+    if len(negatives) == 0:
+        return 0.5
+    k = int(np.ceil(specificity * len(negatives))) - 1
+    return float(np.nextafter(negatives[min(k, len(negatives) - 1)], np.inf))

@@ -1,0 +1,40 @@
+"""The main job: inspect -> split -> train -> evaluate -> audit -> report, resumable at every step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from covidxr.config import Config
+from covidxr.evaluation.job import evaluate_run
+from covidxr.report.html import write_report
+from covidxr.training.job import LAST_CKPT, TrainResult, train
+
+
+@dataclass
+class RunResult:
+    train: TrainResult
+    metrics: dict[str, Any]
+    report: Path
+
+    def summary(self) -> str:
+        m = self.metrics["test"]["metrics"]
+        ci = self.metrics["test"]["ci95"]
+        lines = [self.train.summary(), "", "test split (95% CI by patient bootstrap):"]
+        for name in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
+            if name in m:
+                lo, hi = ci.get(name, [float("nan")] * 2)
+                lines.append(f"  {name:<12}{m[name]:.3f}  [{lo:.3f}, {hi:.3f}]")
+        for warning in (self.metrics.get("audit") or {}).get("warnings", []):
+            lines.append(f"WARNING: {warning}")
+        lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000) -> RunResult:
+    """Train (or continue / reuse a finished run in `run_dir`), evaluate on test, audit, write the report."""
+    run_dir = Path(run_dir)
+    trained = train(cfg, run_dir, resume=(run_dir / LAST_CKPT).exists())
+    metrics = evaluate_run(run_dir, n_resamples=n_resamples)
+    return RunResult(trained, metrics, write_report(run_dir))

@@ -1,0 +1,254 @@
+"""One self-contained report.html per run: every image embedded, opens offline in any browser.
+
+The report is a list of sections, each built by a small function from files in the run directory; a section
+whose inputs do not exist yet is left out, so later stages (search, explain) add theirs by adding a function.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
+
+from covidxr import __version__
+from covidxr.report.plots import PLOTS_DIR
+
+REPORT_FILE = "report.html"
+
+
+@dataclass
+class Section:
+    title: str
+    html: str
+    anchor: str
+
+
+def img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def configuration(run: Path) -> Section | None:
+    if not (run / "config.yaml").is_file():
+        return None
+    spec = _json(run / "model.json")
+    facts = [
+        [k, spec[k]]
+        for k in ("backbone", "weights", "task", "classes", "input_size", "freeze", "threshold")
+        if k in spec
+    ]
+    text = (run / "config.yaml").read_text()
+    config = f"<details><summary>resolved config.yaml</summary><pre>{escape(text)}</pre></details>"
+    return Section("Configuration", table(["model", "value"], facts) + config, "config")
+
+
+def data_section(run: Path) -> Section | None:
+    report = _json(run / "data_report.json")
+    if not report:
+        return None
+    rows = [[label, c["images"], c["patients"]] for label, c in report["per_label"].items()]
+    html = f"<p>{escape(report['source'])} ({escape(report['layout'])} layout): {report['usable']} usable of "
+    html += f"{report['listed']} listed, {len(report['skipped'])} skipped, {report['patients']} patients.</p>"
+    html += table(["label", "images", "patients"], rows)
+    if report["skipped"]:
+        html += table(["skipped file", "problem"], [[s["path"], s["problem"]] for s in report["skipped"]])
+    html += "".join(f'<p class="note">Data warning: {escape(w)}</p>' for w in report["warnings"])
+    if (run / "splits.csv").is_file():
+        with (run / "splits.csv").open() as fh:
+            counts = Counter((r["split"], r["label"]) for r in csv.DictReader(fh))
+        labels = sorted({label for _, label in counts})
+        split_rows = [[s, *(counts[(s, label)] for label in labels)] for s in ("train", "val", "test")]
+        html += "<p>Patient-level split (no patient in two splits):</p>" + table(["split", *labels], split_rows)
+    return Section("Data", html, "data")
+
+
+def training_section(run: Path) -> Section | None:
+    plots = run / PLOTS_DIR
+    if not (plots / "loss.png").is_file():
+        return None
+    state = _json(run / "state.json")
+    text = (
+        f"<p>Best epoch (lowest validation loss): {state.get('best_epoch')}; epochs run: {state.get('epochs_run')}.</p>"
+    )
+    return Section(
+        "Training curves",
+        text
+        + '<div class="row">'
+        + img(plots / "loss.png", "loss")
+        + img(plots / "accuracy.png", "accuracy")
+        + "</div>",
+        "training",
+    )
+
+
+def metrics_section(run: Path) -> Section | None:
+    metrics = _json(run / "metrics.json")
+    if not metrics:
+        return None
+    test = metrics["test"]
+    rows = [[name, value, *test["ci95"].get(name, ["", ""])] for name, value in test["metrics"].items()]
+    html = f"<p>Test split: {test['n_images']} images, {test['n_patients']} patients. "
+    html += "95% CIs by bootstrap over patients.</p>"
+    html += table(["metric", "test", "CI low", "CI high"], rows)
+    if "threshold" in metrics:
+        t = metrics["threshold"]
+        s95 = metrics["sensitivity_at_95_specificity"]
+        html += (
+            f"<p>Decision threshold {t['value']:.3f} ({t['method']}, chosen on the validation split only). "
+            f"At the validation threshold for 95% specificity ({s95['threshold']:.3f}), test sensitivity is "
+            f"{s95['test_sensitivity']:.3f} and test specificity {s95['test_specificity']:.3f}.</p>"
+        )
+    if "calibration" in test:
+        html += f"<p>Expected calibration error (test): {test['calibration']['ece']:.3f}.</p>"
+    if "per_class" in test:
+        classes = list(test["per_class"])
+        names = list(test["per_class"][classes[0]])
+        html += table(["class", *names], [[c, *(test["per_class"][c][m] for m in names)] for c in classes])
+    plots = run / PLOTS_DIR
+    html += (
+        '<div class="row">'
+        + "".join(img(plots / f"{p}.png", p) for p in ("roc", "pr", "confusion", "reliability"))
+        + "</div>"
+    )
+    return Section("Test metrics", html, "metrics")
+
+
+def audit_section(run: Path) -> Section | None:
+    audit = _json(run / "metrics.json").get("audit")
+    if not audit:
+        return None
+    meta, occ = audit["metadata_baseline"], audit["lung_occlusion"]
+    html = (
+        "<p>Published COVID-19 X-ray models often learn hospital, age or text-marker shortcuts (DeGrave et al., "
+        "<i>Nat. Mach. Intell.</i> 2021). Two checks:</p>"
+        f"<p><b>Metadata-only baseline</b>: a random forest on image size, aspect, format, bit depth, global intensity "
+        f"and border strips, trained on train, reaches test AUC <b>{meta['auc']:.3f}</b> (95% CI {meta['ci'][0]:.2f}-"
+        f"{meta['ci'][1]:.2f}); it warns at 0.8. Most used facts: "
+        + ", ".join(f"{escape(n)} ({v:.2f})" for n, v in meta["top_features"])
+        + ".</p>"
+        f"<p><b>Lung occlusion</b>: test AUC {occ['auc_full']:.3f} with the image as is, "
+        f"<b>{occ['auc_occluded']:.3f}</b> "
+        f"with an ellipse over both lung fields replaced by the image mean (95% CI {occ['auc_occluded_ci'][0]:.2f}-"
+        f"{occ['auc_occluded_ci'][1]:.2f}); it warns at 0.8.</p>"
+    )
+    html += "".join(f'<div class="warning">{escape(w)}</div>' for w in audit["warnings"])
+    html += img(run / PLOTS_DIR / "occlusion.png", "occlusion example")
+    return Section("Shortcut audit", html, "audit")
+
+
+def mistakes_section(run: Path) -> Section | None:
+    path = run / PLOTS_DIR / "mistakes.png"
+    return Section("Most confident mistakes (test)", img(path, "mistakes"), "mistakes") if path.is_file() else None
+
+
+def augmentation_section(run: Path) -> Section | None:
+    plots = run / PLOTS_DIR
+    if not (plots / "augment.png").is_file():
+        return None
+    html = "<p>Training augmentation: originals and augmented versions; then the same images in HSV, "
+    html += "as the study showed them.</p>"
+    return Section(
+        "Augmentation and sample images in HSV",
+        html + img(plots / "augment.png", "augmentation") + img(plots / "augment_hsv.png", "HSV"),
+        "augmentation",
+    )
+
+
+def external_section(run: Path) -> Section | None:
+    folder = run / "external"
+    results = sorted(folder.glob("*/metrics.json")) if folder.is_dir() else []
+    if not results:
+        return None
+    html = ""
+    for path in results:
+        r = _json(path)
+        internal, external = r["internal"]["metrics"], r["external"]["metrics"]
+        rows = [[m, internal[m], external[m], external[m] - internal[m]] for m in internal if m in external]
+        html += f"<p>{escape(r['external']['data'])}: {r['external']['n_images']} images.</p>"
+        html += table(["metric", "internal test", "external", "gap"], rows)
+    return Section("External validation", html, "external")
+
+
+def credits_section(run: Path) -> Section | None:
+    report = _json(run / "data_report.json")
+    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    path = (config.get("data") or {}).get("path")
+    sources = _sources(Path(path)) if path else []
+    if not sources:
+        return None
+    rows = [[s, lic or "see the data set"] for s, lic in sources]
+    return Section(
+        "Data credits",
+        table(["source", "license"], rows) + f'<p class="note">Data: {escape(report.get("source", ""))}</p>',
+        "credits",
+    )
+
+
+def _sources(path: Path) -> list[tuple[str, str]]:
+    from covidxr.data.sources import load_manifest
+
+    try:
+        manifest = load_manifest(path)
+    except Exception:  # the data may have moved since training; credits then come from elsewhere
+        return []
+    return sorted({(r.source, r.meta.get("license", "")) for r in manifest.records if r.source})
+
+
+SECTIONS: list[Callable[[Path], Section | None]] = [
+    configuration,
+    data_section,
+    training_section,
+    metrics_section,
+    audit_section,
+    mistakes_section,
+    augmentation_section,
+    external_section,
+    credits_section,
+]
+
+
+def write_report(run_dir: Path | str) -> Path:
+    run = Path(run_dir)
+    metrics = _json(run / "metrics.json")
+    audit = metrics.get("audit") or {}
+    sections = [s for s in (build(run) for build in SECTIONS) if s is not None]
+    env = Environment(loader=PackageLoader("covidxr.report", "templates"), autoescape=select_autoescape())
+    html = env.get_template("report.html.j2").render(
+        run_name=run.name,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+        version=__version__,
+        warnings=[Markup.escape(w) for w in audit.get("warnings", [])],
+        audited=bool(audit),
+        sections=sections,
+    )
+    out = run / REPORT_FILE
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(html)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,183 @@
+"""Evaluation plots as PNG files in the run's plots/ folder (matplotlib's Figure API: no global state)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from covidxr.data.dataset import Preprocess
+from covidxr.data.manifest import Manifest
+from covidxr.data.readers import read_image
+from covidxr.training.callbacks import read_history
+
+if TYPE_CHECKING:
+    from covidxr.evaluation.job import Scored
+
+PLOTS_DIR = "plots"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def training_curves(run_dir: Path, out: Path) -> list[Path]:
+    """Loss and accuracy per epoch, train and val, with the best epoch and the early-stopping point marked."""
+    rows = read_history(run_dir / "history.csv")
+    if not rows:
+        return []
+    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+    epochs = [int(r["epoch"]) for r in rows]
+    max_epochs = _max_epochs(run_dir)
+    paths = []
+    for metric, title in (("loss", "Loss"), ("acc", "Accuracy")):
+        fig = Figure(figsize=(5.5, 3.6))
+        ax = fig.subplots()
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ax.plot(epochs, [float(r[f"{split}_{metric}"]) for r in rows], style, ms=3, label=split)
+        best = state.get("best_epoch")
+        if best is not None:
+            ax.axvline(best, color="green", ls="--", lw=1, label=f"best epoch ({best})")
+        if max_epochs and len(epochs) < max_epochs:
+            ax.axvline(epochs[-1], color="red", ls=":", lw=1, label=f"early stop ({epochs[-1]})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{title} vs epochs")
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out / f"{title.lower()}.png"))
+    return paths
+
+
+def _max_epochs(run_dir: Path) -> int | None:
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    return (cfg.get("train") or {}).get("epochs")
+
+
+def roc_pr(y: np.ndarray, score: np.ndarray, auc: float, pr_auc: float, out: Path) -> list[Path]:
+    fpr, tpr, _ = roc_curve(y, score)
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, lw=2, label=f"model (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+    ax.set(
+        xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)", title="ROC (test)"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    roc_path = _save(fig, out / "roc.png")
+    precision, recall, _ = precision_recall_curve(y, score)
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    ax.plot(recall, precision, lw=2, label=f"model (AP {pr_auc:.3f})")
+    ax.axhline(float(np.mean(y)), color="k", ls="--", lw=1, label="prevalence")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)", ylim=(0, 1.02))
+    ax.legend(loc="lower left", fontsize=8)
+    return [roc_path, _save(fig, out / "pr.png")]
+
+
+def confusion_plot(matrix: list[list[int]], classes: list[str], out: Path) -> Path:
+    m = np.asarray(matrix)
+    fig = Figure(figsize=(3.8 + 0.4 * len(classes), 3.4 + 0.3 * len(classes)))
+    ax = fig.subplots()
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=20, fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
+    return _save(fig, out / "confusion.png")
+
+
+def reliability_plot(calibration: dict[str, Any], out: Path) -> Path:
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.subplots()
+    mean = np.array(calibration["mean_score"], dtype=float)
+    observed = np.array(calibration["observed"], dtype=float)
+    ok = ~np.isnan(mean)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    ax.plot(mean[ok], observed[ok], "-o", label=f"model (ECE {calibration['ece']:.3f})")
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Reliability (test)")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "reliability.png")
+
+
+def mistakes_gallery(
+    scored: Scored, manifest: Manifest, classes: list[str], threshold: float, task: str, out: Path, n: int = 8
+) -> Path | None:
+    """The most confident wrong test predictions: where to look first when auditing a model."""
+    if task == "binary":
+        pred = (scored.positive >= threshold).astype(int)
+        confidence = np.abs(scored.positive - threshold)
+    else:
+        pred = scored.scores.argmax(axis=1)
+        confidence = scored.scores.max(axis=1)
+    wrong = np.flatnonzero(pred != scored.targets)
+    fig = Figure(figsize=(2.2 * max(1, min(n, len(wrong))), 2.6))
+    if len(wrong) == 0:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+        ax.axis("off")
+        return _save(fig, out / "mistakes.png")
+    chosen = wrong[np.argsort(-confidence[wrong])][:n]
+    axes = np.atleast_1d(fig.subplots(1, len(chosen)))
+    for ax, i in zip(axes, chosen, strict=True):
+        pixels = read_image(manifest.abspath(scored.records[i])).pixels
+        ax.imshow(pixels, cmap="gray")
+        ax.set_title(
+            f"true {classes[scored.targets[i]]}\npred {classes[pred[i]]} ({scored.scores[i].max():.2f})", fontsize=7
+        )
+        ax.axis("off")
+    return _save(fig, out / "mistakes.png")
+
+
+def occlusion_example(scored: Scored, manifest: Manifest, size: int, out: Path) -> Path | None:
+    """One test image as the model saw it, and with the lungs hidden (what the occlusion test scores)."""
+    from covidxr.evaluation.audit import LungEllipse
+
+    if not scored.records:
+        return None
+    unit = Preprocess(size, (0.0,) * 3, (1.0,) * 3).to_unit_rgb(read_image(manifest.abspath(scored.records[0])).pixels)
+    fig = Figure(figsize=(5, 2.7))
+    axes = fig.subplots(1, 2)
+    for ax, image, title in ((axes[0], unit, "as seen"), (axes[1], LungEllipse().occlude(unit), "lungs occluded")):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return _save(fig, out / "occlusion.png")
+
+
+def evaluation_plots(run_dir: Path, result: dict[str, Any], scored: dict[str, Scored], manifest: Manifest) -> Path:
+    """Every plot of the report; returns the plots folder."""
+    from covidxr.augment.presets import preset
+    from covidxr.augment.preview import preview_grid
+    from covidxr.config import Config
+    from covidxr.models.spec import ModelSpec
+
+    out = run_dir / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    spec = ModelSpec.read(run_dir)
+    cfg = Config.from_yaml(run_dir / "config.yaml")
+    test, metrics = scored["test"], result["test"]
+    training_curves(run_dir, out)
+    if spec.task == "binary":
+        roc_pr(test.targets, test.positive, metrics["metrics"]["roc_auc"], metrics["metrics"]["pr_auc"], out)
+        reliability_plot(metrics["calibration"], out)
+    confusion_plot(metrics["confusion"], spec.classes, out)
+    mistakes_gallery(test, manifest, spec.classes, spec.threshold, spec.task, out)
+    occlusion_example(test, manifest, spec.input_size, out)
+    preview_grid(
+        manifest,
+        preset(cfg.train.augment, cfg.train.augment_ops),
+        out / "augment.png",
+        n_images=3,
+        n_versions=4,
+        size=160,
+    )
+    return out

@@ -1,0 +1,85 @@
+"""Metrics agree with scikit-learn; patient bootstrap is honest about clustering; thresholds come from val."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from covidxr.evaluation.bootstrap import patient_bootstrap
+from covidxr.evaluation.calibration import reliability
+from covidxr.evaluation.metrics import binary_metrics, multiclass_metrics
+from covidxr.evaluation.threshold import choose_threshold, threshold_for_specificity
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_metrics_agree_with_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    score = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
+    t = float(rng.uniform(0.3, 0.7))
+    pred = (score >= t).astype(int)
+    ours = binary_metrics(y, score, t)
+    assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert ours["precision"] == pytest.approx(skm.precision_score(y, pred, zero_division=0))
+    assert ours["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert ours["specificity"] == pytest.approx(skm.recall_score(1 - y, 1 - pred))
+    assert ours["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert ours["roc_auc"] == pytest.approx(skm.roc_auc_score(y, score))
+    assert ours["pr_auc"] == pytest.approx(skm.average_precision_score(y, score))
+
+
+def test_multiclass_macro_metrics_agree_with_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + np.eye(3)[y] * 1.2
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ours = multiclass_metrics(y, probs, ["a", "b", "c"])
+    pred = probs.argmax(axis=1)
+    assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert ours["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert ours["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
+    assert ours["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
+    assert ours["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert set(ours["per_class"]) == {"a", "b", "c"}
+
+
+def test_patient_bootstrap_is_wider_than_image_bootstrap_for_clustered_images() -> None:
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(30), 10)  # 30 patients, 10 images each
+    correct = np.repeat(rng.random(30) < 0.7, 10).astype(float)  # right or wrong per patient, not per image
+
+    def accuracy(idx: np.ndarray) -> dict[str, float]:
+        return {"acc": float(correct[idx].mean())}
+
+    lo_p, hi_p = patient_bootstrap(accuracy, patients, 500, seed=1)["acc"]
+    lo_i, hi_i = patient_bootstrap(accuracy, np.arange(300), 500, seed=1)["acc"]
+    assert lo_p <= correct.mean() <= hi_p
+    assert (hi_p - lo_p) > 2 * (hi_i - lo_i)
+
+
+def test_threshold_is_a_function_of_validation_data_alone() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert choose_threshold(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])) == pytest.approx(0.5)  # middle of the gap
+    y2 = np.array([0, 0, 1, 0, 1, 1])
+    assert choose_threshold(y2, np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])) == pytest.approx(0.25)
+    youden = choose_threshold(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]), "youden")
+    assert 0.3 < youden <= 0.7
+
+
+def test_threshold_for_specificity_reaches_it_on_the_data_it_was_chosen_on() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    score = rng.random(400) * 0.6 + y * 0.4
+    t = threshold_for_specificity(y, score, 0.95)
+    specificity = np.mean(score[y == 0] < t)
+    assert specificity >= 0.95 and specificity < 0.96
+
+
+def test_calibration_error() -> None:
+    rng = np.random.default_rng(0)
+    score = rng.random(20000)
+    calibrated = (rng.random(20000) < score).astype(int)
+    assert reliability(calibrated, score)["ece"] < 0.02
+    overconfident = np.full(1000, 0.9)
+    assert reliability(np.tile([0, 1], 500), overconfident)["ece"] == pytest.approx(0.4)

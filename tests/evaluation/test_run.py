@@ -1,0 +1,133 @@
+"""The main job end to end: report sections and plots exist, the audit speaks exactly when it should,
+the threshold never looks at test labels, external validation works, and the report renders in a browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.data.synth import generate
+from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run
+from covidxr.pipeline import RunResult, run
+
+SECTIONS = ("config", "data", "training", "metrics", "audit", "mistakes", "augmentation", "credits")
+PLOTS = ("loss", "accuracy", "roc", "pr", "confusion", "reliability", "mistakes", "occlusion", "augment", "augment_hsv")
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    root = tmp_path_factory.mktemp("phantom-run")
+    generate(root / "data", n=240, seed=5)
+    cfg = Config(DataConfig(path=str(root / "data")), TrainConfig(lr=1e-3, cache_dir=str(root / "cache")))
+    return run(cfg, root / "run", n_resamples=200)
+
+
+def test_phantom_report_is_complete_and_the_audit_stays_quiet(phantom_run: RunResult) -> None:
+    run_dir = phantom_run.report.parent
+    html = phantom_run.report.read_text()
+    for anchor in SECTIONS:
+        assert f'id="{anchor}"' in html
+    for plot in PLOTS:
+        assert (run_dir / "plots" / f"{plot}.png").is_file(), plot
+    metrics = phantom_run.metrics
+    assert metrics["test"]["metrics"]["roc_auc"] > 0.85
+    audit = metrics["audit"]
+    assert audit["warnings"] == [] and "Warning:" not in html
+    assert audit["metadata_baseline"]["auc"] < 0.8 and audit["lung_occlusion"]["auc_occluded"] < 0.8
+    assert json.loads((run_dir / "model.json").read_text())["threshold"] == metrics["threshold"]["value"]
+    with (run_dir / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == metrics["val"]["n_images"] + metrics["test"]["n_images"]
+    assert {"path", "patient_id", "label", "score_COVID-19", "predicted"} <= set(rows[0])
+    lo, hi = metrics["test"]["ci95"]["roc_auc"]
+    assert lo <= metrics["test"]["metrics"]["roc_auc"] <= hi
+
+
+def test_threshold_does_not_change_when_test_labels_do(phantom_run: RunResult, tmp_path: Path) -> None:
+    run_dir = phantom_run.report.parent
+    original = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "images").symlink_to(original / "images")
+    test_paths = {r["path"] for r in csv.DictReader((run_dir / "splits.csv").open()) if r["split"] == "test"}
+    rows = list(csv.DictReader((original / "labels.csv").open()))
+    for r in rows:  # shuffle the test labels: swap the classes
+        if r["path"] in test_paths:
+            r["label"] = "normal" if r["label"] == "COVID-19" else "COVID-19"
+    with (data / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["data"]["path"] = str(data)
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    flipped = evaluate_run(copy, n_resamples=50, audit=False)
+    assert flipped["threshold"] == phantom_run.metrics["threshold"]
+    assert flipped["val"]["metrics"] == phantom_run.metrics["val"]["metrics"]
+    assert flipped["test"]["metrics"]["roc_auc"] < 0.5 < phantom_run.metrics["test"]["metrics"]["roc_auc"]
+
+
+def test_external_validation_on_a_second_data_set(phantom_run: RunResult, tmp_path: Path) -> None:
+    generate(tmp_path / "other", n=60, seed=99)
+    run_dir = phantom_run.report.parent
+    result = evaluate_external(run_dir, tmp_path / "other", n_resamples=100)
+    assert result["external"]["n_images"] == 60
+    assert result["threshold"] == phantom_run.metrics["threshold"]["value"]
+    table = comparison_table(result)
+    assert "internal test" in table and "roc_auc" in table
+    command = [sys.executable, "-m", "covidxr", "evaluate", str(run_dir), "--data", str(tmp_path / "other")]
+    out = subprocess.run([*command, "--bootstrap", "50"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "internal test vs external" in out.stdout and "roc_auc" in out.stdout
+    assert 'id="external"' in (run_dir / "report.html").read_text()
+
+
+def test_cxr_dev_run_raises_the_shortcut_warnings(cxr_dev: Path, tmp_path: Path) -> None:
+    cfg = Config(
+        DataConfig(path=str(cxr_dev)), TrainConfig(epochs=5, augment_copies=0, cache_dir=str(tmp_path / "cache"))
+    )
+    result = run(cfg, tmp_path / "run", n_resamples=200)
+    audit = result.metrics["audit"]
+    assert audit["metadata_baseline"]["warning"] and audit["metadata_baseline"]["auc"] >= 0.8
+    assert {name for name, _ in audit["metadata_baseline"]["top_features"][:3]} & {
+        "width",
+        "height",
+        "pixels",
+        "aspect",
+    }
+    html = result.report.read_text()
+    assert html.index("Warning:") < html.index('id="config"')  # the report opens with it
+    assert "Labels are predictable without looking at the lungs" in html
+    assert "Hannover Medical School" in html and "CC BY 4.0" in html  # data credits
+
+
+def test_report_renders_without_broken_images_in_chromium(phantom_run: RunResult, tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian chromium is not installed here (.ci/run installs it in CI)")
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        " const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;"
+        " document.title = `images:${imgs.length} broken:${broken}`; });</script></body>"
+    )
+    page = tmp_path / "report.html"
+    page.write_text(phantom_run.report.read_text().replace("</body>", probe))
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+    ]  # fmt: skip
+    out = subprocess.run([browser, *flags, page.as_uri()], capture_output=True, text=True, timeout=120)
+    title = out.stdout.split("<title>")[1].split("</title>")[0]
+    n_images = int(title.split("images:")[1].split()[0])
+    assert n_images >= len(PLOTS) - 1 and title.endswith("broken:0"), title
