@@ -33,6 +33,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_train_step
 	$(BIN)/python -m benchmarks.bench_feature_cache
+	$(BIN)/python -m benchmarks.bench_demo
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache demo-out

@@ -85,16 +85,17 @@ def render(anatomy: Anatomy, positive: bool, rng: np.random.Generator) -> tuple[
         for _ in range(int(rng.integers(0, 3))):
             y, x = pts[rng.integers(len(pts))]
             img += rng.uniform(0.2, 0.35) * _blob(yy, xx, y / h, x / h, rng.uniform(0.03, 0.06))
+    img += rng.normal(0, 0.03, (h, w)).astype(np.float32)
+    lesions = np.zeros((h, w), dtype=np.float32)
     if positive:
         for _ in range(int(rng.integers(1, 4))):
             y, x = lung_pts[rng.integers(len(lung_pts))]
             g = _blob(yy, xx, y / h, x / h, rng.uniform(0.03, 0.06))
-            img += rng.uniform(0.3, 0.45) * g
+            lesions += rng.uniform(0.3, 0.45) * g
             lesion |= (g > 0.5) & lungs
-
-    img += rng.normal(0, 0.03, (h, w)).astype(np.float32)
-    # Global brightness and contrast are drawn per image independently of the label, then imposed: whatever
-    # the lesions add, the mean and spread of the film carry no information about the class.
+    # Brightness and contrast are drawn per image independently of the label, then imposed on the finished
+    # film: whatever the lesions add, the film's mean and spread say nothing about the class.
+    img += lesions
     target_mean = 0.38 + anatomy.brightness + rng.normal(0, 0.015)
     target_std = 0.2 * anatomy.contrast * rng.uniform(0.95, 1.05)
     img = (img - img.mean()) / img.std() * target_std + target_mean
