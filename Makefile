@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_train_step
 	$(BIN)/python -m benchmarks.bench_feature_cache
 	$(BIN)/python -m benchmarks.bench_demo
+	$(BIN)/python -m benchmarks.bench_search
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache demo-out

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from covidxr.cli.data import data_app, run_demo
+from covidxr.cli.search import compare_cmd, search_cmd
 from covidxr.cli.train import augment_app, evaluate_cmd, run_cmd, train_cmd
 from covidxr.errors import CovidxrError
 
@@ -16,6 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command("search", help="Grid search (Optuna), chosen on val F1, winner tested once; resumable.")(search_cmd)
+app.command("compare", help="Leaderboard table of finished runs.")(compare_cmd)
 app.add_typer(data_app, name="data")
 app.add_typer(augment_app, name="augment")
 app.command("run", help="The main job: inspect, split, train, evaluate, audit, report.")(run_cmd)

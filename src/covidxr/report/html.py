@@ -195,6 +195,41 @@ def external_section(run: Path) -> Section | None:
     return Section("External validation", html, "external")
 
 
+def comparison_section(run: Path) -> Section | None:
+    """Written by a search into its winner's run: every trial's settings and validation metrics."""
+    from covidxr.search.leaderboard import LEADERBOARD_FILE, read_leaderboard
+
+    path = run / LEADERBOARD_FILE
+    if not path.is_file():
+        return None
+    rows = read_leaderboard(path)
+    columns = [c for c in ("backbone", "weights", "lr", "batch_size", "optimizer", "dropout", "freeze", "augment")
+               if len({r.get(c) for r in rows}) > 1 or c == "backbone"]  # fmt: skip
+    metrics = ["val_f1", "val_auc", "val_precision", "val_recall", "epochs_run", "train_seconds"]
+    body = [[i, *(r.get(c, "") for c in columns), *(_num(r.get(m)) for m in metrics)] for i, r in enumerate(rows, 1)]
+    best: dict[str, dict[str, str]] = {}
+    for r in rows:
+        best.setdefault(r.get("backbone", ""), r)
+    html = f"<p>{len(rows)} configurations, sorted by validation F1 (ties: validation AUC). The winner (row 1) is "
+    html += "this run; its test metrics above are the only time the search looked at the test split.</p>"
+    html += table(["#", *columns, *metrics], body)
+    html += "<p>Best per backbone:</p>" + table(
+        ["backbone", "val_f1", "val_auc"], [[b, _num(r.get("val_f1")), _num(r.get("val_auc"))] for b, r in best.items()]
+    )
+    plots = run / PLOTS_DIR
+    html += (
+        '<div class="row">' + img(plots / "search_lr.png", "F1 vs lr") + img(plots / "search_batch.png", "F1 vs batch")
+    )
+    return Section("Comparison across configurations", html + "</div>", "comparison")
+
+
+def _num(value: str | None) -> Any:
+    try:
+        return float(value) if value not in (None, "") else ""
+    except ValueError:
+        return value
+
+
 def credits_section(run: Path) -> Section | None:
     report = _json(run / "data_report.json")
     config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
@@ -229,6 +264,7 @@ SECTIONS: list[Callable[[Path], Section | None]] = [
     mistakes_section,
     augmentation_section,
     external_section,
+    comparison_section,
     credits_section,
 ]
 

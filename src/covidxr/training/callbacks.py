@@ -21,6 +21,8 @@ HISTORY_COLUMNS = (
     "train_auc",
     "val_loss",
     "val_acc",
+    "val_precision",
+    "val_recall",
     "val_f1",
     "val_auc",
     "seconds",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 
 def scores_to_predictions(scores: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
@@ -14,9 +14,13 @@ def scores_to_predictions(scores: np.ndarray, task: str, threshold: float = 0.5)
 
 
 def epoch_metrics(scores: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
-    """Accuracy, F1 (macro for multiclass) and ROC-AUC (one-vs-rest macro); AUC is NaN with one class present."""
+    """Accuracy, precision, recall, F1 (macro for multiclass) and ROC-AUC (one-vs-rest macro); AUC is NaN with
+    one class present."""
     preds = scores_to_predictions(scores, task)
     out = {"acc": float(accuracy_score(targets, preds))}
+    average = "binary" if task == "binary" else "macro"
+    out["precision"] = float(precision_score(targets, preds, average=average, zero_division=0))
+    out["recall"] = float(recall_score(targets, preds, average=average, zero_division=0))
     if task == "binary":
         out["f1"] = float(f1_score(targets, preds, zero_division=0))
         out["auc"] = float(roc_auc_score(targets, scores[:, 1])) if len(np.unique(targets)) > 1 else float("nan")

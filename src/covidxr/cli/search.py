@@ -1,0 +1,52 @@
+"""`covidxr search` and `covidxr compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from covidxr.cli.train import load_config
+
+
+def search_cmd(
+    data: Path = typer.Option(..., "--data", help="data set: folder, CSV manifest or Cohen metadata.csv"),
+    grid: Path = typer.Option(..., "--grid", help="YAML grid: training field -> list of values (see grids/)"),
+    out: Path = typer.Option(Path("runs/search"), "--out", help="search folder: trials, leaderboard, search.db"),
+    storage: str | None = typer.Option(None, "--storage", help="SQLAlchemy URL shared by workers on many machines"),
+    study: str | None = typer.Option(None, "--study", help="study name in the storage"),
+    workers: int = typer.Option(1, "--workers", min=1, help="local worker processes"),
+    config: Path | None = typer.Option(None, "--config", help="YAML config for everything the grid leaves fixed"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for test CIs"),
+) -> None:
+    """Grid search chosen on validation F1, the winner evaluated once on test; resumable (run it again)."""
+    from covidxr.search.grid import grid_points, load_grid
+    from covidxr.search.job import search
+    from covidxr.search.leaderboard import format_table
+
+    the_grid = load_grid(grid)
+    cfg = load_config(config, data, {})
+    typer.echo(f"grid: {len(grid_points(the_grid))} points over {', '.join(the_grid)}")
+    result = search(cfg, the_grid, out, storage, study, workers, bootstrap)
+    typer.echo(format_table(result.rows, top=10))
+    test = result.metrics["test"]["metrics"]
+    typer.echo(f"winner: {result.winner} (test F1 {test['f1']:.3f}, AUC {test['roc_auc']:.3f})")
+    typer.echo(f"leaderboard: {result.out / 'leaderboard.csv'}")
+    typer.echo(f"report: {result.report}")
+
+
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="finished run directories"),
+    out: Path | None = typer.Option(None, "--out", help="also write the table as CSV"),
+) -> None:
+    """The leaderboard table (settings and validation metrics) for finished runs."""
+    from covidxr.errors import CovidxrError
+    from covidxr.search.leaderboard import format_table, run_row, sort_rows, write_leaderboard
+
+    missing = [str(r) for r in runs if not (r / "state.json").is_file()]
+    if missing:
+        raise CovidxrError(f"not finished covidxr runs: {', '.join(missing)}")
+    rows = sort_rows([run_row(r) for r in runs])
+    typer.echo(format_table(rows))
+    if out:
+        typer.echo(f"written to {write_leaderboard(rows, out)}")

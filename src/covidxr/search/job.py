@@ -1,0 +1,228 @@
+"""Grid search with Optuna: every grid point exactly once, chosen on validation F1 (ties: val AUC), confirmed
+once on test. Resumable and shareable: trials live in an Optuna storage (SQLite in the output folder by
+default, or any SQLAlchemy URL so workers on many machines share one study).
+
+Optuna's GridSampler counts failed trials as done and, once every point has started, hands out running points
+again. So each worker loop here also: fails trials whose heartbeat stopped (a killed worker), re-queues each
+failed point once, stops when nothing is left to start, and skips a point another worker already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from covidxr.config import Config
+from covidxr.data.prepare import prepare
+from covidxr.errors import CovidxrError
+from covidxr.models.registry import get_backbone
+from covidxr.models.weights import check_weights
+from covidxr.search.grid import Grid, apply_params, grid_points, point_key
+from covidxr.search.leaderboard import LEADERBOARD_FILE, run_row, search_plots, sort_rows, write_leaderboard
+
+HEARTBEAT_S = 2
+GRACE_S = 8
+MAX_RETRIES = 1
+TRIALS_DIR = "trials"
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    winner: Path
+    metrics: dict[str, Any]
+    report: Path
+
+
+def storage_for(out: Path, url: str | None) -> optuna.storages.RDBStorage:
+    url = url or f"sqlite:///{(out / 'search.db').resolve()}"
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.x
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
+
+
+def _load_study(storage_url: str | None, out: Path, name: str, grid: Grid, seed: int) -> optuna.Study:
+    sampler = optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
+    return optuna.create_study(
+        study_name=name, storage=storage_for(out, storage_url), sampler=sampler, direction="maximize",
+        load_if_exists=True,
+    )  # fmt: skip
+
+
+def _point_states(study: optuna.Study, grid: Grid) -> dict[str, str]:
+    """Per grid point: complete | running | failed (retries used up) | pending."""
+    by_key: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_key.setdefault(t.user_attrs.get("key", point_key(t.params)), []).append(t)
+    states = {}
+    for params in grid_points(grid):
+        trials = by_key.get(point_key(params), [])
+        kinds = {t.state for t in trials}
+        fails = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+        if optuna.trial.TrialState.COMPLETE in kinds:
+            states[point_key(params)] = "complete"
+        elif optuna.trial.TrialState.RUNNING in kinds or optuna.trial.TrialState.WAITING in kinds:
+            states[point_key(params)] = "running"
+        elif fails > MAX_RETRIES:
+            states[point_key(params)] = "failed"
+        elif fails:
+            states[point_key(params)] = "retry"
+        else:
+            states[point_key(params)] = "pending"
+    return states
+
+
+def _requeue_failed(study: optuna.Study, grid: Grid, states: dict[str, str]) -> None:
+    """A WAITING copy of the failed trial, grid id included (as Optuna's own retry callback does)."""
+    retry = {k for k, state in states.items() if state == "retry"}
+    failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
+    for key in retry:
+        last = max((t for t in failed if t.user_attrs.get("key", point_key(t.params)) == key), key=lambda t: t.number)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=last.params,
+                distributions=last.distributions,
+                user_attrs={"key": key, "retry_of": last.number},
+                system_attrs={**last.system_attrs, "failed_trial": last.number},
+            )
+        )
+
+
+def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study):  # type: ignore[no-untyped-def]
+    from covidxr.training.job import LAST_CKPT, train
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
+        key = point_key(params)
+        trial.set_user_attr("key", key)
+        for other in study.get_trials(deepcopy=False):
+            same = other.number != trial.number and other.user_attrs.get("key") == key
+            taken = other.state == optuna.trial.TrialState.COMPLETE or (
+                other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number
+            )
+            if same and taken:
+                trial.set_user_attr("duplicate_of", other.number)
+                raise optuna.TrialPruned(f"grid point {key} is already held by trial {other.number}")
+        run_dir = out / TRIALS_DIR / key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split = run_dir / "splits.csv"
+        if not split.exists():  # one split for the whole search
+            split.write_bytes((out / "splits.csv").read_bytes())
+        start = time.perf_counter()
+        train(apply_params(cfg, params), run_dir, resume=(run_dir / LAST_CKPT).exists())
+        row = run_row(run_dir)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
+        for name in ("val_auc", "val_precision", "val_recall", "epochs_run"):
+            trial.set_user_attr(name, row.get(name))
+        return float(row["val_f1"])
+
+    return objective
+
+
+def work(cfg: Config, grid: Grid, out: Path, storage_url: str | None, name: str, threads: int | None = None) -> int:
+    """One worker: run grid points until none is left to start. Returns how many trials it ran."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if threads:
+        torch.set_num_threads(threads)
+    study = _load_study(storage_url, out, name, grid, cfg.data.seed)
+    objective = _objective(cfg, grid, out, study)
+    ran = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        states = _point_states(study, grid)
+        if all(s in ("complete", "failed") for s in states.values()):
+            return ran
+        _requeue_failed(study, grid, states)
+        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if not waiting and "pending" not in states.values():
+            time.sleep(HEARTBEAT_S)  # the rest is running in other workers; wait for them or their heartbeat
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        ran += 1
+
+
+def _preflight(grid: Grid, cfg: Config) -> None:
+    """Offline with a grid needing unavailable weights: stop before the first trial, with the clear error."""
+    for params in grid_points(grid):
+        c = apply_params(cfg, params)
+        check_weights(get_backbone(c.train.backbone), c.train.weights)
+
+
+def search(
+    cfg: Config,
+    grid: Grid,
+    out: Path | str,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    n_resamples: int = 1000,
+) -> SearchResult:
+    """Run (or resume) the grid, then evaluate the winner on test once and write its report."""
+    from covidxr.evaluation.job import evaluate_run
+    from covidxr.report.html import write_report
+    from covidxr.training.job import train
+
+    out = Path(out)
+    if cfg.data.path is None:
+        raise CovidxrError("no data set given (--data)")
+    _preflight(grid, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    prepare(cfg.data.path, out, cfg.data)
+    (out / "grid.json").write_text(json.dumps(grid, indent=2))
+    name = study_name or "covidxr-search"
+    _load_study(storage_url, out, name, grid, cfg.data.seed)  # create it once, before workers race to
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = mp.get_context("spawn")
+        procs = [
+            ctx.Process(target=work, args=(cfg, grid, out, storage_url, name, threads)) for _ in range(workers - 1)
+        ]
+        for p in procs:
+            p.start()
+        work(cfg, grid, out, storage_url, name, threads)
+        for p in procs:
+            p.join()
+    else:
+        work(cfg, grid, out, storage_url, name)
+
+    study = _load_study(storage_url, out, name, grid, cfg.data.seed)
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        run_dir = Path(t.user_attrs["run_dir"])
+        if (run_dir / "state.json").is_file():
+            rows.append(run_row(run_dir, {"trial": t.number, **t.params}))
+        else:  # trained on another machine: keep its numbers from the storage
+            rows.append({"trial": t.number, "run": str(run_dir), **t.params, "val_f1": t.value, **t.user_attrs})
+    if not rows:
+        raise CovidxrError(f"no grid point finished; see the failed trials in {storage_url or out / 'search.db'}")
+    rows = sort_rows(rows)
+    winner = Path(rows[0]["run"])
+    if not (winner / "best.safetensors").is_file():  # the winner ran elsewhere: retrain it here
+        winner = out / TRIALS_DIR / point_key({k: rows[0][k] for k in grid})
+        winner.mkdir(parents=True, exist_ok=True)
+        (winner / "splits.csv").write_bytes((out / "splits.csv").read_bytes())
+        train(apply_params(cfg, {k: rows[0][k] for k in grid}), winner)
+    write_leaderboard(rows, out / LEADERBOARD_FILE)
+    write_leaderboard(rows, winner / LEADERBOARD_FILE)
+    metrics = evaluate_run(winner, n_resamples=n_resamples)  # the one and only look at the test split
+    search_plots(rows, winner / "plots")
+    return SearchResult(out, rows, winner, metrics, write_report(winner))

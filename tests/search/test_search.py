@@ -1,0 +1,143 @@
+"""Grid search: every point once, ordered leaderboard, winner tested once; resumable after kill -9; two
+workers never run a point twice; a failing point is retried once; test labels never steer the ranking."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.errors import CovidxrError
+from covidxr.search.grid import grid_points, load_grid, point_key
+from covidxr.search.job import search, storage_for
+from covidxr.search.leaderboard import read_leaderboard
+
+GRID = {"lr": [0.001, 0.0001], "batch_size": [16, 32]}
+
+
+def _cfg(data: Path, cache: Path) -> Config:
+    return Config(DataConfig(path=str(data)), TrainConfig(epochs=3, cache_dir=str(cache)))
+
+
+def _completed(out: Path) -> Counter[str]:
+    try:
+        study = optuna.load_study(study_name="covidxr-search", storage=storage_for(out, None))
+    except KeyError:  # the search has not created its study yet
+        return Counter()
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return Counter(t.user_attrs["key"] for t in done)
+
+
+def _grid_file(tmp_path: Path, grid: dict) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("search-cache")
+
+
+def test_every_point_once_ordered_leaderboard_winner_tested_once(phantoms: Path, cache: Path, tmp_path: Path) -> None:
+    result = search(_cfg(phantoms, cache), GRID, tmp_path / "s", n_resamples=50)
+    assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(GRID)}
+    board = read_leaderboard(tmp_path / "s" / "leaderboard.csv")
+    assert len(board) == 4 and {(float(r["lr"]), int(r["batch_size"])) for r in board} == {
+        (p["lr"], p["batch_size"]) for p in grid_points(GRID)
+    }
+    keys = [(float(r["val_f1"]), float(r["val_auc"])) for r in board]
+    assert keys == sorted(keys, reverse=True)
+    assert list((tmp_path / "s" / "trials").glob("*/metrics.json")) == [result.winner / "metrics.json"]
+    html = result.report.read_text()
+    assert 'id="comparison"' in html and "Best per backbone" in html
+
+
+def test_a_failing_point_is_retried_once_and_the_rest_finish(phantoms: Path, cache: Path, tmp_path: Path) -> None:
+    grid = {"optimizer": ["adam", "lbfgs"]}  # lbfgs is refused by the trainer: that point fails
+    result = search(_cfg(phantoms, cache), grid, tmp_path / "s", n_resamples=20)
+    study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 2 and all(t.params == {"optimizer": "lbfgs"} for t in failed)  # first try + one retry
+    assert [r["optimizer"] for r in result.rows] == ["adam"]
+    result_again = search(_cfg(phantoms, cache), grid, tmp_path / "s", n_resamples=20)  # nothing left to do
+    assert len(optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None)).trials) == 3
+    assert result_again.winner == result.winner
+
+
+def _search_cli(data: Path, grid: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 3, "cache_dir": str(cache)}}))
+    command = ["search", "--data", str(data), "--grid", str(grid), "--out", str(out), "--config", str(config)]
+    return [sys.executable, "-m", "covidxr", *command, "--bootstrap", "20", *extra]
+
+
+def test_killed_search_resumes_without_running_a_point_twice(phantoms: Path, cache: Path, tmp_path: Path) -> None:
+    grid = {"lr": [0.001, 0.0003, 0.0001], "batch_size": [16, 32]}
+    command = _search_cli(phantoms, _grid_file(tmp_path, grid), tmp_path / "s", cache)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (tmp_path / "s" / "search.db").exists() and sum(_completed(tmp_path / "s").values()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= sum(_completed(tmp_path / "s").values()) < 6, "kill the search while it still has points to run"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(grid)}
+    assert "winner:" in again.stdout
+
+
+def test_two_workers_share_one_storage_without_duplicates(phantoms: Path, cache: Path, tmp_path: Path) -> None:
+    grid = {"lr": [0.001, 0.0003, 0.0001], "batch_size": [16, 32]}
+    out = subprocess.run(
+        _search_cli(phantoms, _grid_file(tmp_path, grid), tmp_path / "s", cache, "--workers", "2"),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(grid)}
+
+
+def test_shuffled_test_labels_leave_the_ranking_unchanged(phantoms: Path, cache: Path, tmp_path: Path) -> None:
+    first = search(_cfg(phantoms, cache), GRID, tmp_path / "a", n_resamples=20)
+    test_paths = {r["path"] for r in csv.DictReader((tmp_path / "a" / "splits.csv").open()) if r["split"] == "test"}
+    data = tmp_path / "flipped"
+    data.mkdir()
+    (data / "images").symlink_to(phantoms / "images")
+    rows = list(csv.DictReader((phantoms / "labels.csv").open()))
+    for r in rows:
+        if r["path"] in test_paths:
+            r["label"] = "normal" if r["label"] == "COVID-19" else "COVID-19"
+    with (data / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "splits.csv", tmp_path / "b" / "splits.csv")  # the same patients in test
+    second = search(_cfg(data, cache), GRID, tmp_path / "b", n_resamples=20)
+    ranking = [(r["lr"], r["batch_size"], r["val_f1"], r["val_auc"]) for r in first.rows]
+    assert ranking == [(r["lr"], r["batch_size"], r["val_f1"], r["val_auc"]) for r in second.rows]
+    assert second.metrics["test"]["metrics"]["roc_auc"] < 0.5 < first.metrics["test"]["metrics"]["roc_auc"]
+
+
+def test_grid_files_are_checked_and_offline_weights_stop_before_any_trial(phantoms: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    assert len(grid_points(load_grid(repo / "grids" / "seed.yaml"))) == 216
+    assert len(grid_points(load_grid(repo / "grids" / "quick.yaml"))) == 8
+    with pytest.raises(CovidxrError, match="not a training field"):
+        load_grid(_grid_file(tmp_path, {"learning_rate": [0.1]}))
+    with pytest.raises(CovidxrError, match="no ImageNet weights for resnet50"):
+        search(_cfg(phantoms, tmp_path / "c"), load_grid(repo / "grids" / "seed.yaml"), tmp_path / "s")
+    assert not (tmp_path / "s").exists()
