@@ -184,6 +184,7 @@ def search(
     out = Path(out)
     if cfg.data.path is None:
         raise CovidxrError("no data set given (--data)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     _preflight(grid, cfg)
     out.mkdir(parents=True, exist_ok=True)
     prepare(cfg.data.path, out, cfg.data)

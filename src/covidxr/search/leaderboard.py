@@ -33,7 +33,8 @@ def run_row(run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any
 
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (r.get("val_f1", 0.0), r.get("val_auc", 0.0)), reverse=True)
+    """Val F1, ties broken by val AUC, then by lower val loss (shortcut-ridden data ties at F1 = AUC = 1)."""
+    return sorted(rows, key=lambda r: (-r.get("val_f1", 0.0), -r.get("val_auc", 0.0), r.get("val_loss", 0.0)))
 
 
 def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> Path:
