@@ -211,7 +211,7 @@ def comparison_section(run: Path) -> Section | None:
     for r in rows:
         best.setdefault(r.get("backbone", ""), r)
     html = f"<p>{len(rows)} configurations, sorted by validation F1 (ties: validation AUC, then loss). "
-    html += "The winner (row 1) is this run; its test metrics above are the only time the search looked at the test split.</p>"
+    html += "The winner (row 1) is this run; its test metrics above are the search's only look at the test split.</p>"
     html += table(["#", *columns, *metrics], body)
     html += "<p>Best per backbone:</p>" + table(
         ["backbone", "val_f1", "val_auc"], [[b, _num(r.get("val_f1")), _num(r.get("val_auc"))] for b, r in best.items()]
