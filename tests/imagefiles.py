@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import struct
 import zlib
 from pathlib import Path
@@ -106,3 +107,20 @@ def mixed_folder(root: Path) -> dict[str, str]:
     (root / "normal" / "junk.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 64)
     write_dicom(root / "normal" / "nopix.dcm", gradient(), bits_stored=8, pixel_data=False)
     return broken
+
+
+def flip_test_labels(phantoms: Path, splits_csv: Path, out: Path) -> Path:
+    """A copy of a phantom set (images linked) whose test-split labels are swapped: what must not matter to
+    anything chosen on validation."""
+    test = {r["path"] for r in csv.DictReader(splits_csv.open()) if r["split"] == "test"}
+    out.mkdir(parents=True)
+    (out / "images").symlink_to(phantoms / "images")
+    rows = list(csv.DictReader((phantoms / "labels.csv").open()))
+    for r in rows:
+        if r["path"] in test:
+            r["label"] = "normal" if r["label"] == "COVID-19" else "COVID-19"
+    with (out / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

@@ -17,6 +17,7 @@ from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.data.synth import generate
 from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run
 from covidxr.pipeline import RunResult, run
+from tests.imagefiles import flip_test_labels
 
 SECTIONS = ("config", "data", "training", "metrics", "audit", "mistakes", "augmentation", "credits")
 PLOTS = ("loss", "accuracy", "roc", "pr", "confusion", "reliability", "mistakes", "occlusion", "augment", "augment_hsv")
@@ -54,18 +55,7 @@ def test_phantom_report_is_complete_and_the_audit_stays_quiet(phantom_run: RunRe
 def test_threshold_does_not_change_when_test_labels_do(phantom_run: RunResult, tmp_path: Path) -> None:
     run_dir = phantom_run.report.parent
     original = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"])
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "images").symlink_to(original / "images")
-    test_paths = {r["path"] for r in csv.DictReader((run_dir / "splits.csv").open()) if r["split"] == "test"}
-    rows = list(csv.DictReader((original / "labels.csv").open()))
-    for r in rows:  # shuffle the test labels: swap the classes
-        if r["path"] in test_paths:
-            r["label"] = "normal" if r["label"] == "COVID-19" else "COVID-19"
-    with (data / "labels.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    data = flip_test_labels(original, run_dir / "splits.csv", tmp_path / "data")
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     cfg = yaml.safe_load((copy / "config.yaml").read_text())

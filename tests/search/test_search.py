@@ -3,7 +3,6 @@ workers never run a point twice; a failing point is retried once; test labels ne
 
 from __future__ import annotations
 
-import csv
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from covidxr.errors import CovidxrError
 from covidxr.search.grid import grid_points, load_grid, point_key
 from covidxr.search.job import search, storage_for
 from covidxr.search.leaderboard import read_leaderboard
+from tests.imagefiles import flip_test_labels
 
 GRID = {"lr": [0.001, 0.0001], "batch_size": [16, 32]}
 
@@ -112,18 +112,7 @@ def test_two_workers_share_one_storage_without_duplicates(phantoms: Path, cache:
 
 def test_shuffled_test_labels_leave_the_ranking_unchanged(phantoms: Path, cache: Path, tmp_path: Path) -> None:
     first = search(_cfg(phantoms, cache), GRID, tmp_path / "a", n_resamples=20)
-    test_paths = {r["path"] for r in csv.DictReader((tmp_path / "a" / "splits.csv").open()) if r["split"] == "test"}
-    data = tmp_path / "flipped"
-    data.mkdir()
-    (data / "images").symlink_to(phantoms / "images")
-    rows = list(csv.DictReader((phantoms / "labels.csv").open()))
-    for r in rows:
-        if r["path"] in test_paths:
-            r["label"] = "normal" if r["label"] == "COVID-19" else "COVID-19"
-    with (data / "labels.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    data = flip_test_labels(phantoms, tmp_path / "a" / "splits.csv", tmp_path / "flipped")
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "splits.csv", tmp_path / "b" / "splits.csv")  # the same patients in test
     second = search(_cfg(data, cache), GRID, tmp_path / "b", n_resamples=20)
