@@ -32,9 +32,13 @@ class RunResult:
         return "\n".join(lines)
 
 
-def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000) -> RunResult:
-    """Train (or continue / reuse a finished run in `run_dir`), evaluate on test, audit, write the report."""
+def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True) -> RunResult:
+    """Train (or continue / reuse a finished run in `run_dir`), evaluate on test, audit, explain, report."""
+    from covidxr.explain.job import explain_run
+
     run_dir = Path(run_dir)
     trained = train(cfg, run_dir, resume=(run_dir / LAST_CKPT).exists())
     metrics = evaluate_run(run_dir, n_resamples=n_resamples)
+    if explain:
+        explain_run(run_dir)
     return RunResult(trained, metrics, write_report(run_dir))

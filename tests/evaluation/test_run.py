@@ -19,8 +19,11 @@ from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate
 from covidxr.pipeline import RunResult, run
 from tests.imagefiles import flip_test_labels
 
-SECTIONS = ("config", "data", "training", "metrics", "audit", "mistakes", "augmentation", "credits")
-PLOTS = ("loss", "accuracy", "roc", "pr", "confusion", "reliability", "mistakes", "occlusion", "augment", "augment_hsv")
+SECTIONS = ("config", "data", "training", "metrics", "audit", "explanations", "mistakes", "augmentation", "credits")
+PLOTS = (
+    "loss", "accuracy", "roc", "pr", "confusion", "reliability", "mistakes", "occlusion", "augment", "augment_hsv",
+    "cam_gallery", "referral", "filters",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,37 @@ def test_phantom_report_is_complete_and_the_audit_stays_quiet(phantom_run: RunRe
     assert {"path", "patient_id", "label", "score_COVID-19", "predicted"} <= set(rows[0])
     lo, hi = metrics["test"]["ci95"]["roc_auc"]
     assert lo <= metrics["test"]["metrics"]["roc_auc"] <= hi
+
+
+def test_trained_phantom_model_points_at_its_lesions(phantom_run: RunResult) -> None:
+    explain = json.loads((phantom_run.report.parent / "explain.json").read_text())
+    loc = explain["localisation"]
+    assert loc["true_positives"] >= 5
+    assert loc["pointing_game"] > max(0.3, 3 * loc["chance"]), loc  # hit within 15 px vs a random point
+    assert loc["energy_inside_mask"] > 1.5 * loc["mask_area"], loc
+    assert 0 <= explain["cam_energy_outside_lungs"] <= 1
+
+
+def test_explain_and_filters_commands(phantom_run: RunResult, tmp_path: Path) -> None:
+    run_dir = phantom_run.report.parent
+    data = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for src in sorted((data / "images" / "COVID-19").glob("*.png"))[:2]:
+        shutil.copy(src, folder / src.name)
+    (folder / "broken.png").write_bytes(b"not a png")
+    command = [sys.executable, "-m", "covidxr"]
+    out = subprocess.run([*command, "explain", str(run_dir), str(folder), "--out", str(tmp_path / "x"), "--mc", "5"],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "skipped" in out.stdout and "broken.png: not an image" in out.stdout
+    summary = json.loads((tmp_path / "x" / "uncertainty.json").read_text())
+    assert len(summary["images"]) == 2 and all(i["std"] >= 0 for i in summary["images"])
+    first = tmp_path / "x" / Path(summary["images"][0]["path"]).stem
+    assert (first / "cam_predicted.png").is_file() and (first / "cam_positive.png").is_file()
+    assert len(list(first.glob("features_*.png"))) >= 4
+    filters = subprocess.run([*command, "filters", str(run_dir)], capture_output=True, text=True, timeout=600)
+    assert filters.returncode == 0 and "filters.json" in filters.stdout
 
 
 def test_threshold_does_not_change_when_test_labels_do(phantom_run: RunResult, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import typer
 
 from covidxr.cli.data import data_app, run_demo
 from covidxr.cli.search import compare_cmd, search_cmd
-from covidxr.cli.train import augment_app, evaluate_cmd, run_cmd, train_cmd
+from covidxr.cli.train import augment_app, evaluate_cmd, explain_cmd, filters_cmd, run_cmd, train_cmd
 from covidxr.errors import CovidxrError
 
 app = typer.Typer(
@@ -17,6 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command("explain", help="Feature maps, Grad-CAM overlays and MC-dropout uncertainty for images.")(explain_cmd)
+app.command("filters", help="Learned first-layer filters, weight statistics and dead filters of a run.")(filters_cmd)
 app.command("search", help="Grid search (Optuna), chosen on val F1, winner tested once; resumable.")(search_cmd)
 app.command("compare", help="Leaderboard table of finished runs.")(compare_cmd)
 app.add_typer(data_app, name="data")

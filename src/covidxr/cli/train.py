@@ -128,3 +128,36 @@ def preview_cmd(
 
     grid, hsv = preview_grid(load_manifest(data), preset(preset_name), out, n_images, size=size, seed=seed)
     typer.echo(f"wrote {grid} and {hsv}")
+
+
+def explain_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained run directory"),
+    images: list[Path] = typer.Argument(..., help="images or folders (searched recursively)"),
+    out: Path = typer.Option(Path("explanations"), "--out"),
+    mc: int = typer.Option(30, "--mc", min=1, help="MC-dropout passes"),
+) -> None:
+    """Feature maps per layer, Grad-CAM overlays (predicted and positive class), MC-dropout uncertainty."""
+    from covidxr.explain.job import explain_images
+
+    summary = explain_images(run_dir, images, out, mc)
+    for item in summary["images"]:
+        typer.echo(f"{item['path']}: {item['label']} (std {item['std']:.3f}, entropy {item['entropy']:.3f})")
+    for item in summary["skipped"]:
+        typer.echo(f"skipped {item['path']}: {item['problem']}")
+    typer.echo(f"explanations in {out}")
+
+
+def filters_cmd(run_dir: Path = typer.Argument(..., help="a trained run directory")) -> None:
+    """First-layer filters (plots/filters.png), weight statistics and the dead-filter table (filters.json)."""
+    from covidxr.explain.job import filters_report
+
+    result = filters_report(run_dir)
+    typer.echo(f"{'layer':<40}{'kind':>12}{'channels':>10}{'dead':>8}{'share':>8}")
+    for row in result["dead"]:
+        if row["dead"]:
+            typer.echo(
+                f"{row['layer']:<40}{row['kind']:>12}{row['channels']:>10}{row['dead']:>8}{row['fraction']:>8.0%}"
+            )
+    for note in result["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"written {run_dir / 'filters.json'} and {run_dir / 'plots' / 'filters.png'}")

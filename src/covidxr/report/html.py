@@ -157,9 +157,49 @@ def audit_section(run: Path) -> Section | None:
         f"with an ellipse over both lung fields replaced by the image mean (95% CI {occ['auc_occluded_ci'][0]:.2f}-"
         f"{occ['auc_occluded_ci'][1]:.2f}); it warns at 0.8.</p>"
     )
+    explain = _json(run / "explain.json")
+    if explain:
+        html += (
+            f"<p><b>Grad-CAM outside the lungs</b>: {explain['cam_energy_outside_lungs']:.0%} of the CAM energy on "
+            "test images lies outside the lung ellipse (an evenly spread map would put about 55% there).</p>"
+        )
     html += "".join(f'<div class="warning">{escape(w)}</div>' for w in audit["warnings"])
     html += img(run / PLOTS_DIR / "occlusion.png", "occlusion example")
     return Section("Shortcut audit", html, "audit")
+
+
+def explanations_section(run: Path) -> Section | None:
+    data = _json(run / "explain.json")
+    if not data:
+        return None
+    plots = run / PLOTS_DIR
+    html = "<p>Grad-CAM of the predicted class on test images (first correct, then wrong predictions):</p>"
+    html += img(plots / "cam_gallery.png", "CAM gallery")
+    html += (
+        f"<p>Share of CAM energy outside the lung ellipse (test, mean): <b>{data['cam_energy_outside_lungs']:.2f}</b>. "
+        "A model that reads the lungs puts most of its evidence inside them.</p>"
+    )
+    loc = data.get("localisation")
+    if loc:
+        html += (
+            f"<p>Localisation on {loc['true_positives']} true positives with lesion masks: pointing-game hit rate "
+            f"<b>{loc['pointing_game']:.2f}</b> (within 15 px; a random point: {loc['chance']:.3f}); CAM energy inside "
+            f"the lesion {loc['energy_inside_mask']:.3f} (lesion area {loc.get('mask_area', 0):.3f}).</p>"
+        )
+    wrong, right = data["uncertainty_wrong_vs_right"]
+    if wrong is not None and right is not None:
+        html += f"<p>MC dropout ({data['mc_passes']} passes): mean std of the score {wrong:.3f} on wrong vs "
+        html += f"{right:.3f} on right predictions.</p>"
+    html += img(plots / "referral.png", "referral curve")
+    filters = data["filters"]
+    html += "<p>Learned first-layer filters:</p>" + img(plots / "filters.png", "filters")
+    dead = [r for r in filters["dead"] if r["dead"]]
+    if dead:
+        rows = [[r["layer"], r["kind"], r["channels"], r["dead"], f"{r['fraction']:.0%}"] for r in dead]
+        html += "<p>Dead filters (no activation on any sample image, or near-zero weights):</p>"
+        html += table(["layer", "kind", "channels", "dead", "share"], rows)
+    html += "".join(f'<p class="note">{escape(n)}</p>' for n in filters["notes"])
+    return Section("Explanations", html, "explanations")
 
 
 def mistakes_section(run: Path) -> Section | None:
@@ -261,6 +301,7 @@ SECTIONS: list[Callable[[Path], Section | None]] = [
     training_section,
     metrics_section,
     audit_section,
+    explanations_section,
     mistakes_section,
     augmentation_section,
     external_section,

@@ -1,0 +1,52 @@
+"""Grad-CAM through pytorch-grad-cam, for every head the project builds: the study's two sigmoid outputs,
+a single logit, or softmax classes. The target layer comes from the backbone registry (overridable)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from covidxr.models.factory import CovidxrNet
+from covidxr.models.registry import get_backbone
+from covidxr.models.spec import ModelSpec
+
+
+def target_layer(net: CovidxrNet, spec: ModelSpec, override: str | None = None) -> torch.nn.Module:
+    return net.backbone.get_submodule(override or get_backbone(spec.backbone).cam_layer)
+
+
+def cam_targets(logits: torch.Tensor, spec: ModelSpec, which: str) -> list[int]:
+    """Output index per image: `positive` (the positive class) or `predicted`."""
+    if logits.shape[1] == 1:  # a single-logit head has one output to explain
+        return [0] * len(logits)
+    if which == "positive":
+        k = spec.classes.index(spec.positive) if spec.positive in spec.classes else 1
+        return [k] * len(logits)
+    if spec.task == "binary":
+        return [int(torch.sigmoid(row[1]) >= spec.threshold) for row in logits]
+    return logits.argmax(dim=1).tolist()
+
+
+def grad_cam(
+    net: CovidxrNet, spec: ModelSpec, x: torch.Tensor, which: str = "predicted", layer: str | None = None
+) -> np.ndarray:
+    """CAMs (B, H, W) in [0, 1] at the input size for a batch x (B, 3, H, W)."""
+    net.eval()
+    with torch.no_grad():
+        logits = net(x)
+    targets = [ClassifierOutputTarget(k) for k in cam_targets(logits, spec, which)]
+    with GradCAM(model=net, target_layers=[target_layer(net, spec, layer)]) as cam:
+        return cam(input_tensor=x, targets=targets)
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Heatmap over the original image (its own size): uint8 RGB (H, W, 3)."""
+    import cv2
+
+    h, w = gray.shape
+    heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)[..., ::-1] / 255.0
+    base = np.repeat(gray[..., None], 3, axis=2)
+    return np.uint8(255 * np.clip((1 - alpha) * base + alpha * colour, 0, 1))

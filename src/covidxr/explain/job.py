@@ -1,0 +1,239 @@
+"""`explain` (images), `filters` (the network), and the run-level analysis behind the report's Explanations
+section: CAM gallery, localisation on phantoms, CAM energy outside the lungs, MC-dropout referral curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from covidxr.data.readers import is_candidate_image, read_image
+from covidxr.errors import ImageReadError
+from covidxr.explain.activations import dead_filters, feature_maps, first_conv, top_channels, weight_stats
+from covidxr.explain.gradcam import grad_cam, overlay
+from covidxr.explain.localisation import chance_rate, energy_inside, pointing_hit
+from covidxr.explain.uncertainty import mc_dropout, referral_curve
+from covidxr.models.factory import CovidxrNet, load_model
+from covidxr.models.spec import ModelSpec
+
+EXPLAIN_FILE = "explain.json"
+MANY_DEAD = 0.5
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(
+                f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and is_candidate_image(f)
+            )
+        else:
+            files.append(p)
+    return files
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def _feature_grid(name: str, maps: torch.Tensor, path: Path) -> Path:
+    tiles = top_channels(maps, 16)
+    fig = Figure(figsize=(6, 6))
+    axes = fig.subplots(4, 4)
+    for ax, tile in zip(axes.flat, list(tiles) + [None] * (16 - len(tiles)), strict=True):
+        if tile is not None:
+            ax.imshow(tile, cmap="viridis")
+        ax.axis("off")
+    fig.suptitle(f"{name}: {maps.shape[0]} channels, {maps.shape[1]}x{maps.shape[2]} (16 most active)", fontsize=9)
+    return _save(fig, path)
+
+
+def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_passes: int = 30) -> dict[str, Any]:
+    """Feature maps (one PNG per layer), CAM overlays (predicted and positive class) and MC-dropout uncertainty
+    per image; unreadable files are listed with their reason and the rest still explained."""
+    net, spec = load_model(run_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = spec.preprocess
+    results, skipped = [], []
+    for path in image_files(paths):
+        try:
+            gray = read_image(path).pixels
+        except ImageReadError as exc:
+            skipped.append({"path": str(path), "problem": exc.problem, "detail": exc.detail})
+            continue
+        x = pre(gray)
+        folder = out / path.stem
+        folder.mkdir(exist_ok=True)
+        for layer, maps in feature_maps(net, x).items():
+            _feature_grid(layer, maps, folder / f"features_{layer.replace('.', '_')}.png")
+        for which in ("predicted", "positive"):
+            cam = grad_cam(net, spec, x[None], which)[0]
+            _save_rgb(overlay(gray, cam), folder / f"cam_{which}.png")
+        u = mc_dropout(net, x[None], spec.task, mc_passes)
+        score = u["mean"][0]
+        label = (
+            spec.classes[int(score[1] >= spec.threshold)]
+            if spec.task == "binary"
+            else spec.classes[int(score.argmax())]
+        )
+        results.append(
+            {
+                "path": str(path),
+                "label": label,
+                "scores": dict(zip(spec.classes, map(float, score), strict=True)),
+                "std": float(u["std"][0]),
+                "entropy": float(u["entropy"][0]),
+                "outputs": str(folder),
+            }
+        )
+    summary = {"run": str(run_dir), "mc_passes": mc_passes, "images": results, "skipped": skipped}
+    (out / "uncertainty.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _save_rgb(rgb: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def _sample_batches(run_dir: Path, spec: ModelSpec, n: int = 32, split: str = "val") -> tuple[list[Any], torch.Tensor]:
+    from covidxr.config import Config
+    from covidxr.data.sources import load_manifest
+    from covidxr.data.split import read_split
+
+    cfg = Config.from_yaml(run_dir / "config.yaml")
+    manifest = load_manifest(cfg.data.path or "", cfg.data.views)
+    rows = {r["path"]: r["split"] for r in csv.DictReader((run_dir / "splits.csv").open())}
+    manifest = manifest.subset([r for r in manifest.records if r.path in rows])
+    records = read_split(run_dir / "splits.csv", manifest).records(manifest, split)[:n]
+    x = torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records])
+    return [(manifest, r) for r in records], x
+
+
+def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
+    """First-layer kernels (PNG), per-layer weight statistics, and the dead-filter table over sample images."""
+    run_dir = Path(run_dir)
+    net, spec = load_model(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    conv = first_conv(net)
+    kernels = conv.weight.detach()
+    n = min(32, kernels.shape[0])
+    fig = Figure(figsize=(8, 4.2))
+    axes = fig.subplots(4, 8)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            k = kernels[i].permute(1, 2, 0).numpy()
+            ax.imshow((k - k.min()) / max(float(k.max() - k.min()), 1e-8))
+        ax.axis("off")
+    fig.suptitle(f"first-layer filters ({kernels.shape[0]} of {tuple(kernels.shape[1:])})", fontsize=9)
+    _save(fig, out / "filters.png")
+    _, x = _sample_batches(run_dir, spec, n_images)
+    table = dead_filters(net, list(x.split(8)))
+    what = {"activation": "channels never activate", "weights": "filters have near-zero weights"}
+    notes = [
+        f"{r['layer']}: {r['dead']} of {r['channels']} {what[str(r['kind'])]} on {len(x)} images "
+        f"({r['fraction']:.0%}); candidates for pruning"
+        for r in table
+        if r["fraction"] >= MANY_DEAD
+    ]
+    result = {"first_layer": list(kernels.shape), "weights": weight_stats(net), "dead": table, "notes": notes}
+    (run_dir / "filters.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def explain_run(run_dir: Path | str, mc_passes: int = 30, gallery: int = 4) -> dict[str, Any]:
+    """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
+    with lesion masks, CAM energy outside the lung ellipse, MC-dropout referral curve; plus filters."""
+    from covidxr.evaluation.audit import LungEllipse
+
+    run_dir = Path(run_dir)
+    net, spec = load_model(run_dir)
+    pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
+    u = mc_dropout(net, x, spec.task, mc_passes)
+    targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
+    preds = (u["mean"][:, 1] >= spec.threshold).astype(int) if spec.task == "binary" else u["mean"].argmax(axis=1)
+    correct = preds == targets
+    cams = np.concatenate([grad_cam(net, spec, chunk, "predicted") for chunk in x.split(16)])
+    lungs = LungEllipse().mask(*cams.shape[1:]).numpy()
+    outside = float(np.mean([1 - energy_inside(c, lungs) for c in cams]))
+    result: dict[str, Any] = {
+        "mc_passes": mc_passes,
+        "cam_energy_outside_lungs": outside,
+        "referral": referral_curve(correct, u["std"]),
+        "uncertainty_wrong_vs_right": [
+            float(u["std"][~correct].mean()) if (~correct).any() else None,
+            float(u["std"][correct].mean()) if correct.any() else None,
+        ],
+    }
+    result["localisation"] = _localisation(net, spec, pairs, x, targets, preds)
+    _cam_gallery(pairs, cams, correct, preds, spec, run_dir / "plots" / "cam_gallery.png", gallery)
+    _referral_plot(result["referral"], run_dir / "plots" / "referral.png")
+    result["filters"] = filters_report(run_dir)
+    (run_dir / EXPLAIN_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _class_of(spec: ModelSpec, label: str) -> str:
+    if spec.task == "binary":
+        return spec.classes[int(label == spec.positive)]
+    return label
+
+
+def _localisation(net: CovidxrNet, spec: ModelSpec, pairs: list[Any], x: torch.Tensor, targets: np.ndarray,
+                  preds: np.ndarray) -> dict[str, Any] | None:  # fmt: skip
+    """Pointing game and energy inside the lesion mask for true positives that carry a mask (phantoms)."""
+    from PIL import Image
+
+    hits, energy, chance, area = [], [], [], []
+    for i, (manifest, record) in enumerate(pairs):
+        mask_rel = record.meta.get("mask_path")
+        if not mask_rel or targets[i] != 1 or preds[i] != 1:
+            continue
+        mask = np.asarray(Image.open(manifest.root / mask_rel)) > 0
+        cam = grad_cam(net, spec, x[i : i + 1], "positive")[0]
+        hits.append(pointing_hit(cam, mask))
+        energy.append(energy_inside(cam, mask))
+        chance.append(chance_rate(mask))
+        area.append(float(mask.mean()))
+    if not hits:
+        return None
+    return {"true_positives": len(hits), "pointing_game": float(np.mean(hits)),
+            "energy_inside_mask": float(np.mean(energy)), "chance": float(np.mean(chance)),
+            "mask_area": float(np.mean(area))}  # fmt: skip
+
+
+def _cam_gallery(pairs: list[Any], cams: np.ndarray, correct: np.ndarray, preds: np.ndarray, spec: ModelSpec,
+                 path: Path, n: int) -> Path:  # fmt: skip
+    chosen = list(np.flatnonzero(correct)[:n]) + list(np.flatnonzero(~correct)[:n])
+    fig = Figure(figsize=(2.3 * max(len(chosen), 1), 2.8))
+    axes = np.atleast_1d(fig.subplots(1, max(len(chosen), 1)))
+    for ax, i in zip(axes, chosen, strict=False):
+        manifest, record = pairs[i]
+        gray = read_image(manifest.abspath(record)).pixels
+        ax.imshow(overlay(gray, cams[i]))
+        ax.set_title(
+            f"{'right' if correct[i] else 'WRONG'}: {spec.classes[preds[i]]}\n(true {record.label})", fontsize=7
+        )
+        ax.axis("off")
+    for ax in axes[len(chosen) :]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def _referral_plot(curve: list[tuple[float, float]], path: Path) -> Path:
+    fig = Figure(figsize=(4.2, 3.4))
+    ax = fig.subplots()
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], "-o")
+    ax.set(xlabel="fraction referred (most uncertain first)", ylabel="accuracy on the rest", title="Referral curve")
+    return _save(fig, path)
