@@ -8,7 +8,16 @@ import typer
 
 from covidxr.cli.data import data_app, run_demo
 from covidxr.cli.search import compare_cmd, search_cmd
-from covidxr.cli.train import augment_app, evaluate_cmd, explain_cmd, filters_cmd, run_cmd, train_cmd
+from covidxr.cli.train import (
+    augment_app,
+    evaluate_cmd,
+    explain_cmd,
+    export_cmd,
+    filters_cmd,
+    predict_cmd,
+    run_cmd,
+    train_cmd,
+)
 from covidxr.errors import CovidxrError
 
 app = typer.Typer(
@@ -19,6 +28,8 @@ app = typer.Typer(
 )
 app.command("explain", help="Feature maps, Grad-CAM overlays and MC-dropout uncertainty for images.")(explain_cmd)
 app.command("filters", help="Learned first-layer filters, weight statistics and dead filters of a run.")(filters_cmd)
+app.command("predict", help="Predict images, DICOM and folders to CSV/JSON (streaming; torch or onnx).")(predict_cmd)
+app.command("export", help="Export a run to ONNX or TorchScript with a parity check on real images.")(export_cmd)
 app.command("search", help="Grid search (Optuna), chosen on val F1, winner tested once; resumable.")(search_cmd)
 app.command("compare", help="Leaderboard table of finished runs.")(compare_cmd)
 app.add_typer(data_app, name="data")

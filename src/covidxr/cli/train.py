@@ -161,3 +161,31 @@ def filters_cmd(run_dir: Path = typer.Argument(..., help="a trained run director
     for note in result["notes"]:
         typer.echo(f"note: {note}")
     typer.echo(f"written {run_dir / 'filters.json'} and {run_dir / 'plots' / 'filters.png'}")
+
+
+def predict_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained (and evaluated) run directory"),
+    paths: list[Path] = typer.Argument(..., help="images, DICOM files or folders (searched recursively)"),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", help="predictions.csv or predictions.json"),
+    engine: str = typer.Option("torch", "--engine", help="torch | onnx (export first)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    mc: int = typer.Option(0, "--mc", min=0, help="MC-dropout passes for an uncertainty column (torch engine)"),
+) -> None:
+    """Predict files and folders in batches, streaming to CSV/JSON; unreadable files are listed with the reason."""
+    from covidxr.serve.predict import predict_to_file
+
+    counts = predict_to_file(run_dir, paths, out, engine, batch_size, mc)
+    typer.echo(f"predicted {counts['predicted']} image(s), skipped {counts['skipped']} unreadable; written to {out}")
+
+
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained run directory"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+) -> None:
+    """Export backbone + head (normalised batch in, logits out), checked against PyTorch on real images."""
+    from covidxr.serve.export import export_run
+
+    result = export_run(run_dir, fmt)
+    typer.echo(
+        f"{result['path']}: max |diff| vs PyTorch on {result['images']} real images = {result['max_abs_diff']:.2e}"
+    )

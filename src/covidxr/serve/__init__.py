@@ -1,0 +1,2 @@
+"""Serve stage: inference engines (PyTorch from safetensors, ONNX Runtime), export with a parity check, and
+streaming batch prediction."""

@@ -1,0 +1,56 @@
+"""Inference engines behind one interface: normalised batch in, class scores out. The model's facts (input
+size, normalisation, classes, threshold) always come from the run's ModelSpec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidxr.errors import CovidxrError
+from covidxr.models.factory import load_model
+from covidxr.models.head import positive_scores
+from covidxr.models.spec import ModelSpec
+
+ONNX_FILE = "model.onnx"
+ENGINES = ("torch", "onnx")
+
+
+class Engine:
+    spec: ModelSpec
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        return positive_scores(torch.from_numpy(self.logits(batch)), self.spec.task).numpy()
+
+
+class TorchEngine(Engine):
+    def __init__(self, run_dir: Path) -> None:
+        self.net, self.spec = load_model(run_dir)
+
+    @torch.no_grad()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.net(torch.from_numpy(batch)).numpy()
+
+
+class OnnxEngine(Engine):
+    def __init__(self, run_dir: Path) -> None:
+        import onnxruntime as ort
+
+        path = run_dir / ONNX_FILE
+        if not path.is_file():
+            raise CovidxrError(f"{path}: not found; run `covidxr export {run_dir} --format onnx` first")
+        self.spec = ModelSpec.read(run_dir)
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": batch.astype(np.float32)})[0]
+
+
+def load_engine(run_dir: Path | str, kind: str = "torch") -> Engine:
+    if kind not in ENGINES:
+        raise CovidxrError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
+    return TorchEngine(Path(run_dir)) if kind == "torch" else OnnxEngine(Path(run_dir))

@@ -1,0 +1,72 @@
+"""Export a run's network (backbone + head, normalised batch in, logits out) to ONNX or TorchScript, and check
+it against PyTorch on real images of the run's data before calling the export done."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidxr.config import Config
+from covidxr.data.readers import read_image
+from covidxr.data.sources import load_manifest
+from covidxr.errors import CovidxrError
+from covidxr.models.factory import load_model
+from covidxr.serve.engine import ONNX_FILE
+
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+PARITY_TOLERANCE = 1e-4
+FORMATS = ("onnx", "torchscript")
+
+
+def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
+    """A few real images of the run's own data, preprocessed exactly as for inference."""
+    _, spec = load_model(run_dir)
+    cfg = Config.from_yaml(run_dir / "config.yaml")
+    manifest = load_manifest(cfg.data.path or "", cfg.data.views)
+    records = manifest.records[:: max(1, len(manifest.records) // n)][:n]
+    return torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records]).numpy()
+
+
+def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise CovidxrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    net, spec = load_model(run_dir)
+    batch = sample_batch(run_dir)
+    x = torch.from_numpy(batch)
+    with torch.no_grad():
+        reference = net(x).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter (tracer, deprecations); parity below is what counts
+        if fmt == "onnx":
+            path = run_dir / ONNX_FILE
+            torch.onnx.export(
+                net, (x,), str(path), input_names=["image"], output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            )  # fmt: skip
+            from covidxr.serve.engine import OnnxEngine
+
+            exported = OnnxEngine(run_dir).logits(batch)
+        else:
+            path = run_dir / TORCHSCRIPT_FILE
+            torch.jit.trace(net, x).save(str(path))
+            with torch.no_grad():
+                exported = torch.jit.load(str(path)).eval()(x).numpy()  # our own file, just written
+    diff = float(np.abs(exported - reference).max())
+    result = {
+        "format": fmt,
+        "path": str(path),
+        "images": len(batch),
+        "max_abs_diff": diff,
+        "input_size": spec.input_size,
+    }
+    if diff > PARITY_TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise CovidxrError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}: not kept")
+    (run_dir / f"export_{fmt}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

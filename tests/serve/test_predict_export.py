@@ -1,0 +1,87 @@
+"""Predict streams files, folders and DICOM with broken files listed; exports match PyTorch; engines agree."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.errors import CovidxrError
+from covidxr.serve.engine import load_engine
+from covidxr.serve.export import PARITY_TOLERANCE, export_run
+from covidxr.serve.predict import predict_to_file
+from covidxr.training.job import train
+from tests.imagefiles import write_dicom
+
+
+@pytest.fixture(scope="module")
+def run_dir(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve-run")
+    cfg = Config(DataConfig(path=str(phantoms)), TrainConfig(epochs=3, lr=1e-3, cache_dir=str(root / "cache")))
+    return train(cfg, root / "run").run_dir
+
+
+@pytest.fixture(scope="module")
+def folder(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("to-predict")
+    sources = sorted((phantoms / "images").rglob("*.png"))[:9]
+    (out / "sub").mkdir()
+    for i, src in enumerate(sources[:8]):
+        (out / ("sub" if i % 2 else ".") / src.name).write_bytes(src.read_bytes())
+    pixels = np.asarray(Image.open(sources[8]), dtype=np.uint16) * 16  # as 12-bit DICOM
+    write_dicom(out / "sub" / "scan.dcm", pixels, bits_stored=12)
+    (out / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (out / "notes.txt").write_text("not an image, not listed")
+    return out
+
+
+def test_predict_folder_with_broken_files_csv_and_json(run_dir: Path, folder: Path, tmp_path: Path) -> None:
+    counts = predict_to_file(run_dir, [folder], tmp_path / "p.csv", batch_size=4)
+    assert counts == {"predicted": 9, "skipped": 1}
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["broken.png"]["error"].startswith("corrupt or truncated")
+    assert by_name["scan.dcm"]["label"] in ("COVID-19", "not COVID-19") and not by_name["scan.dcm"]["error"]
+    ok = [r for r in rows if not r["error"]]
+    assert all(0 <= float(r["score_COVID-19"]) <= 1 for r in ok)
+    assert all(r["label"] == ("COVID-19" if float(r["score_COVID-19"]) >= 0.5 else "not COVID-19") for r in ok)
+    predict_to_file(run_dir, [folder], tmp_path / "p.json", batch_size=3, mc=5)
+    items = json.loads((tmp_path / "p.json").read_text())
+    assert len(items) == 10 and all(i["mc_std"] > 0 for i in items if "error" not in i)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch_on_real_images(run_dir: Path, fmt: str) -> None:
+    result = export_run(run_dir, fmt)
+    assert Path(result["path"]).is_file() and result["images"] >= 4
+    assert result["max_abs_diff"] <= PARITY_TOLERANCE
+
+
+def test_onnx_engine_gives_the_same_labels_as_torch(run_dir: Path, folder: Path, tmp_path: Path) -> None:
+    export_run(run_dir, "onnx")
+    predict_to_file(run_dir, [folder], tmp_path / "torch.csv", engine="torch")
+    predict_to_file(run_dir, [folder], tmp_path / "onnx.csv", engine="onnx")
+    a = list(csv.DictReader((tmp_path / "torch.csv").open()))
+    b = list(csv.DictReader((tmp_path / "onnx.csv").open()))
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        if not x["error"]:
+            assert abs(float(x["score_COVID-19"]) - float(y["score_COVID-19"])) < 1e-4
+    with pytest.raises(CovidxrError, match="needs the torch engine"):
+        predict_to_file(run_dir, [folder], tmp_path / "x.csv", engine="onnx", mc=3)
+    with pytest.raises(CovidxrError, match="unknown engine"):
+        load_engine(run_dir, "tensorrt")
+
+
+def test_predict_cli(run_dir: Path, folder: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "covidxr", "predict", str(run_dir), str(folder), "--out", str(tmp_path / "p.csv")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "predicted 9 image(s), skipped 1 unreadable" in out.stdout
