@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_feature_cache
 	$(BIN)/python -m benchmarks.bench_demo
 	$(BIN)/python -m benchmarks.bench_search
+	$(BIN)/python -m benchmarks.bench_serve
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache demo-out

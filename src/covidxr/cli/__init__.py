@@ -16,6 +16,7 @@ from covidxr.cli.train import (
     filters_cmd,
     predict_cmd,
     run_cmd,
+    serve_cmd,
     train_cmd,
 )
 from covidxr.errors import CovidxrError
@@ -30,6 +31,7 @@ app.command("explain", help="Feature maps, Grad-CAM overlays and MC-dropout unce
 app.command("filters", help="Learned first-layer filters, weight statistics and dead filters of a run.")(filters_cmd)
 app.command("predict", help="Predict images, DICOM and folders to CSV/JSON (streaming; torch or onnx).")(predict_cmd)
 app.command("export", help="Export a run to ONNX or TorchScript with a parity check on real images.")(export_cmd)
+app.command("serve", help="Web service with an upload page for a run (research use only).")(serve_cmd)
 app.command("search", help="Grid search (Optuna), chosen on val F1, winner tested once; resumable.")(search_cmd)
 app.command("compare", help="Leaderboard table of finished runs.")(compare_cmd)
 app.add_typer(data_app, name="data")

@@ -189,3 +189,19 @@ def export_cmd(
     typer.echo(
         f"{result['path']}: max |diff| vs PyTorch on {result['images']} real images = {result['max_abs_diff']:.2e}"
     )
+
+
+def serve_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained (and evaluated) run directory"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    engine: str = typer.Option("torch", "--engine", help="torch | onnx (export first)"),
+    workers: int = typer.Option(4, "--workers", min=1, help="inference threads"),
+) -> None:
+    """Web service and upload page for a run (research use only)."""
+    import uvicorn
+
+    from covidxr.serve.app import create_app
+
+    typer.echo(f"serving {run_dir} on http://{host}:{port} (research tool, not a diagnostic device)")
+    uvicorn.run(create_app(run_dir, engine, workers=workers), host=host, port=port, log_level="warning")

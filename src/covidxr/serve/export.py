@@ -32,6 +32,17 @@ def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
     return torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records]).numpy()
 
 
+def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Normalised batch in ("image"), logits out ("logits"), dynamic batch size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter; callers check parity
+        torch.onnx.export(
+            net.eval(), (example,), str(path), input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )  # fmt: skip
+    return path
+
+
 def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -44,11 +55,7 @@ def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (tracer, deprecations); parity below is what counts
         if fmt == "onnx":
-            path = run_dir / ONNX_FILE
-            torch.onnx.export(
-                net, (x,), str(path), input_names=["image"], output_names=["logits"],
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-            )  # fmt: skip
+            path = export_onnx(net, x, run_dir / ONNX_FILE)
             from covidxr.serve.engine import OnnxEngine
 
             exported = OnnxEngine(run_dir).logits(batch)
