@@ -19,17 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.serve.app import Limits, create_app
-from covidxr.training.job import train
 from tests.imagefiles import png_bomb, write_dicom
-
-
-@pytest.fixture(scope="module")
-def run_dir(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("app-run")
-    cfg = Config(DataConfig(path=str(phantoms)), TrainConfig(epochs=2, lr=1e-3, cache_dir=str(root / "cache")))
-    return train(cfg, root / "run").run_dir
 
 
 @pytest.fixture(scope="module")

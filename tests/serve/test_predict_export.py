@@ -12,20 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.errors import CovidxrError
 from covidxr.serve.engine import load_engine
 from covidxr.serve.export import PARITY_TOLERANCE, export_run
 from covidxr.serve.predict import predict_to_file
-from covidxr.training.job import train
 from tests.imagefiles import write_dicom
-
-
-@pytest.fixture(scope="module")
-def run_dir(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve-run")
-    cfg = Config(DataConfig(path=str(phantoms)), TrainConfig(epochs=3, lr=1e-3, cache_dir=str(root / "cache")))
-    return train(cfg, root / "run").run_dir
 
 
 @pytest.fixture(scope="module")

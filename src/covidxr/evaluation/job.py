@@ -98,11 +98,16 @@ def summarise(scored: Scored, spec: ModelSpec, threshold: float, n_resamples: in
     return out
 
 
-def _audit_target(spec: ModelSpec, scored: Scored) -> tuple[np.ndarray, np.ndarray]:
-    """Binary view for the audit: positive class vs rest (COVID-19 in a multiclass run)."""
+def _audit_class(spec: ModelSpec) -> int:
+    """The class the audit treats as positive: the positive class, or COVID-19 (else the last) in multiclass."""
     if spec.task == "binary":
-        return scored.targets, scored.positive
-    k = spec.classes.index(DEFAULT_POSITIVE) if DEFAULT_POSITIVE in spec.classes else len(spec.classes) - 1
+        return 1
+    return spec.classes.index(DEFAULT_POSITIVE) if DEFAULT_POSITIVE in spec.classes else len(spec.classes) - 1
+
+
+def _audit_target(spec: ModelSpec, scored: Scored) -> tuple[np.ndarray, np.ndarray]:
+    """Binary view for the audit: audit class vs rest, and its score."""
+    k = _audit_class(spec)
     return (scored.targets == k).astype(int), scored.scores[:, k]
 
 
@@ -111,7 +116,8 @@ def shortcut_audit(
 ) -> dict[str, Any]:
     seed = ctx.cfg.data.seed
     train = split.records(manifest, "train")
-    y_train = np.array([int(_audit_target_label(ctx.spec, r.label)) for r in train])
+    k = _audit_class(ctx.spec)
+    y_train = np.array([int(ctx.label_map.encode(r.label) == k) for r in train])
     y_test, score_full = _audit_target(ctx.spec, test)
     x_train = metadata_features(manifest.root, train, ctx.cfg.data.max_pixels)
     x_test = metadata_features(manifest.root, test.records, ctx.cfg.data.max_pixels)
@@ -142,12 +148,6 @@ def shortcut_audit(
             f"{occ['auc']:.2f} (vs {full['auc']:.2f} with them). It is using something outside the lungs."
         )
     return {"metadata_baseline": meta, "lung_occlusion": occlusion, "warnings": warnings}
-
-
-def _audit_target_label(spec: ModelSpec, label: str) -> bool:
-    if spec.task == "binary":
-        return label == spec.positive
-    return label == (DEFAULT_POSITIVE if DEFAULT_POSITIVE in spec.classes else spec.classes[-1])
 
 
 def evaluate_run(
