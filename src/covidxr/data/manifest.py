@@ -5,7 +5,6 @@ Paths are stored relative to `root` (POSIX style) so that manifests and `splits.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,11 +69,3 @@ class Manifest:
 
     def subset(self, records: list[Record]) -> Manifest:
         return Manifest(self.root, records, self.layout)
-
-    def write_csv(self, path: Path) -> None:
-        extra = sorted({k for r in self.records for k in r.meta})
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([*CORE_COLUMNS, *extra])
-            for r in self.records:
-                writer.writerow([r.path, r.label, r.patient_id or "", r.source, *(r.meta.get(k, "") for k in extra)])

@@ -106,8 +106,3 @@ def metadata_baseline(
     result["top_features"] = [[FEATURE_NAMES[i], round(float(forest.feature_importances_[i]), 3)] for i in order]
     result["warning"] = bool(result["auc"] >= METADATA_WARN_AUC)
     return result
-
-
-def occlusion_verdict(auc_full: float, auc_occluded: float) -> bool:
-    """Warn when the model still separates the classes with the lungs hidden."""
-    return bool(auc_occluded >= OCCLUSION_WARN_AUC)

@@ -21,7 +21,13 @@ from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import inspect_path
 from covidxr.data.split import SPLITS_FILE, Split, read_split
 from covidxr.errors import CovidxrError
-from covidxr.evaluation.audit import LungEllipse, auc_with_ci, metadata_baseline, metadata_features, occlusion_verdict
+from covidxr.evaluation.audit import (
+    OCCLUSION_WARN_AUC,
+    LungEllipse,
+    auc_with_ci,
+    metadata_baseline,
+    metadata_features,
+)
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.calibration import reliability
 from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion, multiclass_metrics
@@ -133,7 +139,7 @@ def shortcut_audit(
         "auc_occluded": occ["auc"],
         "auc_occluded_ci": occ["ci"],
         "ellipse": vars(ellipse),
-        "warning": occlusion_verdict(full["auc"], occ["auc"]),  # type: ignore[arg-type]
+        "warning": bool(occ["auc"] >= OCCLUSION_WARN_AUC),  # type: ignore[operator]
     }
     warnings = []
     if meta["warning"]:

@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from covidxr.config import Config
-from covidxr.data.prepare import prepare
+from covidxr.data.prepare import PreparedData, prepare
 from covidxr.errors import CovidxrError
 from covidxr.models.registry import get_backbone
 from covidxr.models.weights import check_weights
@@ -103,7 +103,7 @@ def _requeue_failed(study: optuna.Study, grid: Grid, states: dict[str, str]) -> 
         )
 
 
-def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study):  # type: ignore[no-untyped-def]
+def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study, prepared: PreparedData):  # type: ignore[no-untyped-def]
     from covidxr.training.job import LAST_CKPT, train
 
     def objective(trial: optuna.Trial) -> float:
@@ -119,12 +119,8 @@ def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study):  # type
                 trial.set_user_attr("duplicate_of", other.number)
                 raise optuna.TrialPruned(f"grid point {key} is already held by trial {other.number}")
         run_dir = out / TRIALS_DIR / key
-        run_dir.mkdir(parents=True, exist_ok=True)
-        split = run_dir / "splits.csv"
-        if not split.exists():  # one split for the whole search
-            split.write_bytes((out / "splits.csv").read_bytes())
-        start = time.perf_counter()
-        train(apply_params(cfg, params), run_dir, resume=(run_dir / LAST_CKPT).exists())
+        start = time.perf_counter()  # one inspection and one split for the whole search
+        train(apply_params(cfg, params), run_dir, resume=(run_dir / LAST_CKPT).exists(), prepared=prepared)
         row = run_row(run_dir)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
@@ -142,7 +138,8 @@ def work(cfg: Config, grid: Grid, out: Path, storage_url: str | None, name: str,
     if threads:
         torch.set_num_threads(threads)
     study = _load_study(storage_url, out, name, grid, cfg.data.seed)
-    objective = _objective(cfg, grid, out, study)
+    prepared = prepare(cfg.data.path or "", out, cfg.data)  # reuses out/splits.csv
+    objective = _objective(cfg, grid, out, study, prepared)
     ran = 0
     while True:
         with warnings.catch_warnings():

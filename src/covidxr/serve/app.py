@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
@@ -144,6 +143,4 @@ def create_app(run_dir: Path | str, engine: str = "torch", limits: Limits | None
     async def json_errors(_request: Any, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
 
-    app.state.shutdown_pool = pool.shutdown
-    torch.set_grad_enabled(True)  # Grad-CAM needs gradients; inference paths use no_grad themselves
     return app

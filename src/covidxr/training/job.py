@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from covidxr.augment import build_augment, preset
 from covidxr.config import Config
 from covidxr.data.dataset import XrayDataset
-from covidxr.data.prepare import PreparedData, prepare
+from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
+from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_for
 from covidxr.models.registry import get_backbone
@@ -59,9 +60,10 @@ class TrainResult:
         )
 
 
-def train(cfg: Config, run_dir: Path | str, resume: bool = False) -> TrainResult:
+def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: PreparedData | None = None) -> TrainResult:
     """Train as `cfg` says into `run_dir`. With `resume`, the run's own config is used and training continues
-    from `last.ckpt`; a finished run is left as it is."""
+    from `last.ckpt`; a finished run is left as it is. `prepared` lets many runs on one data set (a search)
+    inspect and split it once."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
@@ -77,7 +79,11 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False) -> TrainResult
     tc = cfg.train
     check_weights(get_backbone(tc.backbone), tc.weights)
     run_dir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(cfg.data.path, run_dir, cfg.data)
+    if prepared is None:
+        prepared = prepare(cfg.data.path, run_dir, cfg.data)
+    else:
+        prepared.report.write_json(run_dir / REPORT_FILE)
+        write_split(prepared.split, prepared.manifest, run_dir / SPLITS_FILE)
     L.seed_everything(cfg.data.seed, verbose=False)
     lm = prepared.label_map
     spec = spec_for(
