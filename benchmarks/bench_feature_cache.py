@@ -22,7 +22,7 @@ EPOCHS = 20
 
 
 def timed_train(data: str, out: Path, cache: Path, **train_cfg: object) -> tuple[float, int]:
-    cfg = Config(DataConfig(path=data), TrainConfig(cache_dir=str(cache), patience=EPOCHS, **train_cfg))  # type: ignore[arg-type]
+    cfg = Config(DataConfig(paths=(data,)), TrainConfig(cache_dir=str(cache), patience=EPOCHS, **train_cfg))  # type: ignore[arg-type]
     start = time.perf_counter()
     result = train(cfg, out)
     return time.perf_counter() - start, result.epochs_run

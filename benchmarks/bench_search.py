@@ -40,7 +40,7 @@ def main() -> None:
     points = grid_points(GRID)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cfg = Config(DataConfig(path=args.data), TrainConfig(cache_dir=str(root / "cache")))
+        cfg = Config(DataConfig(paths=(args.data,)), TrainConfig(cache_dir=str(root / "cache")))
         start = time.perf_counter()
         cached = search(cfg, GRID, root / "cached", n_resamples=200)
         cached_s = time.perf_counter() - start

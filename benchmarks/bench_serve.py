@@ -114,7 +114,7 @@ def main() -> None:
         root = Path(tmp)
         speed = {name: engines_speed(root, name) for name in ("resnet50", "tf_efficientnet_lite0")}
         generate(root / "ph", n=120, seed=3)
-        cfg = Config(DataConfig(path=str(root / "ph")), TrainConfig(epochs=2, cache_dir=str(root / "cache")))
+        cfg = Config(DataConfig(paths=(str(root / "ph"),)), TrainConfig(epochs=2, cache_dir=str(root / "cache")))
         run_dir = train(cfg, root / "run").run_dir
         image = sorted((root / "ph" / "images" / "COVID-19").glob("*.png"))[0].read_bytes()
         svc = service(run_dir, image)

@@ -34,6 +34,7 @@ def write_dicom(
     pixel_data: bool = True,
     window: tuple[float, float] | None = None,
     rescale: tuple[float, float] | None = None,
+    rle: bool = False,
 ) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -61,6 +62,10 @@ def write_dicom(
         ds.WindowCenter, ds.WindowWidth = window
     if pixel_data:
         ds.PixelData = array.astype(np.uint8 if allocated == 8 else np.uint16).tobytes()
+        if rle:  # a compressed transfer syntax, as PACS exports often are
+            from pydicom.uid import RLELossless
+
+            ds.compress(RLELossless, encoding_plugin="pydicom")
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

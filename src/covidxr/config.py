@@ -8,55 +8,71 @@ from typing import Any
 
 import yaml
 
-from covidxr.data.labels import DEFAULT_POSITIVE, Task
+from covidxr.data.formats import AUTO, FORMATS, FRONTAL_VIEWS
+from covidxr.data.labels import DEFAULT_POSITIVE, LabelRules, Task, parse_label_map
 from covidxr.data.readers import DEFAULT_MAX_PIXELS
-from covidxr.data.sources import FRONTAL_VIEWS
-from covidxr.data.split import DEFAULT_FRACTIONS
+from covidxr.data.split import DEFAULT_FRACTIONS, SplitMethod
 from covidxr.errors import CovidxrError
+
+
+def _opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
+    """A config field with the help text (and flag name) its generated CLI option uses."""
+    meta = {"help": help} | ({"flag": flag} if flag else {})
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
 
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # the data set a run was trained on (folder, CSV or Cohen metadata)
-    task: Task = "binary"
-    positive: str = DEFAULT_POSITIVE
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
-    seed: int = 0
-    views: tuple[str, ...] = FRONTAL_VIEWS
+    paths: tuple[str, ...] = _opt((), "data set(s): folder, CSV or a public layout; repeat to join sets", "--data")
+    format: str = _opt(AUTO, f"layout of every --data: auto or one of {', '.join(FORMATS)} (see covidxr data formats)")
+    task: Task = _opt("binary", "binary (positive vs rest, as the study) or multiclass")
+    positive: str = _opt(DEFAULT_POSITIVE, "positive label of the binary task (matched after label mapping)")
+    label_map: dict[str, str] = _opt({}, "rename/merge labels: OLD=NEW,OLD2=NEW2 or a YAML file of OLD: NEW")
+    drop_labels: tuple[str, ...] = _opt((), "labels to leave out, comma-separated (counted as excluded)")
+    split: SplitMethod = _opt("patient", "patient (stratified by patient) or official (the set's own test list)")
+    split_fractions: tuple[float, float, float] = _opt(DEFAULT_FRACTIONS, "train,val,test fractions", "--fractions")
+    seed: int = _opt(0, "seed for the split, initialisation and augmentation")
+    views: tuple[str, ...] = _opt(FRONTAL_VIEWS, "views kept where a table names them, comma-separated")
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "refuse images with more pixels (decompression-bomb guard)")
+
+    @property
+    def label_rules(self) -> LabelRules:
+        return LabelRules(parse_label_map(self.label_map), tuple(self.drop_labels))
 
 
 @dataclass
 class TrainConfig:
     """The study's defaults (lr 1e-4, batch 16, Adam, 20 epochs), on a backbone whose weights ship offline."""
 
-    backbone: str = "tf_efficientnet_lite0"
-    weights: str = "imagenet"  # imagenet | none | path to .safetensors / state dict
-    freeze: str = "head"  # head | last-k | full
-    last_k: int = 1
-    input_size: int | None = None  # None: the backbone's own (299 for the Inceptions)
-    hidden: int = 64
-    dropout: float = 0.3
-    cnn_widths: tuple[int, ...] = (32, 64, 128, 128)  # simple_cnn only: one block per width
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 1e-4
-    optimizer: str = "adam"  # adam | adamw | sgd | rmsprop
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    patience: int = 5
-    balance: str = "none"  # none | weights (class-weighted loss) | sampler (balanced sampling)
-    augment: str = "xray"  # preset name: seed (the study's), xray, none
-    augment_ops: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-op {p, ranges} over the preset
-    augment_copies: int = 1  # K augmented copies per training image, materialised (the study doubled: K=1)
-    feature_cache: bool = True  # with freeze=head: extract backbone features once, train the head on them
-    cache_dir: str | None = None  # None: $COVIDXR_CACHE or ~/.cache/covidxr
-    num_workers: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
+    backbone: str = _opt("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
+    weights: str = _opt("imagenet", "imagenet | none | PATH (.safetensors or state dict)")
+    freeze: str = _opt("head", "head | last-k | full")
+    last_k: int = _opt(1, "stages trained with --freeze last-k")
+    input_size: int | None = _opt(None, "override the backbone's input size (299 for the Inceptions)")
+    hidden: int = _opt(64, "units of the head's hidden layer")
+    dropout: float = _opt(0.3, "dropout before the head's output layer")
+    cnn_widths: tuple[int, ...] = _opt((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
+    epochs: int = _opt(20, "maximum epochs")
+    batch_size: int = _opt(16, "images per step")
+    lr: float = _opt(1e-4, "learning rate")
+    optimizer: str = _opt("adam", "adam | adamw | sgd | rmsprop")
+    weight_decay: float = _opt(0.0, "weight decay")
+    momentum: float = _opt(0.9, "momentum (sgd, rmsprop)")
+    patience: int = _opt(5, "early-stopping patience (epochs)")
+    balance: str = _opt("none", "none | weights (class-weighted loss) | sampler (balanced sampling)")
+    augment: str = _opt("xray", "augmentation preset: seed (the study's), xray, none")
+    augment_ops: dict[str, dict[str, Any]] = _opt({}, "per-op overrides over the preset: YAML text or file")
+    augment_copies: int = _opt(1, "K augmented copies per training image, materialised (the study doubled: K=1)")
+    feature_cache: bool = _opt(True, "with --freeze head: extract backbone features once, train the head on them")
+    cache_dir: str | None = _opt(None, "feature cache folder (default $COVIDXR_CACHE or ~/.cache/covidxr)")
+    num_workers: int = _opt(0, "data-loader worker processes")
+    accelerator: str = _opt("auto", "auto | cpu | gpu")
+    devices: str = _opt("auto", "devices (Lightning syntax)")
+    strategy: str = _opt("auto", "auto | ddp | ...")
+    num_nodes: int = _opt(1, "nodes for distributed training")
+    precision: str = _opt("32-true", "32-true | 16-mixed | bf16-mixed")
 
 
 @dataclass
@@ -92,6 +108,9 @@ class Config:
 
 
 def _section(kind: type, raw: dict[str, Any], name: str) -> Any:
+    if kind is DataConfig and "path" in raw:  # runs made before several --data: one `path`
+        old = raw.pop("path")
+        raw.setdefault("paths", [old] if old else [])
     known = {f.name for f in fields(kind)}
     unknown = set(raw) - known
     if unknown:

@@ -10,14 +10,14 @@ import pytest
 
 from covidxr.config import DataConfig
 from covidxr.data.labels import LabelMap
-from covidxr.data.prepare import inspect_path, prepare
+from covidxr.data.prepare import inspect_data, prepare
 from covidxr.data.sources import load_manifest
 from covidxr.data.split import SPLITS
 
 
 @pytest.fixture(scope="module")
 def inspected(cxr_dev: Path):  # type: ignore[no-untyped-def]
-    return inspect_path(cxr_dev)
+    return inspect_data(DataConfig(paths=(str(cxr_dev),)))
 
 
 def test_manifest_finds_every_image_with_its_label(cxr_dev: Path) -> None:
@@ -38,7 +38,7 @@ def test_report_flags_no_broken_files_but_does_flag_the_geometry_shortcut(inspec
 
 
 def test_split_is_leak_free_with_all_classes_in_every_split(cxr_dev: Path, tmp_path: Path) -> None:
-    prepared = prepare(cxr_dev, tmp_path, DataConfig(task="multiclass"))
+    prepared = prepare(tmp_path, DataConfig(paths=(str(cxr_dev),), task="multiclass"))
     by_patient: dict[str, set[str]] = {}
     for r in prepared.manifest.records:
         by_patient.setdefault(r.patient_id or "", set()).add(prepared.split.assignment[r.path])

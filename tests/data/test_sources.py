@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from covidxr.data.formats.cohen import cohen_label
+from covidxr.data.formats.cohen import load as from_cohen
 from covidxr.data.readers import Problem
-from covidxr.data.sources import cohen_label, from_cohen, load_manifest
+from covidxr.data.sources import load_manifest
 from covidxr.errors import DataError
 from tests.imagefiles import gradient, save, write_dicom
 
@@ -80,7 +82,7 @@ def test_cohen_metadata_keeps_frontal_xrays_and_maps_findings(tmp_path: Path) ->
         ("images/n1.png", "normal", "2"),
         ("images/b1.png", "pneumonia", "3"),
     ]
-    assert manifest.excluded == 2  # the lateral view and the CT volume
+    assert manifest.excluded == {"not an X-ray in a kept view": 2}  # the lateral view and the CT volume
     assert [s.problem for s in manifest.skipped] == [Problem.UNKNOWN_LABEL]
     assert manifest.records[0].meta["age"] == "65"
     lateral = from_cohen(tmp_path / "metadata.csv", views=("L",))

@@ -30,7 +30,7 @@ PLOTS = (
 def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     root = tmp_path_factory.mktemp("phantom-run")
     generate(root / "data", n=240, seed=5)
-    cfg = Config(DataConfig(path=str(root / "data")), TrainConfig(lr=1e-3, cache_dir=str(root / "cache")))
+    cfg = Config(DataConfig(paths=(str(root / "data"),)), TrainConfig(lr=1e-3, cache_dir=str(root / "cache")))
     return run(cfg, root / "run", n_resamples=200)
 
 
@@ -66,7 +66,7 @@ def test_trained_phantom_model_points_at_its_lesions(phantom_run: RunResult) -> 
 
 def test_explain_and_filters_commands(phantom_run: RunResult, tmp_path: Path) -> None:
     run_dir = phantom_run.report.parent
-    data = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"])
+    data = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["paths"][0])
     folder = tmp_path / "imgs"
     folder.mkdir()
     for src in sorted((data / "images" / "COVID-19").glob("*.png"))[:2]:
@@ -88,12 +88,12 @@ def test_explain_and_filters_commands(phantom_run: RunResult, tmp_path: Path) ->
 
 def test_threshold_does_not_change_when_test_labels_do(phantom_run: RunResult, tmp_path: Path) -> None:
     run_dir = phantom_run.report.parent
-    original = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"])
+    original = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["paths"][0])
     data = flip_test_labels(original, run_dir / "splits.csv", tmp_path / "data")
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     cfg = yaml.safe_load((copy / "config.yaml").read_text())
-    cfg["data"]["path"] = str(data)
+    cfg["data"]["paths"] = [str(data)]
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     flipped = evaluate_run(copy, n_resamples=50, audit=False)
     assert flipped["threshold"] == phantom_run.metrics["threshold"]
@@ -118,7 +118,7 @@ def test_external_validation_on_a_second_data_set(phantom_run: RunResult, tmp_pa
 
 def test_cxr_dev_run_raises_the_shortcut_warnings(cxr_dev: Path, tmp_path: Path) -> None:
     cfg = Config(
-        DataConfig(path=str(cxr_dev)), TrainConfig(epochs=5, augment_copies=0, cache_dir=str(tmp_path / "cache"))
+        DataConfig(paths=(str(cxr_dev),)), TrainConfig(epochs=5, augment_copies=0, cache_dir=str(tmp_path / "cache"))
     )
     result = run(cfg, tmp_path / "run", n_resamples=200)
     audit = result.metrics["audit"]

@@ -26,7 +26,7 @@ GRID = {"lr": [0.001, 0.0001], "batch_size": [16, 32]}
 
 
 def _cfg(data: Path, cache: Path) -> Config:
-    return Config(DataConfig(path=str(data)), TrainConfig(epochs=3, cache_dir=str(cache)))
+    return Config(DataConfig(paths=(str(data),)), TrainConfig(epochs=3, cache_dir=str(cache)))
 
 
 def _completed(out: Path) -> Counter[str]:

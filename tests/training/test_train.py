@@ -34,7 +34,7 @@ RUN_FILES = {
 
 
 def _cfg(data: Path, cache: Path, **train: object) -> Config:
-    return Config(DataConfig(path=str(data)), TrainConfig(cache_dir=str(cache), **train))  # type: ignore[arg-type]
+    return Config(DataConfig(paths=(str(data),)), TrainConfig(cache_dir=str(cache), **train))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_unknown_optimizer_is_refused() -> None:
 
 
 def test_config_yaml_roundtrip_and_unknown_fields(tmp_path: Path) -> None:
-    cfg = Config(DataConfig(path="x", seed=4), TrainConfig(backbone="resnet50", lr=3e-4, input_size=128))
+    cfg = Config(DataConfig(paths=("x",), seed=4), TrainConfig(backbone="resnet50", lr=3e-4, input_size=128))
     cfg.write_yaml(tmp_path / "c.yaml")
     assert Config.from_yaml(tmp_path / "c.yaml") == cfg
     (tmp_path / "bad.yaml").write_text("train:\n  learning_rate: 0.1\n")

@@ -3,45 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from covidxr.cli.options import load_config, with_config_options
 from covidxr.config import DataConfig
-from covidxr.data.labels import Task
-from covidxr.data.prepare import REPORT_FILE, inspect_path, prepare
-from covidxr.data.readers import DEFAULT_MAX_PIXELS
+from covidxr.data.formats import FORMATS
+from covidxr.data.prepare import REPORT_FILE, inspect_data, prepare
 from covidxr.data.synth import generate
 
 data_app = typer.Typer(help="Inspect, split and generate data sets.", no_args_is_help=True)
 
-TaskOpt = typer.Option("binary", "--task", help="binary (COVID-19 vs rest, as the study) or multiclass")
-PositiveOpt = typer.Option("COVID-19", "--positive", help="label of the positive class for the binary task")
-MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="refuse images with more pixels (bomb guard)")
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {text!r}") from None
-    if len(parts) != 3:
-        raise typer.BadParameter(f"expected three numbers like 0.7,0.15,0.15, got {text!r}")
-    return parts  # type: ignore[return-value]
-
 
 @data_app.command("inspect")
+@with_config_options("data", skip=("paths",))
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="folder-per-class root, CSV manifest, or Cohen metadata.csv"),
-    task: Task = TaskOpt,
-    positive: str = PositiveOpt,
-    max_pixels: int = MaxPixelsOpt,
+    paths: list[Path] = typer.Argument(..., help="data set(s): folder, CSV or a public layout; several are joined"),
     report: Path | None = typer.Option(
         None, "--report", help=f"where to write the JSON report (default ./{REPORT_FILE})"
     ),
+    **options: Any,
 ) -> None:
     """Decode every image, print the data report and write it as JSON. Exit 0 when the data set is usable."""
-    cfg = DataConfig(task=task, positive=positive, max_pixels=max_pixels)
-    _, data_report = inspect_path(path, cfg)
+    cfg = load_config(None, options | {"paths": paths}).data
+    manifest, data_report = inspect_data(cfg)
+    if cfg.split == "official" and not manifest.has_official_split:
+        data_report.warnings.append(f"--split official: the {manifest.layout} layout ships no split of its own")
+    elif manifest.has_official_split:
+        data_report.split = "official available (use --split official)" if cfg.split == "patient" else "official"
     out = report or Path(REPORT_FILE)
     data_report.write_json(out)
     typer.echo(data_report.format_table())
@@ -50,25 +40,32 @@ def inspect_cmd(
 
 
 @data_app.command("split")
+@with_config_options("data", skip=("paths",))
 def split_cmd(
-    path: Path = typer.Argument(..., help="data set to split"),
+    paths: list[Path] = typer.Argument(..., help="data set(s) to split; several are joined"),
     out: Path = typer.Option(..., "--out", help="folder for splits.csv and data_report.json"),
-    task: Task = TaskOpt,
-    positive: str = PositiveOpt,
-    seed: int = typer.Option(0, "--seed"),
-    fractions: str = typer.Option("0.7,0.15,0.15", "--fractions", help="train,val,test"),
-    max_pixels: int = MaxPixelsOpt,
+    **options: Any,
 ) -> None:
     """Patient-level stratified train/val/test split; an existing OUT/splits.csv is reused, not redone."""
-    cfg = DataConfig(
-        task=task, positive=positive, seed=seed, split_fractions=_fractions(fractions), max_pixels=max_pixels
-    )
-    prepared = prepare(path, out, cfg)
+    cfg = load_config(None, options | {"paths": paths}).data
+    prepared = prepare(out, cfg)
     typer.echo(prepared.report.format_table())
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))
     verb = "reused" if prepared.split_reused else "written"
     typer.echo(f"splits.csv {verb}: {out / 'splits.csv'}")
+
+
+@data_app.command("formats")
+def formats_cmd() -> None:
+    """The data-set layouts covidxr reads, how each is recognised, and where to download it."""
+    for fmt in FORMATS.values():
+        typer.echo(f"{fmt.name:<20}{fmt.title}")
+        typer.echo(f"{'':<20}layout:  {fmt.layout}")
+        if fmt.url:
+            typer.echo(f"{'':<20}get it:  {fmt.url}")
+        typer.echo(f"{'':<20}licence: {fmt.licence}")
+        typer.echo(f"{'':<20}own split: {'yes (--split official)' if fmt.official_split else 'no'}")
 
 
 @data_app.command("synth")
@@ -101,8 +98,8 @@ def run_demo(
         run_dir = out / "run"
     else:
         run_dir = out / f"run-{Path(data).resolve().name}"
-    cfg = Config(DataConfig(path=str(data), seed=seed), TrainConfig(epochs=epochs, cache_dir=str(out / "cache")))
-    prepared = prepare(data, run_dir, cfg.data)
+    cfg = Config(DataConfig(paths=(str(data),), seed=seed), TrainConfig(epochs=epochs, cache_dir=str(out / "cache")))
+    prepared = prepare(run_dir, cfg.data)
     typer.echo(prepared.report.format_table())
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from covidxr.cli.train import load_config
+from covidxr.cli.options import load_config, with_config_options
 
 
+@with_config_options("data", "train")
 def search_cmd(
-    data: Path = typer.Option(..., "--data", help="data set: folder, CSV manifest or Cohen metadata.csv"),
     grid: Path = typer.Option(..., "--grid", help="YAML grid: training field -> list of values (see grids/)"),
     out: Path = typer.Option(Path("runs/search"), "--out", help="search folder: trials, leaderboard, search.db"),
     storage: str | None = typer.Option(None, "--storage", help="SQLAlchemy URL shared by workers on many machines"),
@@ -18,6 +19,7 @@ def search_cmd(
     workers: int = typer.Option(1, "--workers", min=1, help="local worker processes"),
     config: Path | None = typer.Option(None, "--config", help="YAML config for everything the grid leaves fixed"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for test CIs"),
+    **options: Any,
 ) -> None:
     """Grid search chosen on validation F1, the winner evaluated once on test; resumable (run it again)."""
     from covidxr.search.grid import grid_points, load_grid
@@ -25,7 +27,7 @@ def search_cmd(
     from covidxr.search.leaderboard import format_table
 
     the_grid = load_grid(grid)
-    cfg = load_config(config, data, {})
+    cfg = load_config(config, options)
     typer.echo(f"grid: {len(grid_points(the_grid))} points over {', '.join(the_grid)}")
     result = search(cfg, the_grid, out, storage, study, workers, bootstrap)
     typer.echo(format_table(result.rows, top=10))

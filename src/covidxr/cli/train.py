@@ -2,90 +2,53 @@
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from covidxr.config import Config, TrainConfig
+from covidxr.cli.options import load_config, with_config_options
+from covidxr.config import Config
 from covidxr.errors import CovidxrError
+from covidxr.evaluation.threshold import ThresholdMethod
 
 augment_app = typer.Typer(help="Augmentation previews.", no_args_is_help=True)
 
 
-def load_config(config: Path | None, data: Path | None, overrides: dict[str, Any]) -> Config:
-    """Config file (or defaults), then every flag the user actually gave."""
-    cfg = Config.from_yaml(config) if config else Config()
-    if data is not None:
-        cfg.data.path = str(data)
-    known = {f.name for f in fields(TrainConfig)}
-    for name, value in overrides.items():
-        if value is not None:
-            if name == "seed":
-                cfg.data.seed = value
-            elif name in known:
-                setattr(cfg.train, name, value)
-            else:
-                raise CovidxrError(f"internal: flag {name} maps to no config field")
-    return cfg
-
-
+@with_config_options("data", "train")
 def train_cmd(
-    data: Path | None = typer.Option(None, "--data", help="data set: folder, CSV manifest or Cohen metadata.csv"),
     out: Path | None = typer.Option(None, "--out", help="run directory (default runs/<backbone>-<seed>)"),
     config: Path | None = typer.Option(None, "--config", help="YAML config; flags override it"),
     resume: Path | None = typer.Option(None, "--resume", help="continue an interrupted run from its last.ckpt"),
-    backbone: str | None = typer.Option(None, "--backbone", help="registry name, e.g. resnet50, simple_cnn"),
-    weights: str | None = typer.Option(None, "--weights", help="imagenet | none | PATH (.safetensors/state dict)"),
-    freeze: str | None = typer.Option(None, "--freeze", help="head | last-k | full"),
-    last_k: int | None = typer.Option(None, "--last-k", help="stages trained with --freeze last-k"),
-    input_size: int | None = typer.Option(None, "--input-size", help="override the backbone's input size"),
-    epochs: int | None = typer.Option(None, "--epochs"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    lr: float | None = typer.Option(None, "--lr"),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="adam | adamw | sgd | rmsprop"),
-    dropout: float | None = typer.Option(None, "--dropout"),
-    patience: int | None = typer.Option(None, "--patience", help="early-stopping patience (epochs)"),
-    balance: str | None = typer.Option(None, "--balance", help="none | weights | sampler"),
-    augment: str | None = typer.Option(None, "--augment", help="preset: seed | xray | none"),
-    augment_copies: int | None = typer.Option(None, "--augment-copies", help="K augmented copies per image"),
-    feature_cache: bool | None = typer.Option(None, "--feature-cache/--no-feature-cache"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir"),
-    num_workers: int | None = typer.Option(None, "--num-workers"),
-    accelerator: str | None = typer.Option(None, "--accelerator", help="auto | cpu | gpu"),
-    devices: str | None = typer.Option(None, "--devices"),
-    strategy: str | None = typer.Option(None, "--strategy", help="auto | ddp | ..."),
-    num_nodes: int | None = typer.Option(None, "--num-nodes"),
-    precision: str | None = typer.Option(None, "--precision", help="32-true | 16-mixed | bf16-mixed"),
-    seed: int | None = typer.Option(None, "--seed"),
+    **options: Any,
 ) -> None:
     """Train a classifier into a run directory (interrupt any time; continue with --resume RUN)."""
-    _execute(locals(), full_job=False)
+    _execute(out, config, resume, options, full_job=False)
 
 
-def run_cmd(**options: Any) -> None:
+@with_config_options("data", "train")
+def run_cmd(
+    out: Path | None = typer.Option(None, "--out", help="run directory (default runs/<backbone>-<seed>)"),
+    config: Path | None = typer.Option(None, "--config", help="YAML config; flags override it"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue an interrupted run"),
+    **options: Any,
+) -> None:
     """The main job: inspect, split, train, evaluate on test, audit for shortcuts, write report.html."""
-    _execute(options, full_job=True)
+    _execute(out, config, resume, options, full_job=True)
 
 
-run_cmd.__signature__ = inspect.signature(train_cmd)  # type: ignore[attr-defined]  # same flags as train
-
-
-def _execute(options: dict[str, Any], full_job: bool) -> None:
+def _execute(
+    out: Path | None, config: Path | None, resume: Path | None, options: dict[str, Any], full_job: bool
+) -> None:
     from covidxr.pipeline import run
     from covidxr.training.job import train
 
-    data, out, config, resume = (options.pop(k) for k in ("data", "out", "config", "resume"))
     if resume is not None:
-        cfg, run_dir = Config(), resume
+        cfg, run_dir = Config.from_yaml(Path(resume) / "config.yaml"), resume
     else:
-        cfg = load_config(config, data, options)
+        cfg = load_config(config, options)
         run_dir = out or Path("runs") / f"{cfg.train.backbone}-{cfg.data.seed}"
     if full_job:
-        if resume is not None:
-            cfg = Config.from_yaml(Path(resume) / "config.yaml")
         typer.echo(run(cfg, run_dir).summary())
     else:
         typer.echo(train(cfg, run_dir, resume=resume is not None).summary())
@@ -95,20 +58,32 @@ def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
     data: Path | None = typer.Option(None, "--data", help="an external data set (any layout) to score the run on"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for the CIs"),
-    threshold: str = typer.Option("f1", "--threshold", help="how to choose the threshold on val: f1 | youden"),
+    threshold: ThresholdMethod = typer.Option("f1", "--threshold", help="how to choose the threshold on val"),
+    out: Path | None = typer.Option(None, "--out", help="with --data: folder for the external results"),
+    label_map: str | None = typer.Option(
+        None, "--label-map", help="with --data: map the external set's labels, OLD=NEW,... or a YAML file"
+    ),
 ) -> None:
     """Test metrics with CIs, shortcut audit and report for a run; with --data, external validation too."""
-    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run
+    from covidxr.data.labels import parse_label_map
+    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, per_label_table
     from covidxr.report.html import write_report
 
     if data is None:
+        if out is not None or label_map is not None:
+            raise CovidxrError(
+                "--out and --label-map go with --data (an external set); the run's own results stay in it"
+            )
         metrics = evaluate_run(run_dir, bootstrap, threshold)
         for warning in (metrics.get("audit") or {}).get("warnings", []):
             typer.echo(f"WARNING: {warning}")
     else:
-        result = evaluate_external(run_dir, data, bootstrap)
+        result = evaluate_external(run_dir, data, bootstrap, out, parse_label_map(label_map))
         typer.echo(f"internal test vs external ({data}), threshold {result['threshold']:.3f} from the run's val split:")
         typer.echo(comparison_table(result))
+        typer.echo("")
+        typer.echo(per_label_table(result))
+        typer.echo(f"external results: {result['out']}")
     typer.echo(f"report: {write_report(run_dir)}")
 
 
@@ -124,9 +99,9 @@ def preview_cmd(
     """A grid of originals and augmented versions, plus the same images in HSV (the study's view)."""
     from covidxr.augment.presets import preset
     from covidxr.augment.preview import preview_grid
-    from covidxr.data.sources import load_manifest
+    from covidxr.data.sources import load_data
 
-    grid, hsv = preview_grid(load_manifest(data), preset(preset_name), out, n_images, size=size, seed=seed)
+    grid, hsv = preview_grid(load_data([data]), preset(preset_name), out, n_images, size=size, seed=seed)
     typer.echo(f"wrote {grid} and {hsv}")
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CORE_COLUMNS = ("path", "label", "patient_id", "source")
+OFFICIAL_SPLIT = "official_split"  # Record.meta key: train | val | test, where a data set ships its own split
+RAW_LABEL = "raw_label"  # Record.meta key: the label as the data set spells it, where covidxr renamed it
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Manifest:
     layout: str
     skipped: list[Skipped] = field(default_factory=list)  # problems found while listing (unknown label, ...)
     ignored: list[str] = field(default_factory=list)  # non-image files and hidden folders, not errors
-    excluded: int = 0  # rows left out on purpose by a filter (e.g. CT or lateral views in Cohen's set)
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> rows left out on purpose (lateral views, ...)
 
     def abspath(self, record: Record) -> Path:
         return self.root / record.path
@@ -66,6 +68,10 @@ class Manifest:
         for r in sorted(self.records, key=lambda r: r.path):
             digest.update(f"{r.path}\t{r.label}\t{r.patient_id or ''}\n".encode())
         return digest.hexdigest()[:16]
+
+    @property
+    def has_official_split(self) -> bool:
+        return any(OFFICIAL_SPLIT in r.meta for r in self.records)
 
     def subset(self, records: list[Record]) -> Manifest:
         return Manifest(self.root, records, self.layout)

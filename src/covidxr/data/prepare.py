@@ -8,7 +8,7 @@ from pathlib import Path
 from covidxr.config import DataConfig
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest
-from covidxr.data.sources import load_manifest
+from covidxr.data.sources import load_data
 from covidxr.data.split import Split, load_or_make_split
 from covidxr.data.validate import DataReport, inspect
 from covidxr.errors import DataError
@@ -25,23 +25,28 @@ class PreparedData:
     split_reused: bool
 
 
-def inspect_path(path: Path | str, cfg: DataConfig | None = None) -> tuple[Manifest, DataReport]:
-    cfg = cfg or DataConfig()
-    manifest = load_manifest(path, cfg.views)
-    return inspect(manifest, cfg.task, cfg.positive, cfg.max_pixels)
+def list_data(cfg: DataConfig) -> Manifest:
+    """The config's data sets, listed through their adapters, relabelled and joined (no pixels decoded)."""
+    return load_data(cfg.paths, cfg.views, cfg.format, cfg.label_rules)
 
 
-def prepare(path: Path | str, out_dir: Path | str, cfg: DataConfig | None = None) -> PreparedData:
+def inspect_data(cfg: DataConfig) -> tuple[Manifest, DataReport]:
+    return inspect(list_data(cfg), cfg.task, cfg.positive, cfg.max_pixels)
+
+
+def prepare(out_dir: Path | str, cfg: DataConfig) -> PreparedData:
     """Validate the data, stop with one clear message if unusable, and write the report and split to `out_dir`."""
-    cfg = cfg or DataConfig()
     out_dir = Path(out_dir)
-    manifest, report = inspect_path(path, cfg)
+    manifest, report = inspect_data(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = " + ".join(cfg.paths)
+    if report.ok:
+        label_map = LabelMap.from_labels(manifest.labels, cfg.task, cfg.positive)
+        split, reused = load_or_make_split(
+            manifest, label_map, out_dir, report.duplicate_links(), cfg.split_fractions, cfg.seed, cfg.split
+        )
+        report.split = split.method
+        report.write_json(out_dir / REPORT_FILE)
+        return PreparedData(manifest, report, label_map, split, reused)
     report.write_json(out_dir / REPORT_FILE)
-    if not report.ok:
-        raise DataError(f"{path}: unusable data set: {report.problem}")
-    label_map = LabelMap.from_labels(manifest.labels, cfg.task, cfg.positive)
-    split, reused = load_or_make_split(
-        manifest, label_map, out_dir, report.duplicate_links(), cfg.split_fractions, cfg.seed
-    )
-    return PreparedData(manifest, report, label_map, split, reused)
+    raise DataError(f"{names}: unusable data set: {report.problem}")

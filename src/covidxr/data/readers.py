@@ -43,6 +43,7 @@ class ImageInfo:
     format: str
     bit_depth: int
     mode: str
+    note: str = ""  # read, but with a caveat the data report should show (e.g. first frame of several)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -147,6 +148,12 @@ def _min_max(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo)
 
 
+def _first_line(exc: Exception) -> str:
+    """Decoder errors can run to many lines (one per plugin tried); the report wants one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " / ".join(lines[:3])[:300]
+
+
 def read_dicom_patient_id(path: Path) -> str | None:
     """PatientID from a DICOM header, without reading pixels; None when absent or unreadable."""
     import pydicom
@@ -164,7 +171,8 @@ def read_dicom_patient_id(path: Path) -> str | None:
 def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import pixel_array as decode_pixels
 
     try:
         with warnings.catch_warnings():
@@ -178,22 +186,28 @@ def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
         raise ImageReadError(path, Problem.NO_PIXEL_DATA)
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     _check_pixels(path, cols, rows, max_pixels)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     try:
-        raw = ds.pixel_array
-        values = apply_modality_lut(raw, ds)
-        values = apply_voi_lut(values, ds, index=0)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        # Only the first frame is decoded; colour (RGB, YBR_*) arrives as RGB, palettes through their LUT.
+        raw = decode_pixels(ds, index=0) if frames > 1 else ds.pixel_array
+        if photometric == "PALETTE COLOR":
+            values = apply_color_lut(raw, ds)
+        elif int(getattr(ds, "SamplesPerPixel", 1) or 1) == 1:
+            values = apply_voi_lut(apply_modality_lut(raw, ds), ds, index=0)
+        else:
+            values = raw
     except Exception as exc:  # pydicom raises many types for bad pixel data; all mean the same to a user
-        raise ImageReadError(path, Problem.UNREADABLE_DICOM, f"pixel data: {exc}") from exc
+        raise ImageReadError(path, Problem.UNREADABLE_DICOM, f"pixel data: {_first_line(exc)}") from exc
     arr = np.asarray(values, dtype=np.float32)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (rare for CXR): luma
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (rare for CXR): ITU-R 601 luma
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    elif arr.ndim == 3:  # multi-frame: the first frame
-        arr = arr[0]
     if arr.ndim != 2:
         raise ImageReadError(path, Problem.UNREADABLE_DICOM, f"unexpected pixel array shape {arr.shape}")
     pixels = _min_max(arr)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # MONOCHROME1: high values are dark; make bone bright as everywhere else
     bits = int(getattr(ds, "BitsStored", 0) or getattr(ds, "BitsAllocated", 8) or 8)
-    info = ImageInfo(cols, rows, "DICOM", bits, str(getattr(ds, "PhotometricInterpretation", "")))
+    note = f"multi-frame DICOM: the first of {frames} frames was used" if frames > 1 else ""
+    info = ImageInfo(cols, rows, "DICOM", bits, photometric, note)
     return DecodedImage(pixels.astype(np.float32), info)

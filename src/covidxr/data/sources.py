@@ -1,178 +1,102 @@
-"""Build a Manifest from the layouts users have: folder-per-class, a CSV manifest, or Cohen's metadata.csv.
+"""Any data set, or several, to one Manifest with canonical labels.
 
-Listing never decodes pixels (validation does); it only reads DICOM headers when a patient id is missing.
+`load_manifest` lists one data set through its adapter (`covidxr.data.formats`) and maps its labels;
+`load_data` does that for every `--data` of a config and joins them, each record keeping its `source`.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from covidxr.data.manifest import Manifest, Record, Skipped
-from covidxr.data.readers import Problem, is_candidate_image, is_dicom, read_dicom_patient_id
+from covidxr.data.formats import AUTO, FRONTAL_VIEWS, find_format
+from covidxr.data.labels import LabelRules
+from covidxr.data.manifest import RAW_LABEL, Manifest, Record, Skipped
 from covidxr.errors import DataError
 
-COHEN_COLUMNS = ("patientid", "finding", "view", "modality", "folder", "filename")
-FRONTAL_VIEWS = ("PA", "AP", "AP Supine")
-CSV_NAMES = ("labels.csv", "manifest.csv")
+DATASET = "dataset"  # Record.meta key: which --data a record came from, when several are joined
 
 
-def load_manifest(path: Path | str, views: Iterable[str] = FRONTAL_VIEWS) -> Manifest:
-    """Recognise the layout at `path` and list it. `views` applies to Cohen's metadata only."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"{path}: expected a folder or a .csv manifest, got a {path.suffix or 'plain'} file")
-        header = _csv_header(path)
-        if set(COHEN_COLUMNS) <= set(header):
-            return from_cohen(path, views)
-        return from_csv(path)
-    for name in CSV_NAMES:
-        if (path / name).is_file():
-            return from_csv(path / name)
-    if (path / "metadata.csv").is_file() and set(COHEN_COLUMNS) <= set(_csv_header(path / "metadata.csv")):
-        return from_cohen(path / "metadata.csv", views)
-    return from_folder(path)
+def load_manifest(
+    path: Path | str, views: Iterable[str] = FRONTAL_VIEWS, fmt: str = AUTO, rules: LabelRules | None = None
+) -> Manifest:
+    """Recognise the layout at `path` (or use `fmt`), list it, and give every record its canonical label."""
+    adapter, target = find_format(Path(path), fmt)
+    manifest = adapter.load(target, tuple(views))
+    return relabel(manifest, rules or LabelRules())
 
 
-def from_folder(root: Path | str) -> Manifest:
-    """`ROOT/<label>/**/<image>`: the folder name is the label; hidden entries and non-images are reported."""
-    root = Path(root)
-    records: list[Record] = []
-    ignored: list[str] = []
-    for entry in sorted(root.iterdir()):
-        rel = entry.relative_to(root).as_posix()
-        if entry.name.startswith("."):
-            ignored.append(rel + ("/" if entry.is_dir() else ""))
-        elif entry.is_file():
-            ignored.append(rel)  # a file beside the class folders has no label
-        elif entry.is_dir():
-            records.extend(_walk_class_folder(root, entry, ignored))
-    if not records:
-        raise DataError(
-            f"{root}: no images found. Expected ROOT/<label>/<image files> (png, jpg, tif, bmp, dcm), "
-            "a labels.csv with path,label columns, or Cohen's metadata.csv"
-        )
-    records = _fill_dicom_patient_ids(root, records)
-    return Manifest(root, records, "folder", ignored=ignored)
-
-
-def _walk_class_folder(root: Path, class_dir: Path, ignored: list[str]) -> list[Record]:
-    records = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        here = Path(dirpath)
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                ignored.append((here / d).relative_to(root).as_posix() + "/")
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            file = here / name
-            rel = file.relative_to(root).as_posix()
-            if name.startswith(".") or not is_candidate_image(file):
-                ignored.append(rel)
-            else:
-                records.append(Record(rel, class_dir.name, None, f"folder:{root.name}"))
-    return records
-
-
-def from_csv(csv_path: Path | str) -> Manifest:
-    """A CSV with at least `path,label` (paths relative to the CSV); other columns are kept as metadata."""
-    csv_path = Path(csv_path)
-    rows, header = _read_csv(csv_path)
-    missing = [c for c in ("path", "label") if c not in header]
-    if missing:
-        raise DataError(
-            f"{csv_path}: missing column(s) {', '.join(missing)}; a manifest needs at least path,label "
-            f"(found: {', '.join(header) or 'no header'})"
-        )
-    records, skipped = [], []
-    for line_no, row in enumerate(rows, start=2):
-        rel = (row.get("path") or "").strip()
-        label = (row.get("label") or "").strip()
-        if not rel:
-            skipped.append(Skipped(f"{csv_path.name}:{line_no}", Problem.MISSING, "empty path"))
-            continue
-        if not label:
-            skipped.append(Skipped(rel, Problem.UNKNOWN_LABEL, f"empty label on line {line_no}"))
-            continue
-        meta = {k: v for k, v in row.items() if k and k not in ("path", "label", "patient_id", "source") and v}
-        records.append(Record(rel, label, (row.get("patient_id") or "").strip() or None, row.get("source") or "", meta))
-    if not records and not skipped:
-        raise DataError(f"{csv_path}: the manifest lists no images")
-    root = csv_path.parent
-    return Manifest(root, _fill_dicom_patient_ids(root, records), "csv", skipped=skipped)
-
-
-def cohen_label(finding: str) -> str | None:
-    """Cohen's `finding` to a label: any COVID-19 finding is COVID-19; unknown/todo findings give None."""
-    text = finding.strip()
-    if "covid-19" in text.lower():
-        return "COVID-19"
-    if text.lower() in ("", "todo", "unknown"):
-        return None
-    if text.lower() in ("no finding", "normal"):
-        return "normal"
-    if text.lower().startswith("pneumonia"):
-        return "pneumonia"
-    return text.split("/")[-1].lower()
-
-
-def from_cohen(metadata: Path | str, views: Iterable[str] = FRONTAL_VIEWS) -> Manifest:
-    """Cohen's covid-chestxray-dataset: X-rays only, frontal views by default, `folder/filename` paths."""
-    metadata = Path(metadata)
-    wanted = {v.lower() for v in views}
-    rows, _ = _read_csv(metadata)
-    records, skipped, excluded = [], [], 0
-    for row in rows:
-        if (row.get("modality") or "").strip().lower() != "x-ray" or (
-            row.get("view") or ""
-        ).strip().lower() not in wanted:
-            excluded += 1
-            continue
-        rel = f"{(row.get('folder') or '').strip()}/{(row.get('filename') or '').strip()}"
-        label = cohen_label(row.get("finding") or "")
+def relabel(manifest: Manifest, rules: LabelRules) -> Manifest:
+    """Canonical labels (raw names kept in meta); dropped labels are counted as excluded, not lost."""
+    records, dropped = [], 0
+    for r in manifest.records:
+        label = rules.apply(r.label)
         if label is None:
-            skipped.append(Skipped(rel, Problem.UNKNOWN_LABEL, f"finding {row.get('finding')!r}"))
+            dropped += 1
             continue
-        meta = {k: v for k, v in row.items() if k in ("view", "sex", "age", "finding", "date", "location") and v}
-        pid = (row.get("patientid") or "").strip() or None
-        records.append(Record(rel, label, pid, "Cohen covid-chestxray-dataset", meta))
+        meta = r.meta | {RAW_LABEL: r.meta.get(RAW_LABEL, r.label)} if label != r.label else r.meta
+        records.append(Record(r.path, label, r.patient_id, r.source, meta))
+    excluded = dict(manifest.excluded)
+    if dropped:
+        excluded["label dropped"] = excluded.get("label dropped", 0) + dropped
     if not records:
-        raise DataError(f"{metadata}: no frontal X-ray rows with a usable finding (views kept: {', '.join(views)})")
-    root = metadata.parent
-    return Manifest(root, records, "cohen", skipped=skipped, excluded=excluded)
+        raise DataError(
+            f"{manifest.root}: every image's label was dropped (labels: {sorted({r.label for r in manifest.records})})"
+        )
+    return Manifest(manifest.root, records, manifest.layout, manifest.skipped, manifest.ignored, excluded)
 
 
-def _fill_dicom_patient_ids(root: Path, records: list[Record]) -> list[Record]:
-    """Where a DICOM record has no patient id, use the header's PatientID (the study's source of truth)."""
-    out = []
+def join(manifests: list[Manifest], names: list[str]) -> Manifest:
+    """One manifest over several data sets: paths relative to their common folder, patient ids and sources
+    kept apart per set (patient 1 of one hospital is not patient 1 of another)."""
+    if len(manifests) == 1:
+        return manifests[0]
+    if len(set(names)) < len(names):
+        names = [f"{n}-{i + 1}" for i, n in enumerate(names)]
+    roots = [m.root.resolve() for m in manifests]
+    common = Path(os.path.commonpath([str(r) for r in roots]))
+    records: list[Record] = []
+    skipped: list[Skipped] = []
+    ignored: list[str] = []
+    excluded: dict[str, int] = {}
+    for manifest, root, name in zip(manifests, roots, names, strict=True):
+        prefix = os.path.relpath(root, common).replace(os.sep, "/")
+
+        def moved(rel: str, prefix: str = prefix) -> str:
+            return rel if prefix == "." else f"{prefix}/{rel}"
+
+        for r in manifest.records:
+            pid = f"{name}:{r.patient_id}" if r.patient_id else None
+            records.append(Record(moved(r.path), r.label, pid, r.source or name, r.meta | {DATASET: name}))
+        skipped += [Skipped(moved(s.path), s.problem, s.detail) for s in manifest.skipped]
+        ignored += [moved(i) for i in manifest.ignored]
+        for reason, n in manifest.excluded.items():
+            excluded[f"{name}: {reason}"] = n
+    seen: set[str] = set()
     for r in records:
-        if r.patient_id is None and is_dicom(root / r.path):
-            pid = read_dicom_patient_id(root / r.path)
-            if pid:
-                r = Record(r.path, r.label, pid, r.source, r.meta)
-        out.append(r)
-    return out
+        if r.path in seen:
+            raise DataError(f"{r.path}: listed by two of the data sets; give each --data once")
+        seen.add(r.path)
+    layout = "+".join(m.layout for m in manifests)
+    return Manifest(common, records, layout, skipped, ignored, excluded)
 
 
-def _csv_header(path: Path) -> list[str]:
-    return _read_csv(path, header_only=True)[1]
+def dataset_name(path: Path | str) -> str:
+    """A short name for a data set: its folder (the folder holding it, for a CSV or metadata file)."""
+    path = Path(path)
+    return (path.parent.name if path.is_file() else path.name) or "data"
 
 
-def _read_csv(path: Path, header_only: bool = False) -> tuple[list[dict[str, str]], list[str]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            if header_only:
-                return [], header
-            reader.fieldnames = header
-            return list(reader), header
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text CSV ({exc.reason} at byte {exc.start})") from exc
-    except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV ({exc})") from exc
+def load_data(
+    paths: Iterable[Path | str],
+    views: Iterable[str] = FRONTAL_VIEWS,
+    fmt: str = AUTO,
+    rules: LabelRules | None = None,
+) -> Manifest:
+    """Every data set of a run, listed, relabelled and joined."""
+    paths = list(paths)
+    if not paths:
+        raise DataError("no data set given: pass --data PATH (several --data join data sets)")
+    manifests = [load_manifest(p, views, fmt, rules) for p in paths]
+    return join(manifests, [dataset_name(p) for p in paths])

@@ -10,14 +10,17 @@ import csv
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from covidxr.data.labels import LabelMap
-from covidxr.data.manifest import Manifest, Record
+from covidxr.data.manifest import OFFICIAL_SPLIT, Manifest, Record
 from covidxr.errors import DataError
 
 SPLITS = ("train", "val", "test")
+SplitMethod = Literal["patient", "official"]
+SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
 SPLITS_FILE = "splits.csv"
 
@@ -28,6 +31,8 @@ class Split:
 
     assignment: dict[str, str]  # path -> split name
     groups: dict[str, str]  # path -> group id
+    method: str = "patient"  # patient | official
+    notes: tuple[str, ...] = ()
 
     def records(self, manifest: Manifest, name: str) -> list[Record]:
         return [r for r in manifest.records if self.assignment[r.path] == name]
@@ -41,7 +46,7 @@ class Split:
     def format_table(self, manifest: Manifest, label_map: LabelMap) -> str:
         counts = self.counts(manifest, label_map)
         head = f"{'split':<8}" + "".join(f"{c:>16}" for c in label_map.classes) + f"{'patients':>10}"
-        lines = [head]
+        lines = [f"split: {self.method}" + "".join(f"; {n}" for n in self.notes), head]
         for s in SPLITS:
             patients = {self.groups[r.path] for r in manifest.records if self.assignment[r.path] == s}
             lines.append(f"{s:<8}" + "".join(f"{counts[s][c]:>16}" for c in label_map.classes) + f"{len(patients):>10}")
@@ -74,38 +79,73 @@ def make_split(
     duplicate_links: list[list[str]] | None = None,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    method: SplitMethod = "patient",
 ) -> Split:
-    """Assign whole groups to splits, class by class, filling whichever split is furthest below its target."""
+    """Assign whole groups to splits, class by class, filling whichever split is furthest below its target.
+
+    `official`: the data set's own test images are the test split (with every other image of their patients,
+    so no patient straddles), and validation is carved by patient from the rest at the val:train ratio.
+    """
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+    if method not in SPLIT_METHODS:
+        raise DataError(f"unknown split method {method!r}; use one of {', '.join(SPLIT_METHODS)}")
     groups = group_ids(manifest.records, duplicate_links or [])
     members: dict[str, list[Record]] = defaultdict(list)
     for r in manifest.records:
         members[groups[r.path]].append(r)
+    rng = np.random.default_rng(seed)
+    notes = []
+    if method == "official":
+        if not manifest.has_official_split:
+            raise DataError(
+                f"{manifest.root}: this data set ({manifest.layout} layout) ships no split of its own; "
+                "use --split patient"
+            )
+        test_groups = {g for g, recs in members.items() if any(r.meta.get(OFFICIAL_SPLIT) == "test" for r in recs)}
+        moved = sum(1 for g in test_groups for r in members[g] if r.meta.get(OFFICIAL_SPLIT, "train") != "test")
+        split_of_group = dict.fromkeys(test_groups, "test")
+        rest = {g: recs for g, recs in members.items() if g not in test_groups}
+        split_of_group |= _assign(rest, label_map, ("train", "val"), fractions[:2], rng)
+        notes.append("test = the data set's own test list; validation carved by patient from its training part")
+        if moved:
+            notes.append(f"{moved} training image(s) moved to test: their patient also has official test images")
+    else:
+        split_of_group = _assign(members, label_map, SPLITS, fractions, rng)
+    split = Split({r.path: split_of_group[groups[r.path]] for r in manifest.records}, groups, method, tuple(notes))
+    assert_no_leak(manifest, split)
+    return split
+
+
+def _assign(
+    members: dict[str, list[Record]],
+    label_map: LabelMap,
+    names: tuple[str, ...],
+    fractions: tuple[float, ...],
+    rng: np.random.Generator,
+) -> dict[str, str]:
+    """Groups to the named splits at the given (relative) fractions, stratified by each group's majority class."""
     by_class: dict[str, list[str]] = defaultdict(list)
     for gid, recs in members.items():
         majority = Counter(label_map.class_name(r.label) for r in recs).most_common(1)[0][0]
         by_class[majority].append(gid)
-
-    rng = np.random.default_rng(seed)
+    weights = np.asarray(fractions, dtype=float) / sum(fractions)
     split_of_group: dict[str, str] = {}
     for cls in sorted(by_class):
         gids = sorted(by_class[cls])
         gids = [gids[i] for i in rng.permutation(len(gids))]
         gids.sort(key=lambda g: -len(members[g]))  # stable: big groups first, random order among equals
         total = sum(len(members[g]) for g in gids)
-        filled = dict.fromkeys(SPLITS, 0)
+        target = {s: w * total for s, w in zip(names, weights, strict=True)}
+        filled = dict.fromkeys(names, 0)
         for gid in gids:
-            empty = [s for s in SPLITS if filled[s] == 0]
+            empty = [s for s in names if filled[s] == 0]
             # Make sure each split gets one group of each class first, then fill by largest deficit.
-            pool = empty if empty and len(gids) >= len(SPLITS) else SPLITS
-            target = {s: f * total for s, f in zip(SPLITS, fractions, strict=True)}
+            pool = empty if empty and len(gids) >= len(names) else names
             choice = max(pool, key=lambda s: (target[s] - filled[s]) / target[s])
             split_of_group[gid] = choice
             filled[choice] += len(members[gid])
-    split = Split({r.path: split_of_group[groups[r.path]] for r in manifest.records}, groups)
-    assert_no_leak(manifest, split)
-    return split
+    return split_of_group
 
 
 def assert_no_leak(manifest: Manifest, split: Split) -> None:
@@ -124,9 +164,11 @@ def write_split(split: Split, manifest: Manifest, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "patient_id", "group", "split"])
+        writer.writerow(["path", "label", "patient_id", "group", "split", "method"])
         for r in manifest.records:
-            writer.writerow([r.path, r.label, r.patient_id or "", split.groups[r.path], split.assignment[r.path]])
+            writer.writerow(
+                [r.path, r.label, r.patient_id or "", split.groups[r.path], split.assignment[r.path], split.method]
+            )
     tmp.replace(path)
 
 
@@ -143,7 +185,8 @@ def read_split(path: Path, manifest: Manifest) -> Split:
             f"{path} does not match this data set ({len(missing)} image(s) not in it, e.g. {missing[:3]}); "
             "delete it to split again"
         )
-    split = Split({p: assignment[p] for p in paths}, {p: groups[p] for p in paths})
+    method = (rows[0].get("method") or "patient") if rows else "patient"
+    split = Split({p: assignment[p] for p in paths}, {p: groups[p] for p in paths}, method)
     assert_no_leak(manifest, split)
     return split
 
@@ -155,6 +198,7 @@ def load_or_make_split(
     duplicate_links: list[list[str]] | None = None,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    method: SplitMethod = "patient",
 ) -> tuple[Split, bool]:
     """Reuse `out_dir/splits.csv` when it exists (reproducible runs); otherwise make and write one.
 
@@ -162,8 +206,11 @@ def load_or_make_split(
     """
     path = out_dir / SPLITS_FILE
     if path.exists():
-        return read_split(path, manifest), True
-    split = make_split(manifest, label_map, duplicate_links, fractions, seed)
+        split = read_split(path, manifest)
+        if split.method != method:
+            raise DataError(f"{path} holds a {split.method} split, not {method}; delete it to split again")
+        return split, True
+    split = make_split(manifest, label_map, duplicate_links, fractions, seed, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_split(split, manifest, path)
     return split, False

@@ -7,16 +7,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
 
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
-from covidxr.data.manifest import Manifest, Record, Skipped
+from covidxr.data.manifest import RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
 from covidxr.errors import DataError, ImageReadError
 
@@ -46,10 +48,14 @@ class DataReport:
     patients: int
     skipped: list[Skipped]
     ignored: list[str]
-    excluded: int
+    excluded: dict[str, int]
     exact_duplicates: list[list[str]]
     near_duplicates: list[tuple[str, str, int]]
     geometry: dict[str, dict[str, float]]
+    raw_labels: dict[str, list[str]] = field(default_factory=dict)  # label -> the data sets' own spellings
+    label_by_source: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> label -> images
+    split: str | None = None  # patient | official, once a split is made
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (path, caveat): read, but not as stored
     warnings: list[str] = field(default_factory=list)
     problem: str | None = None  # why the data set is unusable; None when it can be used
 
@@ -71,6 +77,10 @@ class DataReport:
             "usable": self.usable,
             "patients": self.patients,
             "per_label": self.per_label,
+            "raw_labels": self.raw_labels,
+            "label_by_source": self.label_by_source,
+            "split": self.split,
+            "notes": [{"path": p, "note": n} for p, n in self.notes],
             "skipped": [s.to_dict() for s in self.skipped],
             "ignored": self.ignored,
             "excluded_by_filter": self.excluded,
@@ -90,29 +100,58 @@ class DataReport:
             f"images: {self.listed} listed, {self.usable} usable, {len(self.skipped)} skipped; "
             f"{len(self.per_label)} classes in the data; {self.patients} patients",
             "",
-            f"{'label':<16}{'images':>8}{'patients':>10}{'median size':>14}{'square':>8}",
+            f"{'label':<16}{'images':>8}{'patients':>10}{'median size':>14}{'square':>8}  from",
         ]
         for label, counts in self.per_label.items():
             geo = self.geometry.get(label, {})
             size = f"{geo.get('median_width', 0):.0f}x{geo.get('median_height', 0):.0f}"
             square = f"{geo.get('square_fraction', 0):.0%}"
-            lines.append(f"{label:<16}{counts['images']:>8}{counts['patients']:>10}{size:>14}{square:>8}")
+            raw = ", ".join(self.raw_labels.get(label, []))
+            lines.append(f"{label:<16}{counts['images']:>8}{counts['patients']:>10}{size:>14}{square:>8}  {raw}")
+        if len(self.label_by_source) > 1:
+            lines += ["", self.format_sources()]
         if self.skipped:
             lines += ["", f"skipped {len(self.skipped)} file(s):"]
             lines += [f"  {s.path}: {s.problem}" + (f" ({s.detail})" if s.detail else "") for s in self.skipped]
         if self.ignored:
             shown = ", ".join(self.ignored[:5]) + (" ..." if len(self.ignored) > 5 else "")
             lines += ["", f"ignored {len(self.ignored)} non-image file(s) or hidden folder(s): {shown}"]
+        if self.notes:
+            lines += ["", f"read with a caveat: {len(self.notes)} file(s)"]
+            lines += [f"  {p}: {n}" for p, n in self.notes[:5]] + (["  ..."] if len(self.notes) > 5 else [])
         if self.excluded:
-            lines.append(f"excluded by view/modality filter: {self.excluded} row(s)")
+            lines.append("excluded on purpose: " + ", ".join(f"{n} ({why})" for why, n in self.excluded.items()))
         if self.exact_duplicates or self.near_duplicates:
             lines.append(
                 f"duplicates: {len(self.exact_duplicates)} group(s) of identical images, "
                 f"{len(self.near_duplicates)} near-duplicate pair(s) (kept together when splitting)"
             )
+        if self.split:
+            lines.append(f"split: {self.split}")
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"UNUSABLE: {self.problem}" if self.problem else "usable: yes")
         return "\n".join(lines)
+
+    def format_sources(self) -> str:
+        """The label x source table: where each label's images came from."""
+        labels = list(self.per_label)
+        width = max(12, *(len(label) + 2 for label in labels))
+        lines = [f"{'source':<42}" + "".join(f"{label:>{width}}" for label in labels)]
+        for source, counts in self.label_by_source.items():
+            cells = "".join(f"{counts.get(label, 0):>{width}}" for label in labels)
+            lines.append(f"{short_source(source):<42}{cells}")
+        return "\n".join(lines)
+
+
+def short_source(source: str, limit: int = 40) -> str:
+    """A source's name for tables: a URL's host and first path part, or the text before its first aside."""
+    if source.startswith(("http://", "https://")):
+        parsed = urlparse(source)
+        first = parsed.path.strip("/").split("/")[0]
+        text = parsed.netloc.removeprefix("www.") + (f"/{first}" if first else "")
+    else:
+        text = re.split(r" \(|, |; ", source, maxsplit=1)[0] or "(none)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def inspect(
@@ -146,6 +185,9 @@ def inspect(
         exact_duplicates=exact,
         near_duplicates=near,
         geometry=_geometry(good),
+        raw_labels=_raw_labels(usable.records),
+        label_by_source=_label_by_source(usable.records),
+        notes=[(d.record.path, d.info.note) for d in good if d.info and d.info.note],
     )
     report.warnings = _warnings(usable, report, good)
     try:
@@ -198,6 +240,36 @@ def _per_label(records: list[Record]) -> dict[str, dict[str, int]]:
     return {label: {"images": images[label], "patients": len(patients[label])} for label in sorted(images)}
 
 
+def _raw_labels(records: list[Record]) -> dict[str, list[str]]:
+    raw: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        raw[r.label].add(r.meta.get(RAW_LABEL, r.label))
+    return {label: sorted(names) for label, names in sorted(raw.items())}
+
+
+def _label_by_source(records: list[Record]) -> dict[str, dict[str, int]]:
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in records:
+        table[r.source][r.label] += 1
+    return {source: dict(sorted(counts.items())) for source, counts in sorted(table.items())}
+
+
+def confounded_labels(label_by_source: dict[str, dict[str, int]]) -> dict[str, str]:
+    """Labels whose every image comes from one source that holds no other label: label == hospital there."""
+    sources_of: dict[str, set[str]] = defaultdict(set)
+    for source, counts in label_by_source.items():
+        for label in counts:
+            sources_of[label].add(source)
+    if len(sources_of) < 2:
+        return {}
+    out = {}
+    for label, sources in sorted(sources_of.items()):
+        (only,) = sources if len(sources) == 1 else (None,)
+        if only is not None and set(label_by_source[only]) == {label}:
+            out[label] = only
+    return out
+
+
 def _geometry(good: list[_Decoded]) -> dict[str, dict[str, float]]:
     by_label: dict[str, list[ImageInfo]] = defaultdict(list)
     for d in good:
@@ -222,6 +294,12 @@ def _warnings(usable: Manifest, report: DataReport, good: list[_Decoded]) -> lis
         warnings.append(
             "no patient ids for some images: each such image is its own group, so images of one patient "
             "may land in different splits and inflate test scores"
+        )
+    for label, source in confounded_labels(report.label_by_source).items():
+        warnings.append(
+            f"every {label!r} image comes from one source ({short_source(source)}) that holds no other label: "
+            "label and source are the same thing here, so a model can learn the hospital instead of the finding; "
+            f"add {label!r}-negative images from that source, or {label!r} images from another"
         )
     label_of = {d.record.path: d.record.label for d in good}
     conflicts = [g for g in report.duplicate_links() if len({label_of[p] for p in g}) > 1]

@@ -9,16 +9,18 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from covidxr.config import Config
+from covidxr.config import Config, DataConfig
+from covidxr.data.formats import AUTO
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap
 from covidxr.data.manifest import Manifest, Record
-from covidxr.data.prepare import inspect_path
+from covidxr.data.prepare import inspect_data
 from covidxr.data.split import SPLITS_FILE, Split, read_split
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.audit import (
@@ -161,10 +163,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Internal evaluation of a finished run. Returns (and writes) metrics.json; sets the threshold in model.json."""
     ctx = EvalContext.load(run_dir)
-    data_path = ctx.cfg.data.path
-    if data_path is None:
+    if not ctx.cfg.data.paths:
         raise CovidxrError(f"{run_dir}: config.yaml names no data set")
-    manifest = _usable(data_path, ctx)
+    manifest = _usable(ctx.cfg.data)
     split = read_split(ctx.run_dir / SPLITS_FILE, manifest)
     val = ctx.score(manifest, split.records(manifest, "val"))
     test = ctx.score(manifest, split.records(manifest, "test"))
@@ -196,27 +197,73 @@ def evaluate_run(
     return result
 
 
-def evaluate_external(run_dir: Path | str, data: Path | str, n_resamples: int = 1000) -> dict[str, Any]:
-    """Score a run on another data set with the run's label mapping and validated threshold."""
+def evaluate_external(
+    run_dir: Path | str,
+    data: Path | str,
+    n_resamples: int = 1000,
+    out: Path | str | None = None,
+    label_map: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Score a run on another data set with the run's label mapping and validated threshold.
+
+    Labels the run cannot score (a class it never learned) are dropped and counted; `label_map` maps the
+    external set's labels first. A set holding one class only gets what it allows: per-label rates, no AUC.
+    """
     ctx = EvalContext.load(run_dir)
     if not (ctx.run_dir / METRICS_FILE).is_file():
         evaluate_run(run_dir, n_resamples)
         ctx = EvalContext.load(run_dir)
-    manifest = _usable(data, ctx)
-    if ctx.spec.task == "multiclass":
-        unknown = sorted({r.label for r in manifest.records} - set(ctx.spec.classes))
-        if unknown:
-            raise CovidxrError(f"{data}: labels {unknown} are not among the run's classes {ctx.spec.classes}")
+    rules = dict(ctx.cfg.data.label_rules.rename) | (label_map or {})
+    data_cfg = replace(ctx.cfg.data, paths=(str(data),), label_map=rules, format=AUTO)
+    manifest = _usable(data_cfg)
+    dropped = dict(sorted(Counter(r.label for r in manifest.records if not ctx.label_map.knows(r.label)).items()))
+    manifest = manifest.subset([r for r in manifest.records if ctx.label_map.knows(r.label)])
+    if not manifest.records:
+        raise CovidxrError(f"{data}: none of its labels {sorted(dropped)} is a class of the run {ctx.spec.classes}")
     scored = ctx.score(manifest, manifest.records)
     external = summarise(scored, ctx.spec, ctx.spec.threshold, n_resamples, ctx.cfg.data.seed)
     external["data"] = str(data)
-    out_dir = ctx.run_dir / EXTERNAL_DIR / _slug(data)
+    external["classes_present"] = sorted({ctx.spec.classes[t] for t in scored.targets.tolist()})
+    out_dir = Path(out) if out else ctx.run_dir / EXTERNAL_DIR / _slug(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], ctx, ctx.spec.threshold)
     internal = json.loads((ctx.run_dir / METRICS_FILE).read_text())["test"]
-    result = {"internal": internal, "external": external, "threshold": ctx.spec.threshold}
+    result = {
+        "internal": internal,
+        "external": external,
+        "threshold": ctx.spec.threshold,
+        "per_label": per_label_rates(scored, ctx.spec, n_resamples, ctx.cfg.data.seed),
+        "dropped_labels": dropped,
+    }
     _write_json(out_dir / METRICS_FILE, result)
+    result["out"] = str(out_dir)
     return result
+
+
+def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> dict[str, Any]:
+    """Per data-set label: predicted-class counts, the share called the audit class (the false-positive rate
+    where that is not the label) with a patient-bootstrap CI, and the distribution of that class's score."""
+    k = _audit_class(spec)
+    predicted = spec.decide(scored.scores)
+    called = (predicted == k).astype(float)
+    groups = scored.groups()
+    labels = np.array([r.label for r in scored.records])
+    out: dict[str, Any] = {}
+    for label in sorted(set(labels.tolist())):
+        rows = labels == label
+        ci = patient_bootstrap(
+            lambda i, rows=rows: {"rate": float(called[rows][i].mean())}, groups[rows], n_resamples, seed
+        )
+        score = scored.scores[rows, k]
+        out[label] = {
+            "n_images": int(rows.sum()),
+            "called": spec.classes[k],
+            "rate_called": float(called[rows].mean()),
+            "rate_called_ci95": list(ci["rate"]),
+            "predicted": {c: int(np.sum(predicted[rows] == j)) for j, c in enumerate(spec.classes)},
+            "score_quantiles": {q: float(np.quantile(score, float(q))) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
+        }
+    return out
 
 
 def comparison_table(result: dict[str, Any]) -> str:
@@ -229,24 +276,40 @@ def comparison_table(result: dict[str, Any]) -> str:
         if name not in internal["metrics"]:
             continue
         a, b = internal["metrics"][name], external["metrics"][name]
+        ext = _with_ci(b, external["ci95"].get(name)) if np.isfinite(b) else "not defined"
+        gap = f"{b - a:>+9.3f}" if np.isfinite(b) else ""
+        lines.append(f"{name:<14}{_with_ci(a, internal['ci95'].get(name)):>22}{ext:>22}{gap}")
+    if len(external.get("classes_present", [])) == 1:
+        lines.append(f"external set holds one class only ({external['classes_present'][0]}): AUCs are not defined")
+    return "\n".join(lines)
+
+
+def per_label_table(result: dict[str, Any]) -> str:
+    rows = result["per_label"]
+    called = next(iter(rows.values()))["called"] if rows else ""
+    lines = [f"{'external label':<20}{'images':>8}{f'called {called}':>22}{'95% CI':>16}{'median score':>14}"]
+    for label, r in rows.items():
+        lo, hi = r["rate_called_ci95"]
         lines.append(
-            f"{name:<14}{_with_ci(a, internal['ci95'].get(name)):>22}"
-            f"{_with_ci(b, external['ci95'].get(name)):>22}{b - a:>+9.3f}"
+            f"{label:<20}{r['n_images']:>8}{r['rate_called']:>22.1%}{f'[{lo:.0%}, {hi:.0%}]':>16}"
+            f"{r['score_quantiles']['0.5']:>14.3f}"
         )
+    for label, n in result.get("dropped_labels", {}).items():
+        lines.append(f"dropped {n} image(s) labelled {label!r}: not a class of this run (map it with --label-map)")
     return "\n".join(lines)
 
 
 def _with_ci(value: float, ci: list[float] | None) -> str:
-    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.isfinite(ci[0]) else f"{value:.3f}"
 
 
-def _usable(path: str | Path, ctx: EvalContext) -> Manifest:
-    manifest, report = inspect_path(path, ctx.cfg.data)
-    labels = sorted({r.label for r in manifest.records})
-    if ctx.spec.task == "binary" and ctx.spec.positive not in labels:
-        raise CovidxrError(f"{path}: no image labelled {ctx.spec.positive!r} (labels: {', '.join(labels)})")
+def _usable(data_cfg: DataConfig) -> Manifest:
+    manifest, report = inspect_data(data_cfg)
     if report.skipped:
-        print(f"note: {len(report.skipped)} unreadable file(s) in {path} skipped (see covidxr data inspect)")
+        print(
+            f"note: {len(report.skipped)} unreadable file(s) in {' + '.join(data_cfg.paths)} skipped "
+            "(see covidxr data inspect)"
+        )
     return manifest
 
 

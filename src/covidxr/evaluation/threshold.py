@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 from sklearn.metrics import roc_curve
 
-THRESHOLD_METHODS = ("f1", "youden")
+ThresholdMethod = Literal["f1", "youden"]
+THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdMethod)
 
 
 def choose_threshold(y: np.ndarray, score: np.ndarray, method: str = "f1") -> float:

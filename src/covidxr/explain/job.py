@@ -108,11 +108,11 @@ def _save_rgb(rgb: np.ndarray, path: Path) -> Path:
 
 def _sample_batches(run_dir: Path, spec: ModelSpec, n: int = 32, split: str = "val") -> tuple[list[Any], torch.Tensor]:
     from covidxr.config import Config
-    from covidxr.data.sources import load_manifest
+    from covidxr.data.prepare import list_data
     from covidxr.data.split import read_split
 
     cfg = Config.from_yaml(run_dir / "config.yaml")
-    manifest = load_manifest(cfg.data.path or "", cfg.data.views)
+    manifest = list_data(cfg.data)
     rows = {r["path"]: r["split"] for r in csv.DictReader((run_dir / "splits.csv").open())}
     manifest = manifest.subset([r for r in manifest.records if r.path in rows])
     records = read_split(run_dir / "splits.csv", manifest).records(manifest, split)[:n]

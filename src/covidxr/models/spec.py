@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from covidxr.data.dataset import Preprocess
 from covidxr.errors import CovidxrError
 
@@ -31,6 +33,12 @@ class ModelSpec:
     freeze: str = "head"
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Predicted class per row: the validated threshold on the positive score (binary), else argmax."""
+        if self.task == "binary":
+            return (scores[:, 1] >= self.threshold).astype(int)
+        return scores.argmax(axis=1)
 
     @property
     def num_outputs(self) -> int:

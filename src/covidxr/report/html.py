@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from covidxr import __version__
+from covidxr.data.validate import short_source
 from covidxr.report.plots import PLOTS_DIR
 
 REPORT_FILE = "report.html"
@@ -72,10 +72,18 @@ def data_section(run: Path) -> Section | None:
     report = _json(run / "data_report.json")
     if not report:
         return None
-    rows = [[label, c["images"], c["patients"]] for label, c in report["per_label"].items()]
+    raw = report.get("raw_labels", {})
+    rows = [
+        [label, c["images"], c["patients"], ", ".join(raw.get(label, []))] for label, c in report["per_label"].items()
+    ]
     html = f"<p>{escape(report['source'])} ({escape(report['layout'])} layout): {report['usable']} usable of "
     html += f"{report['listed']} listed, {len(report['skipped'])} skipped, {report['patients']} patients.</p>"
-    html += table(["label", "images", "patients"], rows)
+    html += table(["label", "images", "patients", "as named in the data"], rows)
+    by_source = report.get("label_by_source", {})
+    if len(by_source) > 1:
+        labels = list(report["per_label"])
+        source_rows = [[short_source(s), *(c.get(label, 0) for label in labels)] for s, c in by_source.items()]
+        html += "<p>Images per source and label:</p>" + table(["source", *labels], source_rows)
     if report["skipped"]:
         html += table(["skipped file", "problem"], [[s["path"], s["problem"]] for s in report["skipped"]])
     html += "".join(f'<p class="note">Data warning: {escape(w)}</p>' for w in report["warnings"])
@@ -84,7 +92,8 @@ def data_section(run: Path) -> Section | None:
             counts = Counter((r["split"], r["label"]) for r in csv.DictReader(fh))
         labels = sorted({label for _, label in counts})
         split_rows = [[s, *(counts[(s, label)] for label in labels)] for s in ("train", "val", "test")]
-        html += "<p>Patient-level split (no patient in two splits):</p>" + table(["split", *labels], split_rows)
+        how = "the data set's own test list" if report.get("split") == "official" else "patient-level"
+        html += f"<p>Split: {how} (no patient in two splits):</p>" + table(["split", *labels], split_rows)
     return Section("Data", html, "data")
 
 
@@ -272,9 +281,7 @@ def _num(value: str | None) -> Any:
 
 def credits_section(run: Path) -> Section | None:
     report = _json(run / "data_report.json")
-    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    path = (config.get("data") or {}).get("path")
-    sources = _sources(Path(path)) if path else []
+    sources = _sources(run)
     if not sources:
         return None
     rows = [[s, lic or "see the data set"] for s, lic in sources]
@@ -285,11 +292,12 @@ def credits_section(run: Path) -> Section | None:
     )
 
 
-def _sources(path: Path) -> list[tuple[str, str]]:
-    from covidxr.data.sources import load_manifest
+def _sources(run: Path) -> list[tuple[str, str]]:
+    from covidxr.config import Config
+    from covidxr.data.prepare import list_data
 
     try:
-        manifest = load_manifest(path)
+        manifest = list_data(Config.from_yaml(run / "config.yaml").data)
     except Exception:  # the data may have moved since training; credits then come from elsewhere
         return []
     return sorted({(r.source, r.meta.get("license", "")) for r in manifest.records if r.source})

@@ -138,7 +138,7 @@ def work(cfg: Config, grid: Grid, out: Path, storage_url: str | None, name: str,
     if threads:
         torch.set_num_threads(threads)
     study = _load_study(storage_url, out, name, grid, cfg.data.seed)
-    prepared = prepare(cfg.data.path or "", out, cfg.data)  # reuses out/splits.csv
+    prepared = prepare(out, cfg.data)  # reuses out/splits.csv
     objective = _objective(cfg, grid, out, study, prepared)
     ran = 0
     while True:
@@ -179,12 +179,12 @@ def search(
     from covidxr.training.job import train
 
     out = Path(out)
-    if cfg.data.path is None:
+    if not cfg.data.paths:
         raise CovidxrError("no data set given (--data)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _preflight(grid, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    prepare(cfg.data.path, out, cfg.data)
+    prepare(out, cfg.data)
     (out / "grid.json").write_text(json.dumps(grid, indent=2))
     name = study_name or "covidxr-search"
     _load_study(storage_url, out, name, grid, cfg.data.seed)  # create it once, before workers race to

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from covidxr.config import Config
+from covidxr.data.prepare import list_data
 from covidxr.data.readers import read_image
-from covidxr.data.sources import load_manifest
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
 from covidxr.serve.engine import ONNX_FILE
@@ -27,7 +27,7 @@ def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
     """A few real images of the run's own data, preprocessed exactly as for inference."""
     _, spec = load_model(run_dir)
     cfg = Config.from_yaml(run_dir / "config.yaml")
-    manifest = load_manifest(cfg.data.path or "", cfg.data.views)
+    manifest = list_data(cfg.data)
     records = manifest.records[:: max(1, len(manifest.records) // n)][:n]
     return torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records]).numpy()
 

@@ -74,13 +74,13 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
             return _result(run_dir, ModelSpec.read(run_dir), state)
     elif (run_dir / LAST_CKPT).exists():
         raise CovidxrError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
-    if cfg.data.path is None:
+    if not cfg.data.paths:
         raise CovidxrError("no data set given (--data)")
     tc = cfg.train
     check_weights(get_backbone(tc.backbone), tc.weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     if prepared is None:
-        prepared = prepare(cfg.data.path, run_dir, cfg.data)
+        prepared = prepare(run_dir, cfg.data)
     else:
         prepared.report.write_json(run_dir / REPORT_FILE)
         write_split(prepared.split, prepared.manifest, run_dir / SPLITS_FILE)
