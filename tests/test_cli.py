@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,64 @@ def test_demo_runs_the_main_job_and_ends_with_the_report_path(tmp_path: Path) ->
         assert (tmp_path / "demo" / "run" / name).is_file()
     again = covidxr("demo", "--out", str(tmp_path / "demo"), "--n", "80", "--epochs", "2")
     assert again.returncode == 0 and "generated" not in again.stdout  # phantoms and run are reused
+
+
+def _relabel(labels_csv: Path, out: Path, relabel: dict[str, str], patients_every: int = 3) -> Path:
+    """A copy of a phantom set's labels.csv (images linked) where every n-th patient of a label gets another."""
+    import csv
+
+    rows = list(csv.DictReader(labels_csv.open()))
+    patients = sorted({r["patient_id"] for r in rows})
+    chosen = set(patients[::patients_every])
+    for r in rows:
+        if r["patient_id"] in chosen and r["label"] in relabel:
+            r["label"] = relabel[r["label"]]
+    out.mkdir(parents=True)
+    (out / "images").symlink_to(labels_csv.parent / "images")
+    with (out / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def test_kermany_tree_inspects_with_its_labels_patients_and_official_split(tmp_path: Path) -> None:
+    from tests.public_layouts import kermany
+
+    top = kermany(tmp_path / "download")
+    out = covidxr("data", "inspect", str(top), "--report", str(tmp_path / "r.json"), "--task", "multiclass")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.strip()}
+    assert lines["normal"][1:3] == ["15", "13"] and lines["pneumonia"][1:3] == ["14", "12"]  # images, patients
+    assert "NORMAL" in lines["normal"] and "train" not in lines and "test" not in lines
+    assert "split: official available (use --split official)" in out.stdout
+    split = covidxr(
+        "data", "split", str(top), "--out", str(tmp_path / "run"), "--split", "official", "--positive", "PNEUMONIA"
+    )
+    assert split.returncode == 0, split.stderr
+    assert "split: official; test = the data set's own test list" in split.stdout
+
+
+def test_multiclass_run_and_external_evaluation_need_no_yaml(tmp_path: Path) -> None:
+    generate(tmp_path / "ph", n=90, seed=3)
+    data = _relabel(tmp_path / "ph" / "labels.csv", tmp_path / "three", {"normal": "pneumonia"})
+    run = tmp_path / "run"
+    out = covidxr("run", "--data", str(data), "--task", "multiclass", "--epochs", "2", "--out", str(run))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run / "model.json").read_text())["classes"] == ["COVID-19", "normal", "pneumonia"]
+    generate(tmp_path / "ph2", n=40, seed=4)
+    other = _relabel(tmp_path / "ph2" / "labels.csv", tmp_path / "ext", {"normal": "tuberculosis"})
+    n_tb = sum(line.split(",")[1] == "tuberculosis" for line in (other / "labels.csv").read_text().splitlines())
+    ext = covidxr("evaluate", str(run), "--data", str(other), "--out", str(tmp_path / "ext-out"), "--bootstrap", "20")
+    assert ext.returncode == 0, ext.stderr
+    assert f"dropped {n_tb} image(s) labelled 'tuberculosis': not a class of this run" in ext.stdout
+    saved = json.loads((tmp_path / "ext-out" / "metrics.json").read_text())
+    assert saved["dropped_labels"] == {"tuberculosis": n_tb} and saved["external"]["n_images"] == 40 - n_tb
+    assert set(saved["per_label"]) == {"COVID-19", "normal"}
+    mapped = covidxr("evaluate", str(run), "--data", str(other), "--out", str(tmp_path / "m"), "--bootstrap", "0",
+                     "--label-map", "tuberculosis=pneumonia")  # fmt: skip
+    assert mapped.returncode == 0 and "dropped" not in mapped.stdout
+    refused = covidxr("evaluate", str(run), "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "--out and --label-map go with --data" in refused.stderr
+    bad = covidxr("evaluate", str(run), "--threshold", "foo")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "'foo' is not one of" in bad.stderr

@@ -29,6 +29,16 @@ def test_binary_metrics_agree_with_sklearn(seed: int) -> None:
     assert ours["pr_auc"] == pytest.approx(skm.average_precision_score(y, score))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_auc_and_average_precision_agree_with_sklearn_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 120)
+    score = np.round(np.clip(y * 0.2 + rng.random(120) * 0.8, 0, 1), 1)  # few distinct values: many ties
+    ours = binary_metrics(y, score, 0.5)
+    assert ours["roc_auc"] == pytest.approx(skm.roc_auc_score(y, score))
+    assert ours["pr_auc"] == pytest.approx(skm.average_precision_score(y, score))
+
+
 def test_multiclass_macro_metrics_agree_with_sklearn() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 300)

@@ -116,6 +116,28 @@ def test_external_validation_on_a_second_data_set(phantom_run: RunResult, tmp_pa
     assert 'id="external"' in (run_dir / "report.html").read_text()
 
 
+def test_a_one_class_external_set_is_scored_with_what_it_allows(phantom_run: RunResult, tmp_path: Path) -> None:
+    generate(tmp_path / "other", n=60, seed=98)
+    rows = (tmp_path / "other" / "labels.csv").read_text().splitlines()
+    (tmp_path / "other" / "labels.csv").write_text("\n".join([rows[0], *(r for r in rows[1:] if ",normal," in r)]))
+    run_dir, out = phantom_run.report.parent, tmp_path / "ext"
+    command = [sys.executable, "-m", "covidxr", "evaluate", str(run_dir), "--data", str(tmp_path / "other")]
+    result = subprocess.run(
+        [*command, "--out", str(out), "--bootstrap", "50"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "external set holds one class only (not COVID-19): AUCs are not defined" in result.stdout
+    saved = json.loads((out / "metrics.json").read_text())
+    with (out / "predictions.csv").open() as fh:
+        predicted = [int(r["predicted"]) for r in csv.DictReader(fh)]
+    normal = saved["per_label"]["normal"]
+    assert normal["n_images"] == len(predicted) and normal["called"] == "COVID-19"
+    assert normal["rate_called"] == pytest.approx(sum(predicted) / len(predicted))
+    assert saved["external"]["metrics"]["specificity"] == pytest.approx(1 - normal["rate_called"])
+    lo, hi = normal["rate_called_ci95"]
+    assert lo <= normal["rate_called"] <= hi
+
+
 def test_cxr_dev_run_raises_the_shortcut_warnings(cxr_dev: Path, tmp_path: Path) -> None:
     cfg = Config(
         DataConfig(paths=(str(cxr_dev),)), TrainConfig(epochs=5, augment_copies=0, cache_dir=str(tmp_path / "cache"))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 
 from covidxr.config import Config, DataConfig, TrainConfig
@@ -32,7 +33,7 @@ def _cfg(data: Path, cache: Path) -> Config:
 def _completed(out: Path) -> Counter[str]:
     try:
         study = optuna.load_study(study_name="covidxr-search", storage=storage_for(out, None))
-    except KeyError:  # the search has not created its study yet
+    except (KeyError, sqlalchemy.exc.OperationalError):  # the search is still creating its study or tables
         return Counter()
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     return Counter(t.user_attrs["key"] for t in done)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import roc_auc_score
 
 from covidxr.data.manifest import Record
 from covidxr.data.readers import read_image
 from covidxr.evaluation.bootstrap import patient_bootstrap
+from covidxr.evaluation.metrics import roc_auc
 
 METADATA_WARN_AUC = 0.8
 OCCLUSION_WARN_AUC = 0.8
@@ -74,11 +74,11 @@ def metadata_features(root: Path, records: Sequence[Record], max_pixels: int | N
 
 
 def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resamples: int, seed: int) -> dict[str, object]:
-    auc = float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else float("nan")
+    auc = roc_auc(y, score)
 
     def metric(idx: np.ndarray) -> dict[str, float]:
         yy = y[idx]
-        return {"auc": float(roc_auc_score(yy, score[idx])) if len(np.unique(yy)) == 2 else float("nan")}
+        return {"auc": roc_auc(yy, score[idx])}
 
     lo, hi = patient_bootstrap(metric, groups, n_resamples, seed)["auc"]
     return {"auc": auc, "ci": [lo, hi]}

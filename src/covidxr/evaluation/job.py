@@ -259,7 +259,7 @@ def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int
             "n_images": int(rows.sum()),
             "called": spec.classes[k],
             "rate_called": float(called[rows].mean()),
-            "rate_called_ci95": list(ci["rate"]),
+            "rate_called_ci95": list(ci.get("rate", (float("nan"), float("nan")))),
             "predicted": {c: int(np.sum(predicted[rows] == j)) for j, c in enumerate(spec.classes)},
             "score_quantiles": {q: float(np.quantile(score, float(q))) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
         }

@@ -238,9 +238,30 @@ def external_section(run: Path) -> Section | None:
     for path in results:
         r = _json(path)
         internal, external = r["internal"]["metrics"], r["external"]["metrics"]
-        rows = [[m, internal[m], external[m], external[m] - internal[m]] for m in internal if m in external]
+        rows = [
+            [
+                m,
+                internal[m],
+                *((external[m], external[m] - internal[m]) if external[m] == external[m] else ("not defined", "")),
+            ]
+            for m in internal
+            if m in external
+        ]
         html += f"<p>{escape(r['external']['data'])}: {r['external']['n_images']} images.</p>"
         html += table(["metric", "internal test", "external", "gap"], rows)
+        per_label = r.get("per_label", {})
+        if per_label:
+            called = next(iter(per_label.values()))["called"]
+            html += table(
+                ["external label", "images", f"called {called}", "95% CI", "median score"],
+                [
+                    [label, v["n_images"], f"{v['rate_called']:.1%}",
+                     f"{v['rate_called_ci95'][0]:.0%}-{v['rate_called_ci95'][1]:.0%}", v["score_quantiles"]["0.5"]]
+                    for label, v in per_label.items()
+                ],
+            )  # fmt: skip
+        for label, n in r.get("dropped_labels", {}).items():
+            html += f'<p class="note">{n} image(s) labelled {escape(label)} dropped: not a class of this run.</p>'
     return Section("External validation", html, "external")
 
 
