@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -42,25 +42,48 @@ class DataConfig:
         return LabelRules(parse_label_map(self.label_map), tuple(self.drop_labels))
 
 
+Recipe = Literal["default", "study"]
+LrSchedule = Literal["none", "plateau"]
+HeadKind = Literal["mlp", "linear"]
+
+# What a recipe sets for every field left unset (None). `study`: the paper's 20 epochs at lr 1e-4, batch 16,
+# Adam, early stopping. `default`: a head on cached features costs milliseconds an epoch, so it trains to
+# convergence instead: a higher head learning rate (chosen by benchmarks/bench_quality.py), halved when
+# validation loss stalls, a generous cap and patience; whole-network fine-tuning keeps the gentler rate.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "study": {
+        "head": {"epochs": 20, "lr": 1e-4, "patience": 5, "lr_schedule": "none"},
+        "other": {"epochs": 20, "lr": 1e-4, "patience": 5, "lr_schedule": "none"},
+    },
+    "default": {
+        "head": {"epochs": 300, "lr": 1e-3, "patience": 20, "lr_schedule": "plateau"},
+        "other": {"epochs": 30, "lr": 1e-4, "patience": 6, "lr_schedule": "plateau"},
+    },
+}
+
+
 @dataclass
 class TrainConfig:
-    """The study's defaults (lr 1e-4, batch 16, Adam, 20 epochs), on a backbone whose weights ship offline."""
+    """Hyperparameters; epochs, lr, patience and schedule come from the recipe unless given."""
 
     backbone: str = _opt("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
     weights: str = _opt("imagenet", "imagenet | none | PATH (.safetensors or state dict)")
     freeze: str = _opt("head", "head | last-k | full")
     last_k: int = _opt(1, "stages trained with --freeze last-k")
     input_size: int | None = _opt(None, "override the backbone's input size (299 for the Inceptions)")
+    head: HeadKind = _opt("mlp", "mlp (the study's Dense(64)-ReLU-Dropout) or linear (the linear probe as model)")
     hidden: int = _opt(64, "units of the head's hidden layer")
     dropout: float = _opt(0.3, "dropout before the head's output layer")
     cnn_widths: tuple[int, ...] = _opt((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
-    epochs: int = _opt(20, "maximum epochs")
+    recipe: Recipe = _opt("default", "default (trains the head to convergence) or study (the paper's settings)")
+    epochs: int | None = _opt(None, "maximum epochs (default: from the recipe)")
     batch_size: int = _opt(16, "images per step")
-    lr: float = _opt(1e-4, "learning rate")
+    lr: float | None = _opt(None, "learning rate (default: from the recipe)")
+    lr_schedule: LrSchedule | None = _opt(None, "none or plateau (halve lr when val loss stalls; default: recipe)")
     optimizer: str = _opt("adam", "adam | adamw | sgd | rmsprop")
     weight_decay: float = _opt(0.0, "weight decay")
     momentum: float = _opt(0.9, "momentum (sgd, rmsprop)")
-    patience: int = _opt(5, "early-stopping patience (epochs)")
+    patience: int | None = _opt(None, "early-stopping patience in epochs (default: from the recipe)")
     balance: str = _opt("none", "none | weights (class-weighted loss) | sampler (balanced sampling)")
     augment: str = _opt("xray", "augmentation preset: seed (the study's), xray, none")
     augment_ops: dict[str, dict[str, Any]] = _opt({}, "per-op overrides over the preset: YAML text or file")
@@ -73,6 +96,13 @@ class TrainConfig:
     strategy: str = _opt("auto", "auto | ddp | ...")
     num_nodes: int = _opt(1, "nodes for distributed training")
     precision: str = _opt("32-true", "32-true | 16-mixed | bf16-mixed")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every field the recipe sets filled in (what a run records in its config.yaml)."""
+        if self.recipe not in RECIPES:
+            raise CovidxrError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        preset = RECIPES[self.recipe]["head" if self.freeze == "head" else "other"]
+        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
 @dataclass

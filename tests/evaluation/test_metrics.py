@@ -93,3 +93,20 @@ def test_calibration_error() -> None:
     assert reliability(calibrated, score)["ece"] < 0.02
     overconfident = np.full(1000, 0.9)
     assert reliability(np.tile([0, 1], 500), overconfident)["ece"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_temperature_scaling_undoes_overconfidence(task: str) -> None:
+    from covidxr.evaluation.calibration import fit_temperature
+
+    rng = np.random.default_rng(3)
+    n, k = 4000, 2 if task == "binary" else 3
+    true_logits = rng.normal(size=(n, k)) * 1.5
+    if task == "binary":
+        y = (rng.random(n) < 1 / (1 + np.exp(-true_logits[:, 1]))).astype(int)
+    else:
+        p = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+        y = np.array([rng.choice(k, p=row) for row in p])
+    assert fit_temperature(true_logits * 4, y, task) == pytest.approx(4, rel=0.15)  # overconfident by 4x
+    assert fit_temperature(true_logits, y, task) == pytest.approx(1, rel=0.15)
+    assert fit_temperature(true_logits, np.zeros(n, dtype=int), task) == 1.0  # one class: nothing to fit

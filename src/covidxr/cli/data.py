@@ -83,7 +83,7 @@ def run_demo(
     data: Path | None = typer.Option(None, "--data", help="real data instead of the phantoms (any layout)"),
     out: Path = typer.Option(Path("demo-out"), "--out", help="folder for the phantoms, the run and the cache"),
     n: int = typer.Option(400, "--n", min=10, help="number of phantom images"),
-    epochs: int = typer.Option(20, "--epochs", min=1),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="maximum epochs (default: the recipe's)"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """`covidxr run` with the defaults on freshly generated phantoms (or on --data), ending with the report."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_expit, log_softmax
 
 
 def reliability(y: np.ndarray, score: np.ndarray, bins: int = 10) -> dict[str, object]:
@@ -28,3 +30,24 @@ def reliability(y: np.ndarray, score: np.ndarray, bins: int = 10) -> dict[str, o
         "observed": observed,
         "counts": counts,
     }
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising validation NLL of scores from logits / T.
+
+    Binary (the study's head): the positive output's sigmoid; multiclass: softmax. Ranking, AUC and the
+    argmax never change; only how far scores trust themselves does.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        if task == "binary":
+            return float(-np.mean(np.where(y == 1, log_expit(z[:, 1]), log_expit(-z[:, 1]))))
+        return float(-np.mean(log_softmax(z, axis=1)[np.arange(len(y)), y]))
+
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(best.x)) if nll(best.x) < nll(0.0) else 1.0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from covidxr.config import Config, DataConfig
 from covidxr.data.formats import AUTO
@@ -31,9 +32,9 @@ from covidxr.evaluation.audit import (
     metadata_features,
 )
 from covidxr.evaluation.bootstrap import patient_bootstrap
-from covidxr.evaluation.calibration import reliability
+from covidxr.evaluation.calibration import fit_temperature, reliability
 from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion, multiclass_metrics
-from covidxr.evaluation.predict import predict_scores
+from covidxr.evaluation.predict import predict_logits
 from covidxr.evaluation.threshold import choose_threshold, threshold_for_specificity
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
@@ -48,8 +49,9 @@ class Scored:
     """Predictions for one set of images."""
 
     records: list[Record]
-    scores: np.ndarray  # (N, C)
+    logits: np.ndarray  # (N, C), raw
     targets: np.ndarray  # (N,)
+    scores: np.ndarray  # (N, C), calibrated with the spec's temperature
 
     @property
     def positive(self) -> np.ndarray:
@@ -76,8 +78,13 @@ class EvalContext:
         return cls(run_dir, net, spec, cfg, label_map)
 
     def score(self, manifest: Manifest, records: list[Record], transform: Any = None) -> Scored:
-        scores, targets = predict_scores(self.net, self.spec, manifest.root, records, self.label_map, transform)
-        return Scored(records, scores, targets)
+        logits, targets = predict_logits(self.net, self.spec, manifest.root, records, self.label_map, transform)
+        return self.rescore(Scored(records, logits, targets, logits))
+
+    def rescore(self, scored: Scored) -> Scored:
+        """The same predictions under the spec's current temperature."""
+        scores = self.spec.scores(torch.from_numpy(scored.logits)).numpy()
+        return Scored(scored.records, scored.logits, scored.targets, scores)
 
 
 def summarise(scored: Scored, spec: ModelSpec, threshold: float, n_resamples: int, seed: int) -> dict[str, Any]:
@@ -171,6 +178,18 @@ def evaluate_run(
     test = ctx.score(manifest, split.records(manifest, "test"))
     seed = ctx.cfg.data.seed
     result: dict[str, Any] = {"task": ctx.spec.task, "classes": ctx.spec.classes}
+    ctx.spec.temperature = 1.0
+    uncalibrated = ctx.rescore(test)
+    ctx.spec.temperature = fit_temperature(val.logits, val.targets, ctx.spec.task)
+    val, test = ctx.rescore(val), ctx.rescore(test)
+    k = _audit_class(ctx.spec)
+    result["calibration"] = {
+        "method": "temperature scaling",
+        "temperature": ctx.spec.temperature,
+        "fitted_on": "val",
+        "test_before": reliability(test.targets == k, uncalibrated.scores[:, k]),
+        "test_after": reliability(test.targets == k, test.scores[:, k]),
+    }
     threshold = 0.5
     if ctx.spec.task == "binary":
         threshold = choose_threshold(val.targets, val.positive, threshold_method)
@@ -184,7 +203,7 @@ def evaluate_run(
             "test_specificity": at95["specificity"],
         }
         ctx.spec.threshold = threshold
-        ctx.spec.write(ctx.run_dir)
+    ctx.spec.write(ctx.run_dir)
     result["val"] = summarise(val, ctx.spec, threshold, 0, seed) | {"ci95": {}}
     result["test"] = summarise(test, ctx.spec, threshold, n_resamples, seed)
     if audit:

@@ -13,12 +13,11 @@ from torch.utils.data import DataLoader
 from covidxr.data.dataset import Transform, XrayDataset
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Record
-from covidxr.models.head import positive_scores
 from covidxr.models.spec import ModelSpec
 
 
 @torch.no_grad()
-def predict_scores(
+def predict_logits(
     net: torch.nn.Module,
     spec: ModelSpec,
     root: Path,
@@ -27,13 +26,13 @@ def predict_scores(
     transform: Transform | None = None,
     batch_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N, C), targets (N,)) in record order, in eval mode."""
+    """(raw logits (N, C), targets (N,)) in record order, in eval mode; `spec.scores` turns logits into scores."""
     net.eval()
     dataset = XrayDataset(root, records, label_map, spec.preprocess, augment=transform)
-    scores, targets = [], []
+    logits, targets = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        scores.append(positive_scores(net(x), spec.task).numpy())
+        logits.append(net(x).float().numpy())
         targets.append(y.numpy())
-    if not scores:
+    if not logits:
         return np.zeros((0, spec.num_outputs)), np.zeros(0, dtype=int)
-    return np.concatenate(scores), np.concatenate(targets)
+    return np.concatenate(logits), np.concatenate(targets)

@@ -77,7 +77,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
         for which in ("predicted", "positive"):
             cam = grad_cam(net, spec, x[None], which)[0]
             _save_rgb(overlay(gray, cam), folder / f"cam_{which}.png")
-        u = mc_dropout(net, x[None], spec.task, mc_passes)
+        u = mc_dropout(net, x[None], spec, mc_passes)
         score = u["mean"][0]
         label = (
             spec.classes[int(score[1] >= spec.threshold)]
@@ -160,7 +160,7 @@ def explain_run(run_dir: Path | str, mc_passes: int = 30, gallery: int = 4) -> d
     run_dir = Path(run_dir)
     net, spec = load_model(run_dir)
     pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
-    u = mc_dropout(net, x, spec.task, mc_passes)
+    u = mc_dropout(net, x, spec, mc_passes)
     targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
     preds = (u["mean"][:, 1] >= spec.threshold).astype(int) if spec.task == "binary" else u["mean"].argmax(axis=1)
     correct = preds == targets

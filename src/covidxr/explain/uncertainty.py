@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidxr.models.head import positive_scores
+from covidxr.models.spec import ModelSpec
 
 
 def enable_dropout(net: nn.Module, on: bool = True) -> None:
@@ -18,16 +18,17 @@ def enable_dropout(net: nn.Module, on: bool = True) -> None:
 
 @torch.no_grad()
 def mc_dropout(
-    net: nn.Module, x: torch.Tensor, task: str, passes: int = 30, dropout: bool = True
+    net: nn.Module, x: torch.Tensor, spec: ModelSpec, passes: int = 30, dropout: bool = True
 ) -> dict[str, np.ndarray]:
-    """Per image: mean class scores, std of the positive score, predictive entropy of the mean."""
+    """Per image: mean (calibrated) class scores, std of the positive score, predictive entropy of the mean."""
+    task = spec.task
     enable_dropout(net, dropout)
     backbone, head = getattr(net, "backbone", None), getattr(net, "head", None)
     if backbone is not None and head is not None and not any(isinstance(m, nn.Dropout) for m in backbone.modules()):
         features = backbone(x)  # deterministic: pay for it once, sample only the head
-        samples = torch.stack([positive_scores(head(features), task) for _ in range(passes)])
+        samples = torch.stack([spec.scores(head(features)) for _ in range(passes)])
     else:
-        samples = torch.stack([positive_scores(net(x), task) for _ in range(passes)])  # (T, B, C)
+        samples = torch.stack([spec.scores(net(x)) for _ in range(passes)])  # (T, B, C)
     enable_dropout(net, False)
     mean = samples.mean(dim=0)
     probs = mean if task != "binary" else torch.stack([1 - mean[:, 1], mean[:, 1]], dim=1)

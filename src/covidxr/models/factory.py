@@ -21,7 +21,7 @@ FREEZE_POLICIES = ("head", "last-k", "full")
 class CovidxrNet(nn.Module):
     """`features` (pooled backbone output) and `head`, kept apart so cached features can feed the head alone."""
 
-    def __init__(self, backbone: nn.Module, head: ClassifierHead) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -59,10 +59,13 @@ def spec_for(
     dropout: float = 0.3,
     freeze: str = "head",
     input_size: int | None = None,
+    head: str = "mlp",
 ) -> ModelSpec:
     """A spec with the backbone's own input size and normalisation (optionally a smaller input for speed)."""
     size, mean, std = get_backbone(backbone).input_config()
-    return ModelSpec(backbone, weights, task, classes, positive, input_size or size, mean, std, hidden, dropout, freeze)
+    return ModelSpec(
+        backbone, weights, task, classes, positive, input_size or size, mean, std, hidden, dropout, freeze, head=head
+    )
 
 
 def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
@@ -74,8 +77,9 @@ def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
         spec.weights = apply_weights(backbone, entry, init_weights)
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features
     width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
-    head = ClassifierHead(int(width), spec.num_outputs, spec.hidden, spec.dropout)
-    return CovidxrNet(backbone, head)
+    if spec.head == "linear":
+        return CovidxrNet(backbone, nn.Linear(int(width), spec.num_outputs))
+    return CovidxrNet(backbone, ClassifierHead(int(width), spec.num_outputs, spec.hidden, spec.dropout))
 
 
 def apply_freeze(net: CovidxrNet, policy: str, last_k: int = 1) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from covidxr.data.dataset import Preprocess
 from covidxr.errors import CovidxrError
+from covidxr.models.head import positive_scores
 
 SPEC_FILE = "model.json"
 
@@ -31,8 +33,14 @@ class ModelSpec:
     hidden: int = 64
     dropout: float = 0.3
     freeze: str = "head"
+    head: str = "mlp"  # mlp (the study's Dense(64)-ReLU-Dropout) | linear (the fitted linear probe)
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
+    temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class scores: sigmoids of the study's binary head, softmax for multiclass."""
+        return positive_scores(logits / self.temperature, self.task)
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Predicted class per row: the validated threshold on the positive score (binary), else argmax."""

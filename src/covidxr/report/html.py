@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
@@ -60,10 +61,15 @@ def configuration(run: Path) -> Section | None:
     spec = _json(run / "model.json")
     facts = [
         [k, spec[k]]
-        for k in ("backbone", "weights", "task", "classes", "input_size", "freeze", "threshold")
+        for k in ("backbone", "weights", "task", "classes", "input_size", "freeze", "threshold", "temperature")
         if k in spec
     ]
     text = (run / "config.yaml").read_text()
+    train = (yaml.safe_load(text) or {}).get("train") or {}
+    if "recipe" in train:
+        recipe = f"{train['recipe']} (lr {train.get('lr')}, up to {train.get('epochs')} epochs, "
+        recipe += f"patience {train.get('patience')}, schedule {train.get('lr_schedule')})"
+        facts.append(["training recipe", recipe])
     config = f"<details><summary>resolved config.yaml</summary><pre>{escape(text)}</pre></details>"
     return Section("Configuration", table(["model", "value"], facts) + config, "config")
 
@@ -133,8 +139,13 @@ def metrics_section(run: Path) -> Section | None:
             f"At the validation threshold for 95% specificity ({s95['threshold']:.3f}), test sensitivity is "
             f"{s95['test_sensitivity']:.3f} and test specificity {s95['test_specificity']:.3f}.</p>"
         )
-    if "calibration" in test:
-        html += f"<p>Expected calibration error (test): {test['calibration']['ece']:.3f}.</p>"
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        html += (
+            f"<p>Calibration: temperature scaling fitted on the validation split (T = {c['temperature']:.2f}); "
+            f"expected calibration error on test {c['test_before']['ece']:.3f} before, "
+            f"{c['test_after']['ece']:.3f} after.</p>"
+        )
     if "per_class" in test:
         classes = list(test["per_class"])
         names = list(test["per_class"][classes[0]])
@@ -146,6 +157,32 @@ def metrics_section(run: Path) -> Section | None:
         + "</div>"
     )
     return Section("Test metrics", html, "metrics")
+
+
+def probe_section(run: Path) -> Section | None:
+    """The linear-probe baseline beside the model, chosen and compared on validation only."""
+    probe = _json(run / "linear_probe.json")
+    if not probe:
+        return None
+    spec = _json(run / "model.json")
+    html = (
+        "<p>A linear baseline on the same frozen features: standardised, L2 logistic regression, its C "
+        f"({probe['C']:g}) chosen by validation log-loss.</p>"
+    )
+    rows = [["linear probe", probe["val_nll"], probe["val_auc"], probe["test_auc"], probe["test_acc"]]]
+    if probe.get("model_val_nll") is not None:
+        rows.insert(
+            0, [f"model ({spec.get('head', 'mlp')} head)", probe["model_val_nll"], probe["model_val_auc"], "", ""]
+        )
+    html += table(["", "val NLL", "val AUC", "test AUC", "test accuracy"], rows)
+    if probe.get("beats_model_on_val"):
+        html += (
+            '<p class="note">The linear probe beats the trained head on validation (lower log-loss): the head '
+            "learned nothing a linear model could not. <code>--head linear</code> makes the probe the model.</p>"
+        )
+    elif spec.get("head") == "linear":
+        html += "<p>This run's model is the linear probe (<code>--head linear</code>).</p>"
+    return Section("Linear-probe baseline", html, "probe")
 
 
 def audit_section(run: Path) -> Section | None:
@@ -329,6 +366,7 @@ SECTIONS: list[Callable[[Path], Section | None]] = [
     data_section,
     training_section,
     metrics_section,
+    probe_section,
     audit_section,
     explanations_section,
     mistakes_section,

@@ -95,14 +95,16 @@ def confusion_plot(matrix: list[list[int]], classes: list[str], out: Path) -> Pa
     return _save(fig, out / "confusion.png")
 
 
-def reliability_plot(calibration: dict[str, Any], out: Path) -> Path:
+def reliability_plot(curves: dict[str, dict[str, Any]], out: Path) -> Path:
+    """One reliability curve per named set of bins (before and after temperature scaling)."""
     fig = Figure(figsize=(4.2, 4.0))
     ax = fig.subplots()
-    mean = np.array(calibration["mean_score"], dtype=float)
-    observed = np.array(calibration["observed"], dtype=float)
-    ok = ~np.isnan(mean)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
-    ax.plot(mean[ok], observed[ok], "-o", label=f"model (ECE {calibration['ece']:.3f})")
+    for name, calibration in curves.items():
+        mean = np.array(calibration["mean_score"], dtype=float)
+        observed = np.array(calibration["observed"], dtype=float)
+        ok = ~np.isnan(mean)
+        ax.plot(mean[ok], observed[ok], "-o", label=f"{name} (ECE {calibration['ece']:.3f})")
     ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Reliability (test)")
     ax.legend(fontsize=8)
     return _save(fig, out / "reliability.png")
@@ -168,7 +170,8 @@ def evaluation_plots(run_dir: Path, result: dict[str, Any], scored: dict[str, Sc
     training_curves(run_dir, out)
     if spec.task == "binary":
         roc_pr(test.targets, test.positive, metrics["metrics"]["roc_auc"], metrics["metrics"]["pr_auc"], out)
-        reliability_plot(metrics["calibration"], out)
+    calibration = result["calibration"]
+    reliability_plot({"uncalibrated": calibration["test_before"], "calibrated": calibration["test_after"]}, out)
     confusion_plot(metrics["confusion"], spec.classes, out)
     mistakes_gallery(test, manifest, spec.classes, spec.threshold, spec.task, out)
     occlusion_example(test, manifest, spec.input_size, out)

@@ -81,7 +81,7 @@ def create_app(run_dir: Path | str, engine: str = "torch", limits: Limits | None
         if mc:
             from covidxr.explain.uncertainty import mc_dropout
 
-            u = mc_dropout(net, x[None], spec.task, mc)
+            u = mc_dropout(net, x[None], spec, mc)
             result["uncertainty"] = {"passes": mc, "std": float(u["std"][0]), "entropy": float(u["entropy"][0])}
         return result
 

@@ -3,6 +3,7 @@ size, normalisation, classes, threshold) always come from the run's ModelSpec.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ import torch
 
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
-from covidxr.models.head import positive_scores
 from covidxr.models.spec import ModelSpec
 
 ONNX_FILE = "model.onnx"
@@ -24,7 +24,8 @@ class Engine:
         raise NotImplementedError
 
     def scores(self, batch: np.ndarray) -> np.ndarray:
-        return positive_scores(torch.from_numpy(self.logits(batch)), self.spec.task).numpy()
+        """Calibrated class scores: the run's temperature applies here (an exported graph has it built in)."""
+        return self.spec.scores(torch.from_numpy(self.logits(batch))).numpy()
 
 
 class TorchEngine(Engine):
@@ -43,7 +44,7 @@ class OnnxEngine(Engine):
         path = run_dir / ONNX_FILE
         if not path.is_file():
             raise CovidxrError(f"{path}: not found; run `covidxr export {run_dir} --format onnx` first")
-        self.spec = ModelSpec.read(run_dir)
+        self.spec = replace(ModelSpec.read(run_dir), temperature=1.0)  # the graph divides by it already
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -32,6 +32,17 @@ def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
     return torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records]).numpy()
 
 
+class Calibrated(torch.nn.Module):
+    """The network with its validation-fitted temperature built in: exported logits need no model.json."""
+
+    def __init__(self, net: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.net, self.temperature = net, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) / self.temperature
+
+
 def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Normalised batch in ("image"), logits out ("logits"), dynamic batch size."""
     with warnings.catch_warnings():
@@ -47,7 +58,8 @@ def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise CovidxrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    net, spec = load_model(run_dir)
+    trained, spec = load_model(run_dir)
+    net = Calibrated(trained, spec.temperature).eval()  # the exported logits are already temperature-scaled
     batch = sample_batch(run_dir)
     x = torch.from_numpy(batch)
     with torch.no_grad():
@@ -71,6 +83,7 @@ def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
         "images": len(batch),
         "max_abs_diff": diff,
         "input_size": spec.input_size,
+        "temperature": spec.temperature,
     }
     if diff > PARITY_TOLERANCE:
         path.unlink(missing_ok=True)

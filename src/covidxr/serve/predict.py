@@ -71,7 +71,7 @@ def _mc_std(engine: Engine, batch: np.ndarray, passes: int) -> np.ndarray:
     net = getattr(engine, "net", None)
     if net is None:
         raise CovidxrError("MC-dropout uncertainty needs the torch engine (ONNX graphs have dropout removed)")
-    return mc_dropout(net, torch.from_numpy(batch), engine.spec.task, passes)["std"]
+    return mc_dropout(net, torch.from_numpy(batch), engine.spec, passes)["std"]
 
 
 def predict_to_file(

@@ -11,7 +11,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,14 @@ from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_for
+from covidxr.models.head import positive_scores
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.weights import check_weights
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
+from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
+from covidxr.training.metrics import epoch_metrics
 from covidxr.training.module import ClassifierModule
 from covidxr.training.sampling import EpochSampler, class_weights
 
@@ -54,6 +57,11 @@ class TrainResult:
         best = next((r for r in read_history(self.run_dir / "history.csv") if int(r["epoch"]) == self.best_epoch), {})
         metrics = ", ".join(f"{k} {float(best[k]):.3f}" for k in ("val_loss", "val_acc", "val_f1", "val_auc") if best)
         cache = "" if self.cache_hit is None else f"; feature cache {'hit' if self.cache_hit else 'computed'}"
+        if self.spec.head == "linear":
+            return (
+                f"fitted a linear head (the linear probe) on {self.spec.backbone} features "
+                f"(val NLL {self.best_val_loss:.3f}){cache}\nrun directory: {self.run_dir}"
+            )
         return (
             f"trained {self.spec.backbone} ({self.spec.weights}, freeze {self.spec.freeze}) for {self.epochs_run} "
             f"epoch(s); best epoch {self.best_epoch}: {metrics}{cache}\nrun directory: {self.run_dir}"
@@ -76,6 +84,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         raise CovidxrError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
     if not cfg.data.paths:
         raise CovidxrError("no data set given (--data)")
+    cfg = replace(cfg, train=cfg.train.resolved())
     tc = cfg.train
     check_weights(get_backbone(tc.backbone), tc.weights)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,9 +95,12 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         write_split(prepared.split, prepared.manifest, run_dir / SPLITS_FILE)
     L.seed_everything(cfg.data.seed, verbose=False)
     lm = prepared.label_map
+    if tc.head == "linear" and not (tc.freeze == "head" and tc.feature_cache):
+        raise CovidxrError("--head linear fits on cached frozen features: it needs --freeze head and the feature cache")
     spec = spec_for(
-        tc.backbone, list(lm.classes), lm.task, lm.positive, tc.weights, tc.hidden, tc.dropout, tc.freeze, tc.input_size
-    )
+        tc.backbone, list(lm.classes), lm.task, lm.positive, tc.weights, tc.hidden, tc.dropout, tc.freeze,
+        tc.input_size, tc.head,
+    )  # fmt: skip
     if tc.backbone == "simple_cnn":
         spec.extra["cnn_widths"] = list(tc.cnn_widths)
     net = build_model(spec, tc.weights)
@@ -101,6 +113,10 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     cached: CachedFeatures | None = None
     if use_cache:
         cached = _cached_features(cfg, prepared, net, spec)
+        probe_splits = {s: tuple(t.numpy() for t in cached.select(s, s == "train")) for s in ("train", "val", "test")}
+        probe = LinearProbe(lm.task, spec.num_outputs).fit(*probe_splits["train"], *probe_splits["val"])
+        if tc.head == "linear":
+            return _linear_head_run(run_dir, net, spec, probe, probe_splits, cached)
         train_loader, val_loader = _feature_loaders(cfg, cached)
         trainable: torch.nn.Module = net.head
     else:
@@ -108,7 +124,9 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         trainable = net
     train_targets = list(train_loader.sampler.targets)  # type: ignore[attr-defined]
     weights = class_weights(train_targets, spec.num_outputs) if tc.balance == "weights" else None
-    module = ClassifierModule(trainable, lm.task, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, weights)
+    module = ClassifierModule(
+        trainable, lm.task, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, weights, tc.lr_schedule
+    )
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
         enable_version_counter=False,
@@ -141,6 +159,8 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     best = torch.load(run_dir / BEST_CKPT, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     save_weights(net, run_dir)
+    if cached is not None:
+        _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
     state = {
         "status": "finished",
         "best_epoch": int(best["epoch"]),
@@ -149,6 +169,41 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         "cache_hit": cached.hit if cached is not None else None,
         "cache_key": cached.key if cached is not None else None,
     }
+    _write_state(run_dir, state)
+    return _result(run_dir, spec, state)
+
+
+def _compare_with_probe(
+    net: CovidxrNet, spec: ModelSpec, probe: LinearProbe, splits: dict[str, tuple[Any, Any]]
+) -> ProbeResult:
+    """The probe's numbers beside the trained head's, on the same cached validation features."""
+    result = probe_result(probe, splits)
+    x_val, y_val = splits["val"]
+    net.eval()
+    with torch.no_grad():
+        scores = positive_scores(net.head(torch.from_numpy(x_val)), spec.task).numpy()
+    result.model_val_nll = nll_of(scores, y_val, spec.task)
+    result.model_val_auc = epoch_metrics(scores, y_val, spec.task)["auc"]
+    return result
+
+
+def _linear_head_run(
+    run_dir: Path,
+    net: CovidxrNet,
+    spec: ModelSpec,
+    probe: LinearProbe,
+    splits: dict[str, tuple[Any, Any]],
+    cached: CachedFeatures,
+) -> TrainResult:
+    """`--head linear`: the probe fitted on cached features is the model; nothing to train epoch by epoch."""
+    net.head = probe.as_linear()
+    save_weights(net, run_dir)
+    result = probe_result(probe, splits)
+    result.write(run_dir)
+    state = {
+        "status": "finished", "best_epoch": 0, "best_val_loss": result.val_nll, "epochs_run": 0,
+        "cache_hit": cached.hit, "cache_key": cached.key, "head": f"linear probe, C = {result.C:g}",
+    }  # fmt: skip
     _write_state(run_dir, state)
     return _result(run_dir, spec, state)
 

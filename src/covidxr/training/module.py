@@ -6,6 +6,8 @@ of an epoch are both in `callback_metrics` before early stopping, checkpointing 
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ class ClassifierModule(L.LightningModule):
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         class_weights: torch.Tensor | None = None,
+        lr_schedule: str = "none",
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -52,6 +55,7 @@ class ClassifierModule(L.LightningModule):
         self.task = task
         self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
         self.class_weights = class_weights
+        self.lr_schedule = lr_schedule
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +95,14 @@ class ClassifierModule(L.LightningModule):
             for name, value in metrics.items():
                 self.log(f"{stage}_{name}", float(np.nan_to_num(value, nan=0.0)) if name != "loss" else value)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
+        optimizer = self._optimizer()
+        if self.lr_schedule == "plateau":  # halve the rate after a few epochs without a better val loss
+            schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=4)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "monitor": "val_loss"}}
+        return optimizer
+
+    def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
             raise CovidxrError("nothing to train: every parameter is frozen")
