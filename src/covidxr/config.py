@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
+from covidxr.data.dataset import Equalize, ResizeMode
 from covidxr.data.formats import AUTO, FORMATS, FRONTAL_VIEWS
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelRules, Task, parse_label_map
 from covidxr.data.readers import DEFAULT_MAX_PIXELS
@@ -74,6 +75,9 @@ class TrainConfig:
     head: HeadKind = _opt("mlp", "mlp (the study's Dense(64)-ReLU-Dropout) or linear (the linear probe as model)")
     hidden: int = _opt(64, "units of the head's hidden layer")
     dropout: float = _opt(0.3, "dropout before the head's output layer")
+    resize: ResizeMode = _opt("squash", "squash (the study's), pad (keep aspect) or crop (central square)")
+    border_crop: float = _opt(0.0, "fraction cut from every side before resizing (markers, collimator edges)")
+    equalize: Equalize = _opt("none", "per-image histogram equalisation: none, hist or clahe")
     cnn_widths: tuple[int, ...] = _opt((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
     recipe: Recipe = _opt("default", "default (trains the head to convergence) or study (the paper's settings)")
     epochs: int | None = _opt(None, "maximum epochs (default: from the recipe)")

@@ -55,3 +55,45 @@ def test_nothing_is_decoded_until_an_item_is_read(tmp_path: Path) -> None:
     assert len(ds) == 1000  # built without touching a single file
     with pytest.raises(ImageReadError, match=r"missing0\.png: missing"):
         ds[0]
+
+
+def test_preprocessing_against_acquisition_cues() -> None:
+    from covidxr.data.dataset import Preprocess
+
+    wide = np.tile(np.linspace(0.2, 0.8, 300, dtype=np.float32), (200, 1))  # 300 wide, 200 high
+    squash = Preprocess(64, (0.5,) * 3, (0.5,) * 3)
+    pad = Preprocess(64, (0.5,) * 3, (0.5,) * 3, resize="pad")
+    crop = Preprocess(64, (0.5,) * 3, (0.5,) * 3, resize="crop")
+    assert squash.to_unit_gray(wide).shape == (200, 300)
+    padded = pad.to_unit_gray(wide)
+    assert padded.shape == (300, 300) and padded[:50].max() == 0 and padded[50:250].min() > 0  # black bands
+    cropped = crop.to_unit_gray(wide)
+    assert cropped.shape == (200, 200) and cropped.min() > 0.2  # the sides are gone
+    border = Preprocess(64, (0.5,) * 3, (0.5,) * 3, border_crop=0.1).to_unit_gray(wide)
+    assert border.shape == (160, 240) and border.min() > wide.min()
+    for p in (squash, pad, crop):
+        assert tuple(p(wide).shape) == (3, 64, 64)
+
+
+@pytest.mark.parametrize("how", ["hist", "clahe"])
+def test_equalisation_spreads_a_narrow_histogram(how: str) -> None:
+    from covidxr.data.dataset import Preprocess
+
+    rng = np.random.default_rng(0)
+    dull = (0.4 + 0.1 * rng.random((128, 128))).astype(np.float32)  # a low-contrast film
+    out = Preprocess(64, (0.5,) * 3, (0.5,) * 3, equalize=how).to_unit_gray(dull)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    assert out.std() > 3 * dull.std()
+    if how == "hist":
+        assert np.histogram(out, bins=4, range=(0, 1))[0].min() > 0.2 * out.size  # about uniform
+
+
+def test_model_spec_carries_the_preprocessing(tmp_path: Path) -> None:
+    from covidxr.models.factory import spec_for
+    from covidxr.models.spec import ModelSpec
+
+    spec = spec_for("tf_efficientnet_lite0", ["not COVID-19", "COVID-19"], "binary", "COVID-19")
+    spec.resize, spec.border_crop, spec.equalize = "crop", 0.05, "clahe"
+    spec.write(tmp_path)
+    pre = ModelSpec.read(tmp_path).preprocess
+    assert (pre.resize, pre.border_crop, pre.equalize) == ("crop", 0.05, "clahe")

@@ -76,3 +76,28 @@ def test_predict_cli(run_dir: Path, folder: Path, tmp_path: Path) -> None:
     out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "predicted 9 image(s), skipped 1 unreadable" in out.stdout
+
+
+def test_the_runs_temperature_reaches_torch_and_onnx_scores_alike(run_dir: Path, folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from covidxr.models.spec import ModelSpec
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.onnx", "*.ckpt"))
+    before = predict_to_file(copy, [folder], tmp_path / "t1.csv") and list(csv.DictReader((tmp_path / "t1.csv").open()))
+    spec = ModelSpec.read(copy)
+    spec.temperature = 2.5  # what evaluation writes after fitting it on validation
+    spec.write(copy)
+    export_run(copy, "onnx")
+    predict_to_file(copy, [folder], tmp_path / "torch.csv", engine="torch")
+    predict_to_file(copy, [folder], tmp_path / "onnx.csv", engine="onnx")
+    torch_rows = list(csv.DictReader((tmp_path / "torch.csv").open()))
+    onnx_rows = list(csv.DictReader((tmp_path / "onnx.csv").open()))
+    for t1, t, o in zip(before, torch_rows, onnx_rows, strict=True):
+        if t["error"]:
+            continue
+        p1, p, q = (float(r["score_COVID-19"]) for r in (t1, t, o))
+        assert abs(p - q) < 1e-4  # the exported graph divides by the temperature itself
+        z1, z = np.log(p1 / (1 - p1)), np.log(p / (1 - p))
+        assert z == pytest.approx(z1 / 2.5, abs=1e-3)  # logit / T

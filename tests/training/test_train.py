@@ -137,3 +137,36 @@ def test_existing_run_needs_resume_and_bad_choices_are_explained(phantoms: Path,
     )  # fmt: skip
     assert out.returncode == 2 and "no ImageNet weights for resnet50" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "x" / "splits.csv").exists()
+
+
+def test_the_default_recipe_converges_and_the_probe_is_compared(more_phantoms: Path, tmp_path: Path) -> None:
+    import json
+
+    result = train(_cfg(more_phantoms, tmp_path / "cache"), tmp_path / "run")
+    assert 0 < result.best_epoch < result.epochs_run - 1  # stopped by patience, not by the cap
+    history = read_history(result.run_dir / "history.csv")
+    assert float(history[result.best_epoch]["val_loss"]) <= min(float(r["val_loss"]) for r in history) + 1e-9
+    probe = json.loads((result.run_dir / "linear_probe.json").read_text())
+    assert probe["model_val_nll"] > 0 and probe["val_nll"] > 0
+    assert probe["beats_model_on_val"] == (probe["val_nll"] < probe["model_val_nll"])
+
+
+def test_linear_head_is_the_probe_and_reloads_as_a_model(more_phantoms: Path, tmp_path: Path) -> None:
+    import json
+
+    result = train(_cfg(more_phantoms, tmp_path / "cache", head="linear"), tmp_path / "run")
+    assert result.epochs_run == 0 and result.spec.head == "linear"
+    net, spec = load_model(result.run_dir)
+    assert isinstance(net.head, torch.nn.Linear)
+    manifest = load_manifest(more_phantoms)
+    split = read_split(result.run_dir / "splits.csv", manifest)
+    label_map = LabelMap(spec.task, tuple(spec.classes), spec.positive)  # type: ignore[arg-type]
+    loader = DataLoader(XrayDataset(manifest.root, split.records(manifest, "test"), label_map, spec.preprocess), 64)
+    net.eval()
+    with torch.no_grad():
+        scores = np.concatenate([positive_scores(net(x), spec.task).numpy() for x, _ in loader])
+    targets = np.concatenate([y.numpy() for _, y in loader])
+    probe = json.loads((result.run_dir / "linear_probe.json").read_text())
+    assert epoch_metrics(scores, targets, spec.task)["auc"] == pytest.approx(probe["test_auc"], abs=1e-6)
+    with pytest.raises(CovidxrError, match="--head linear fits on cached frozen features"):
+        train(_cfg(more_phantoms, tmp_path / "cache", head="linear", freeze="full"), tmp_path / "run2")

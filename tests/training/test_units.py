@@ -60,3 +60,45 @@ def test_config_yaml_roundtrip_and_unknown_fields(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("train:\n  learning_rate: 0.1\n")
     with pytest.raises(CovidxrError, match=r"unknown field\(s\) \['learning_rate'\]"):
         Config.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_recipes_fill_only_what_was_not_given() -> None:
+    from covidxr.config import RECIPES
+
+    default = TrainConfig().resolved()
+    assert (default.recipe, default.lr, default.lr_schedule) == ("default", RECIPES["default"]["head"]["lr"], "plateau")
+    assert default.epochs > 20 and default.patience > 5  # trains the head to convergence
+    study = TrainConfig(recipe="study").resolved()
+    assert (study.epochs, study.lr, study.batch_size, study.optimizer, study.lr_schedule) == (
+        20,
+        1e-4,
+        16,
+        "adam",
+        "none",
+    )
+    assert TrainConfig(recipe="study", lr=3e-3).resolved().lr == 3e-3  # a flag given wins over the recipe
+    assert TrainConfig(freeze="full").resolved().lr == RECIPES["default"]["other"]["lr"]
+    with pytest.raises(CovidxrError, match="unknown recipe 'fast'"):
+        TrainConfig(recipe="fast").resolved()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_linear_probe_folds_into_one_linear_layer_with_the_same_scores(task: str) -> None:
+    import numpy as np
+
+    from covidxr.models.head import positive_scores
+    from covidxr.training.linear_probe import C_GRID, LinearProbe
+
+    rng = np.random.default_rng(0)
+    k = 2 if task == "binary" else 3
+    y = rng.integers(0, k, 300)
+    x = rng.normal(size=(300, 12)) * rng.uniform(0.1, 50, 12) + rng.normal(size=12) * 10  # unscaled features
+    x[:, 0] += y * 40
+    probe = LinearProbe(task, k).fit(x[:200], y[:200], x[200:], y[200:])
+    assert probe.C in C_GRID
+    layer = probe.as_linear()
+    with torch.no_grad():
+        folded = positive_scores(layer(torch.as_tensor(x[200:], dtype=torch.float32)), task).numpy()
+    expected = probe.scores(x[200:])
+    columns = [1] if task == "binary" else list(range(k))
+    assert np.abs(folded[:, columns] - expected[:, columns]).max() < 1e-4

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,16 +23,42 @@ from covidxr.data.readers import DEFAULT_MAX_PIXELS, read_image
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+ResizeMode = Literal["squash", "pad", "crop"]
+Equalize = Literal["none", "hist", "clahe"]
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Gray [0, 1] array -> normalised (3, size, size) tensor. `augment` runs on [0, 1] RGB before normalising."""
+    """Gray [0, 1] array -> normalised (3, size, size) tensor. `augment` runs on [0, 1] RGB before normalising.
+
+    Against acquisition cues, before resizing: `border_crop` cuts that fraction from every side (burned-in
+    markers, collimator edges); `equalize` spreads each image's own histogram (`hist`) or does so locally
+    (`clahe`), so exposure and processing differences between hospitals shrink. `resize`: `squash` (the
+    study's: aspect ratio lost), `pad` (aspect kept, black bands), `crop` (central square: no aspect cue left).
+    """
 
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize: ResizeMode = "squash"
+    border_crop: float = 0.0
+    equalize: Equalize = "none"
+
+    def to_unit_gray(self, pixels: np.ndarray) -> np.ndarray:
+        """The image as the network will see it, before resizing: cropped, equalised, squared."""
+        px = np.asarray(pixels, dtype=np.float32)
+        if self.border_crop > 0:
+            h, w = px.shape
+            dy, dx = int(h * self.border_crop), int(w * self.border_crop)
+            px = px[dy : h - dy, dx : w - dx]
+        if self.equalize != "none":
+            px = equalise(px, self.equalize)
+        if self.resize != "squash":
+            px = square(px, self.resize)
+        return px
 
     def to_unit_rgb(self, pixels: np.ndarray) -> torch.Tensor:
-        gray = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None]
+        gray = torch.from_numpy(np.ascontiguousarray(self.to_unit_gray(pixels)))[None]
         resized = TF.resize(gray, [self.input_size, self.input_size], antialias=True).clamp_(0.0, 1.0)
         return resized.expand(3, -1, -1).contiguous()
 
@@ -43,6 +70,37 @@ class Preprocess:
         if augment is not None:
             rgb = augment(rgb)
         return self.normalise(rgb)
+
+
+def equalise(px: np.ndarray, how: str) -> np.ndarray:
+    """Histogram equalisation of one image (global, or CLAHE on 8x8 tiles with clip limit 2)."""
+    if how == "clahe":
+        import cv2
+
+        wide = np.clip(np.round(px * 65535), 0, 65535).astype(np.uint16)  # OpenCV spreads 16-bit over 0..65535
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(wide).astype(np.float32) / 65535.0
+    levels = np.clip(np.round(px * 4095), 0, 4095).astype(np.uint16)  # 12 bits keep 16-bit detail
+    counts = np.bincount(levels.ravel(), minlength=4096)
+    cdf = np.cumsum(counts).astype(np.float64)
+    lo = cdf[np.flatnonzero(counts)[0]]
+    span = max(cdf[-1] - lo, 1.0)
+    return ((cdf[levels] - lo) / span).astype(np.float32)
+
+
+def square(px: np.ndarray, how: str) -> np.ndarray:
+    """`pad`: centre the image on a black square; `crop`: keep its central square."""
+    h, w = px.shape
+    if h == w:
+        return px
+    if how == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return px[top : top + side, left : left + side]
+    side = max(h, w)
+    out = np.zeros((side, side), dtype=px.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = px
+    return out
 
 
 class XrayDataset(Dataset[tuple[torch.Tensor, int]]):

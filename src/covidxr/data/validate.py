@@ -186,7 +186,7 @@ def inspect(
         near_duplicates=near,
         geometry=_geometry(good),
         raw_labels=_raw_labels(usable.records),
-        label_by_source=_label_by_source(usable.records),
+        label_by_source=label_by_source(usable.records),
         notes=[(d.record.path, d.info.note) for d in good if d.info and d.info.note],
     )
     report.warnings = _warnings(usable, report, good)
@@ -247,7 +247,8 @@ def _raw_labels(records: list[Record]) -> dict[str, list[str]]:
     return {label: sorted(names) for label, names in sorted(raw.items())}
 
 
-def _label_by_source(records: list[Record]) -> dict[str, dict[str, int]]:
+def label_by_source(records: list[Record]) -> dict[str, dict[str, int]]:
+    """Images per (source, label): where each label came from."""
     table: dict[str, Counter[str]] = defaultdict(Counter)
     for r in records:
         table[r.source][r.label] += 1

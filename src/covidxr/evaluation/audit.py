@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.ensemble import RandomForestClassifier
 
+from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Record
 from covidxr.data.readers import read_image
 from covidxr.evaluation.bootstrap import patient_bootstrap
@@ -84,6 +85,26 @@ def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resample
     return {"auc": auc, "ci": [lo, hi]}
 
 
+INPUT_FEATURE_NAMES = (
+    "mean", "std", "border_top_mean", "border_bottom_mean", "border_left_mean", "border_right_mean", "border_std",
+)  # fmt: skip
+
+
+def input_features(root: Path, records: Sequence[Record], preprocess: Preprocess, max_pixels: int) -> np.ndarray:
+    """The same intensity and border facts, measured on what the network sees (after the run's preprocessing,
+    where size and format are gone): what cropping and equalisation leave of the acquisition cues."""
+    rows = []
+    for r in records:
+        px = preprocess.to_unit_rgb(read_image(root / r.path, max_pixels).pixels)[0].numpy()
+        b = max(1, int(BORDER * px.shape[0]))
+        strips = (px[:b], px[-b:], px[:, :b], px[:, -b:])
+        rows.append(
+            [float(px.mean()), float(px.std()), *(float(s.mean()) for s in strips),
+             float(np.concatenate([s.ravel() for s in strips]).std())]
+        )  # fmt: skip
+    return np.asarray(rows, dtype=float)
+
+
 def metadata_baseline(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -92,6 +113,7 @@ def metadata_baseline(
     groups_test: np.ndarray,
     n_resamples: int = 1000,
     seed: int = 0,
+    names: Sequence[str] = FEATURE_NAMES,
 ) -> dict[str, object]:
     """Binary targets (positive vs rest). Returns test AUC with CI, the most used features, and the verdict."""
     forest = RandomForestClassifier(n_estimators=300, min_samples_leaf=3, random_state=seed, n_jobs=1)
@@ -103,6 +125,6 @@ def metadata_baseline(
     )
     result = auc_with_ci(y_test, score, groups_test, n_resamples, seed)
     order = np.argsort(forest.feature_importances_)[::-1][:5]
-    result["top_features"] = [[FEATURE_NAMES[i], round(float(forest.feature_importances_[i]), 3)] for i in order]
+    result["top_features"] = [[names[i], round(float(forest.feature_importances_[i]), 3)] for i in order]
     result["warning"] = bool(result["auc"] >= METADATA_WARN_AUC)
     return result

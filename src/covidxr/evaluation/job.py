@@ -23,17 +23,20 @@ from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import inspect_data
 from covidxr.data.split import SPLITS_FILE, Split, read_split
+from covidxr.data.validate import confounded_labels, label_by_source, short_source
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.audit import (
+    INPUT_FEATURE_NAMES,
     OCCLUSION_WARN_AUC,
     LungEllipse,
     auc_with_ci,
+    input_features,
     metadata_baseline,
     metadata_features,
 )
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.calibration import fit_temperature, reliability
-from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion, multiclass_metrics
+from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion, multiclass_metrics, roc_auc
 from covidxr.evaluation.predict import predict_logits
 from covidxr.evaluation.threshold import choose_threshold, threshold_for_specificity
 from covidxr.models.factory import CovidxrNet, load_model
@@ -137,6 +140,12 @@ def shortcut_audit(
     x_train = metadata_features(manifest.root, train, ctx.cfg.data.max_pixels)
     x_test = metadata_features(manifest.root, test.records, ctx.cfg.data.max_pixels)
     meta = metadata_baseline(x_train, y_train, x_test, y_test, test.groups(), n_resamples, seed)
+    pre, max_px = ctx.spec.preprocess, ctx.cfg.data.max_pixels
+    seen = metadata_baseline(
+        input_features(manifest.root, train, pre, max_px), y_train,
+        input_features(manifest.root, test.records, pre, max_px), y_test,
+        test.groups(), n_resamples, seed, INPUT_FEATURE_NAMES,
+    )  # fmt: skip
     ellipse = LungEllipse()
     occluded = ctx.score(manifest, test.records, transform=ellipse.occlude)
     _, score_occ = _audit_target(ctx.spec, occluded)
@@ -162,7 +171,43 @@ def shortcut_audit(
             f"The model does not need the lungs: with both lung fields hidden it still reaches test AUC "
             f"{occ['auc']:.2f} (vs {full['auc']:.2f} with them). It is using something outside the lungs."
         )
-    return {"metadata_baseline": meta, "lung_occlusion": occlusion, "warnings": warnings}
+    by_source = label_by_source(manifest.records)
+    for label, source in confounded_labels(by_source).items():
+        warnings.append(
+            f"Every {label!r} image comes from one source ({short_source(source)}) that holds no other label, so "
+            f"this model cannot have learned {label!r} apart from that source: expect it to call images from other "
+            f"hospitals {label!r} at rates no test split here can show. Score it on outside data (covidxr evaluate "
+            f"RUN --data OTHER) before any use, and train with {label!r}-negative images from that source."
+        )
+    return {
+        "metadata_baseline": meta,
+        "input_baseline": seen,
+        "lung_occlusion": occlusion,
+        "label_by_source": by_source,
+        "warnings": warnings,
+    }
+
+
+def per_source(scored: Scored, spec: ModelSpec) -> dict[str, Any]:
+    """Per source of the scored images: images, share called the audit class per label, and the AUC where the
+    source holds both sides (a model that only separates sources shows up as AUCs that vanish within one)."""
+    k = _audit_class(spec)
+    called = spec.decide(scored.scores) == k
+    out: dict[str, Any] = {}
+    for source in sorted({r.source for r in scored.records}):
+        rows = np.array([r.source == source for r in scored.records])
+        labels = [r.label for r, keep in zip(scored.records, rows, strict=True) if keep]
+        y = scored.targets[rows] == k
+        out[source] = {
+            "n_images": int(rows.sum()),
+            "called": spec.classes[k],
+            "rate_called": {
+                label: float(np.mean([c for c, lab in zip(called[rows], labels, strict=True) if lab == label]))
+                for label in sorted(set(labels))
+            },
+            "auc": roc_auc(y, scored.scores[rows, k]) if 0 < y.sum() < len(y) else None,
+        }
+    return out
 
 
 def evaluate_run(
@@ -206,6 +251,7 @@ def evaluate_run(
     ctx.spec.write(ctx.run_dir)
     result["val"] = summarise(val, ctx.spec, threshold, 0, seed) | {"ci95": {}}
     result["test"] = summarise(test, ctx.spec, threshold, n_resamples, seed)
+    result["test_by_source"] = per_source(test, ctx.spec)
     if audit:
         result["audit"] = shortcut_audit(ctx, manifest, split, test, n_resamples)
     _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx, threshold)

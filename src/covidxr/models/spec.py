@@ -34,6 +34,9 @@ class ModelSpec:
     dropout: float = 0.3
     freeze: str = "head"
     head: str = "mlp"  # mlp (the study's Dense(64)-ReLU-Dropout) | linear (the fitted linear probe)
+    resize: str = "squash"  # squash | pad | crop (see data.dataset.Preprocess)
+    border_crop: float = 0.0
+    equalize: str = "none"  # none | hist | clahe
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
     temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +57,14 @@ class ModelSpec:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.input_size, tuple(self.mean), tuple(self.std))  # type: ignore[arg-type]
+        return Preprocess(
+            self.input_size,
+            tuple(self.mean),
+            tuple(self.std),
+            self.resize,
+            self.border_crop,
+            self.equalize,  # type: ignore[arg-type]
+        )
 
     def write(self, run_dir: Path) -> Path:
         path = Path(run_dir) / SPEC_FILE

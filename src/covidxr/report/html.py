@@ -198,7 +198,14 @@ def audit_section(run: Path) -> Section | None:
         f"{meta['ci'][1]:.2f}); it warns at 0.8. Most used facts: "
         + ", ".join(f"{escape(n)} ({v:.2f})" for n, v in meta["top_features"])
         + ".</p>"
-        f"<p><b>Lung occlusion</b>: test AUC {occ['auc_full']:.3f} with the image as is, "
+        + (
+            f"<p><b>The same on the network's input</b> (after this run's preprocessing, where size and format "
+            "are gone): intensity and border facts alone reach test AUC "
+            f"<b>{audit['input_baseline']['auc']:.3f}</b>.</p>"
+            if "input_baseline" in audit
+            else ""
+        )
+        + f"<p><b>Lung occlusion</b>: test AUC {occ['auc_full']:.3f} with the image as is, "
         f"<b>{occ['auc_occluded']:.3f}</b> "
         f"with an ellipse over both lung fields replaced by the image mean (95% CI {occ['auc_occluded_ci'][0]:.2f}-"
         f"{occ['auc_occluded_ci'][1]:.2f}); it warns at 0.8.</p>"
@@ -209,6 +216,25 @@ def audit_section(run: Path) -> Section | None:
             f"<p><b>Grad-CAM outside the lungs</b>: {explain['cam_energy_outside_lungs']:.0%} of the CAM energy on "
             "test images lies outside the lung ellipse (an evenly spread map would put about 55% there).</p>"
         )
+    by_source = audit.get("label_by_source", {})
+    if by_source:
+        labels = sorted({label for counts in by_source.values() for label in counts})
+        html += "<p><b>Label x source</b>: where each label's images came from (all splits).</p>"
+        html += table(
+            ["source", *labels], [[short_source(s), *(c.get(lab, 0) for lab in labels)] for s, c in by_source.items()]
+        )
+    per_source = _json(run / "metrics.json").get("test_by_source", {})
+    if len(per_source) > 1:
+        rows = [
+            [short_source(s), v["n_images"], ", ".join(f"{lab} {r:.0%}" for lab, r in v["rate_called"].items()),
+             v["auc"] if v["auc"] is not None else "one class only"]
+            for s, v in per_source.items()
+        ]  # fmt: skip
+        called = next(iter(per_source.values()))["called"]
+        html += (
+            f"<p><b>Test split per source</b>: share called {escape(called)} per label, and AUC within the source.</p>"
+        )
+        html += table(["source", "images", f"called {called}", "AUC within source"], rows)
     html += "".join(f'<div class="warning">{escape(w)}</div>' for w in audit["warnings"])
     html += img(run / PLOTS_DIR / "occlusion.png", "occlusion example")
     return Section("Shortcut audit", html, "audit")

@@ -101,6 +101,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         tc.backbone, list(lm.classes), lm.task, lm.positive, tc.weights, tc.hidden, tc.dropout, tc.freeze,
         tc.input_size, tc.head,
     )  # fmt: skip
+    spec.resize, spec.border_crop, spec.equalize = tc.resize, tc.border_crop, tc.equalize
     if tc.backbone == "simple_cnn":
         spec.extra["cnn_widths"] = list(tc.cnn_widths)
     net = build_model(spec, tc.weights)
@@ -220,6 +221,7 @@ def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec:
         "input_size": spec.input_size,
         "mean": spec.mean,
         "std": spec.std,
+        "preprocess": [spec.resize, spec.border_crop, spec.equalize],
         "manifest": manifest.fingerprint(),
         "split": sorted(split.assignment.items()),
         "augment": ops if copies else None,

@@ -1,0 +1,172 @@
+"""Quality by 5-fold patient-grouped cross-validation, through covidxr's own train and evaluate:
+
+1. cxr-dev, multiclass (COVID-19 / normal / pneumonia): the study's recipe, the default recipe at three head
+   learning rates (the measurement behind the default's rate), and the linear probe as model (`--head
+   linear`). Per fold: within-Kermany pneumonia-vs-normal AUC and accuracy, COVID-vs-rest AUC, ECE after
+   temperature scaling, best epoch and epochs run, training seconds; fold 0's model also scored on cxr-ext
+   (adult films without COVID-19 from a third hospital): the share of its normal films called COVID-19.
+2. With --deconfounded: cxr-dev + cxr-ext joined, binary COVID-19 vs rest, default recipe: held-out cxr-ext
+   normal films called COVID-19 and COVID-19 recall on held-out Hannover patients.
+
+Folds: whole patient groups (duplicates merged, as covidxr splits), stratified by label; validation is a
+sixth of each training part, again by patient. Nothing is chosen on a test fold.
+
+Usage: python -m benchmarks.bench_quality [--folds 5] [--deconfounded] [--ext ../shared/data/cxr-ext]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from benchmarks.common import write_result
+from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.data.prepare import inspect_data
+from covidxr.data.split import Split, group_ids, write_split
+from covidxr.evaluation.job import evaluate_external, evaluate_run
+from covidxr.evaluation.metrics import roc_auc
+from covidxr.training.job import train
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "study recipe": {"recipe": "study"},
+    "default lr 3e-4": {"recipe": "default", "lr": 3e-4},
+    "default lr 1e-3": {"recipe": "default"},
+    "default lr 3e-3": {"recipe": "default", "lr": 3e-3},
+    "linear probe": {"recipe": "default", "head": "linear"},
+}
+
+
+def folds(cfg: DataConfig, k: int, seed: int = 0) -> tuple[Any, list[Split]]:
+    """k patient-grouped, label-stratified splits: fold i is test, a sixth of the rest (by patient) is val."""
+    manifest, report = inspect_data(cfg)
+    groups = group_ids(manifest.records, report.duplicate_links())
+    g = np.array([groups[r.path] for r in manifest.records])
+    y = np.array([r.label for r in manifest.records])
+    outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    splits = []
+    for rest, test in outer.split(y, y, g):
+        inner = StratifiedGroupKFold(n_splits=6, shuffle=True, random_state=seed)
+        fit, val = next(inner.split(y[rest], y[rest], g[rest]))
+        assignment = {manifest.records[i].path: "test" for i in test}
+        assignment |= {manifest.records[rest[i]].path: "train" for i in fit}
+        assignment |= {manifest.records[rest[i]].path: "val" for i in val}
+        splits.append(Split(assignment, groups))
+    return manifest, splits
+
+
+def _test_rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "predictions.csv").open() as fh:
+        return [r for r in csv.DictReader(fh) if r["split"] == "test"]
+
+
+def multiclass_scores(run_dir: Path) -> dict[str, float]:
+    rows = _test_rows(run_dir)
+    kermany = [r for r in rows if r["label"] in ("normal", "pneumonia")]
+    pn = np.array([float(r["score_pneumonia"]) for r in kermany])
+    nn = np.array([float(r["score_normal"]) for r in kermany])
+    is_pneumonia = np.array([r["label"] == "pneumonia" for r in kermany])
+    covid = np.array([float(r["score_COVID-19"]) for r in rows])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    state = json.loads((run_dir / "state.json").read_text())
+    return {
+        "kermany_auc": roc_auc(is_pneumonia, pn / (pn + nn)),
+        "kermany_acc": float(np.mean((pn > nn) == is_pneumonia)),
+        "covid_vs_rest_auc": roc_auc(np.array([r["label"] == "COVID-19" for r in rows]), covid),
+        "ece": metrics["calibration"]["test_after"]["ece"],
+        "ece_before": metrics["calibration"]["test_before"]["ece"],
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epochs_run"],
+    }
+
+
+def run_variant(cfg: Config, run_dir: Path, split: Split, manifest: Any) -> dict[str, float]:
+    run_dir.mkdir(parents=True)
+    write_split(split, manifest, run_dir / "splits.csv")
+    start = time.perf_counter()
+    train(cfg, run_dir)
+    seconds = time.perf_counter() - start
+    evaluate_run(run_dir, n_resamples=0, audit=False)
+    return {**multiclass_scores(run_dir), "train_seconds": seconds}
+
+
+def cross_validate(data: str, ext: str | None, k: int, root: Path) -> dict[str, Any]:
+    data_cfg = DataConfig(paths=(data,), task="multiclass")
+    manifest, splits = folds(data_cfg, k)
+    per_variant: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for i, split in enumerate(splits):
+        for name, overrides in VARIANTS.items():
+            cfg = Config(data_cfg, TrainConfig(cache_dir=str(root / "cache"), **overrides))
+            run_dir = root / f"fold{i}" / name.replace(" ", "-")
+            scores = run_variant(cfg, run_dir, split, manifest)
+            if i == 0 and ext:
+                result = evaluate_external(run_dir, ext, n_resamples=0)
+                scores["ext_normal_called_covid"] = result["per_label"]["normal"]["rate_called"]
+                scores["ext_pneumonia_called_covid"] = result["per_label"]["pneumonia"]["rate_called"]
+            per_variant[name].append(scores)
+            print(f"fold {i} {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in scores.items()), flush=True)
+    return {name: summarise(rows) for name, rows in per_variant.items()}
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for metric in rows[0]:
+        values = np.array([r[metric] for r in rows if metric in r], dtype=float)
+        out[metric] = {"mean": float(values.mean()), "std": float(values.std()), "folds": values.tolist()}
+    out["best_before_last_share"] = float(np.mean([r["best_epoch"] < r["epochs_run"] - 1 for r in rows]))
+    return out
+
+
+def deconfounded(data: str, ext: str, k: int, root: Path) -> dict[str, Any]:
+    data_cfg = DataConfig(paths=(data, ext), task="binary")
+    manifest, splits = folds(data_cfg, k)
+    rows = []
+    for i, split in enumerate(splits):
+        cfg = Config(data_cfg, TrainConfig(cache_dir=str(root / "cache")))
+        run_dir = root / f"deconf{i}"
+        run_dir.mkdir(parents=True)
+        write_split(split, manifest, run_dir / "splits.csv")
+        train(cfg, run_dir)
+        evaluate_run(run_dir, n_resamples=0, audit=False)
+        test = _test_rows(run_dir)
+        ext_normal = [r for r in test if r["label"] == "normal" and "nih" in r["patient_id"]]
+        covid = [r for r in test if r["label"] == "COVID-19"]
+        row = {
+            "ext_normal_called_covid": float(np.mean([r["predicted"] == "1" for r in ext_normal])),
+            "covid_recall": float(np.mean([r["predicted"] == "1" for r in covid])),
+            "auc": roc_auc(
+                np.array([r["label"] == "COVID-19" for r in test]), np.array([float(r["score_COVID-19"]) for r in test])
+            ),
+        }
+        rows.append(row)
+        print(f"deconfounded fold {i}: " + ", ".join(f"{m} {v:.3f}" for m, v in row.items()), flush=True)
+    return {m: {"mean": float(np.mean([r[m] for r in rows])), "folds": [r[m] for r in rows]} for m in rows[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default=os.environ.get("COVIDXR_CXR_DEV", "../shared/data/cxr-dev"))
+    parser.add_argument("--ext", default="../shared/data/cxr-ext")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--deconfounded", action="store_true", help="also the cxr-dev + cxr-ext binary recipe")
+    args = parser.parse_args()
+    ext = args.ext if Path(args.ext).is_dir() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        payload: dict[str, Any] = {"data": "cxr-dev", "folds": args.folds, "task": "multiclass"}
+        payload["variants"] = cross_validate(args.data, ext, args.folds, root)
+        if args.deconfounded and ext:
+            payload["deconfounded"] = deconfounded(args.data, ext, args.folds, root)
+    print(write_result("quality", payload))
+
+
+if __name__ == "__main__":
+    main()
