@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from covidxr.config import Config
-from covidxr.evaluation.job import evaluate_run
+from covidxr.evaluation.job import METRICS_FILE, evaluate_run
 from covidxr.report.html import write_report
 from covidxr.training.job import LAST_CKPT, TrainResult, train
 
@@ -30,6 +30,20 @@ class RunResult:
             lines.append(f"WARNING: {warning}")
         lines.append(f"report: {self.report}")
         return "\n".join(lines)
+
+
+def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> dict[str, Any]:
+    """Average several finished runs' calibrated scores into a run directory, then evaluate and report it.
+    Members not yet evaluated are evaluated first (that fits their temperature on their validation split)."""
+    from covidxr.models.ensemble import create_ensemble
+
+    for member in runs:
+        if not (Path(member) / METRICS_FILE).is_file():
+            evaluate_run(member, n_resamples)
+    out = create_ensemble([Path(r) for r in runs], Path(out))
+    metrics = evaluate_run(out, n_resamples)
+    write_report(out)
+    return metrics
 
 
 def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True) -> RunResult:

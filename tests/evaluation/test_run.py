@@ -177,3 +177,43 @@ def test_report_renders_without_broken_images_in_chromium(phantom_run: RunResult
     title = out.stdout.split("<title>")[1].split("</title>")[0]
     n_images = int(title.split("images:")[1].split()[0])
     assert n_images >= len(PLOTS) - 1 and title.endswith("broken:0"), title
+
+
+def test_an_ensemble_is_a_run_of_the_mean_calibrated_scores(phantom_run: RunResult, tmp_path: Path) -> None:
+    import torch
+
+    from covidxr.evaluation.job import evaluate_run as evaluate
+    from covidxr.explain.gradcam import grad_cam
+    from covidxr.models.factory import load_model
+    from covidxr.serve.predict import predict_to_file
+    from covidxr.training.job import train
+
+    first = phantom_run.report.parent
+    second = tmp_path / "linear"
+    second.mkdir()
+    shutil.copy(first / "splits.csv", second / "splits.csv")  # one split for both members
+    cfg = Config.from_yaml(first / "config.yaml")
+    cfg.train.head = "linear"
+    train(cfg, second)
+    out = subprocess.run(
+        [sys.executable, "-m", "covidxr", "ensemble", str(first), str(second), "--out", str(tmp_path / "ens"),
+         "--bootstrap", "20"], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "ensemble of 2 runs: test" in out.stdout and (tmp_path / "ens" / "report.html").is_file()
+    net, spec = load_model(tmp_path / "ens")
+    members = [load_model(first), load_model(second)]
+    x = torch.randn(4, 3, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        mean = torch.stack([s.scores(n(x)) for n, s in members]).mean(0)[:, 1]
+        assert torch.allclose(torch.sigmoid(net(x)[:, 1]), mean, atol=1e-5)
+    assert grad_cam(net, spec, x[:2]).shape == (2, spec.input_size, spec.input_size)
+    counts = predict_to_file(tmp_path / "ens", [Path(cfg.data.paths[0]) / "images"], tmp_path / "p.csv")
+    assert counts["predicted"] > 0 and counts["skipped"] == 0
+    assert evaluate(tmp_path / "ens", n_resamples=0, audit=False)["test"]["n_images"] > 0
+    other = tmp_path / "other-split"
+    shutil.copytree(second, other)
+    (other / "splits.csv").write_text((other / "splits.csv").read_text().replace(",test,", ",val,", 1))
+    bad = subprocess.run([sys.executable, "-m", "covidxr", "ensemble", str(first), str(other), "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert bad.returncode == 2 and "another split" in bad.stderr

@@ -86,13 +86,13 @@ def test_localisation_scores() -> None:
 def test_mc_dropout_varies_only_with_dropout_on() -> None:
     net, spec = _net("tf_efficientnet_lite0", ["a", "b"])
     x = torch.rand(3, 3, 64, 64)
-    on = mc_dropout(net, x, spec.task, passes=10)
-    off = mc_dropout(net, x, spec.task, passes=10, dropout=False)
+    on = mc_dropout(net, x, spec, passes=10)
+    off = mc_dropout(net, x, spec, passes=10, dropout=False)
     assert (on["std"] > 0).all() and np.allclose(off["std"], 0)
     assert on["mean"].shape == (3, 2) and (on["entropy"] >= 0).all()
     assert not any(m.training for m in net.modules())  # dropout is switched off again afterwards
     cnn, cnn_spec = _net("simple_cnn", ["a", "b"])  # dropout inside the backbone: full passes
-    assert (mc_dropout(cnn, x, cnn_spec.task, passes=5)["std"] > 0).all()
+    assert (mc_dropout(cnn, x, cnn_spec, passes=5)["std"] > 0).all()
 
 
 def test_referral_curve_is_monotone_when_uncertainty_flags_the_mistakes() -> None:

@@ -10,6 +10,7 @@ from covidxr.cli.data import data_app, run_demo
 from covidxr.cli.search import compare_cmd, search_cmd
 from covidxr.cli.train import (
     augment_app,
+    ensemble_cmd,
     evaluate_cmd,
     explain_cmd,
     export_cmd,
@@ -41,6 +42,7 @@ app.command("train", help="Train a classifier into a run directory; resumable.")
 app.command("evaluate", help="Test metrics with CIs, shortcut audit, report; --data for external validation.")(
     evaluate_cmd
 )
+app.command("ensemble", help="Average several runs' calibrated scores into one run directory.")(ensemble_cmd)
 app.command("demo", help="Run the main job on freshly generated synthetic phantoms (no download).")(run_demo)
 
 

@@ -87,6 +87,23 @@ def evaluate_cmd(
     typer.echo(f"report: {write_report(run_dir)}")
 
 
+def ensemble_cmd(
+    runs: list[Path] = typer.Argument(..., help="finished runs sharing input size, preprocessing and split"),
+    out: Path = typer.Option(..., "--out", help="the ensemble's run directory"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for the CIs"),
+) -> None:
+    """Average the runs' calibrated scores into a run that evaluate, predict, serve and export take like any."""
+    from covidxr.pipeline import ensemble
+
+    metrics = ensemble(runs, out, bootstrap)
+    m = metrics["test"]["metrics"]
+    typer.echo(
+        f"ensemble of {len(runs)} runs: test "
+        + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "f1", "roc_auc") if k in m)
+    )
+    typer.echo(f"report: {out / 'report.html'}")
+
+
 @augment_app.command("preview")
 def preview_cmd(
     data: Path = typer.Argument(..., help="data set to draw sample images from"),

@@ -8,6 +8,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from covidxr.models.ensemble import EnsembleNet
 from covidxr.models.factory import CovidxrNet
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
@@ -32,13 +33,18 @@ def cam_targets(logits: torch.Tensor, spec: ModelSpec, which: str) -> list[int]:
 def grad_cam(
     net: CovidxrNet, spec: ModelSpec, x: torch.Tensor, which: str = "predicted", layer: str | None = None
 ) -> np.ndarray:
-    """CAMs (B, H, W) in [0, 1] at the input size for a batch x (B, 3, H, W)."""
+    """CAMs (B, H, W) in [0, 1] at the input size for a batch x (B, 3, H, W). An ensemble's CAM is the mean of
+    its members' CAMs for the class the ensemble decided."""
     net.eval()
     with torch.no_grad():
         logits = net(x)
     targets = [ClassifierOutputTarget(k) for k in cam_targets(logits, spec, which)]
-    with GradCAM(model=net, target_layers=[target_layer(net, spec, layer)]) as cam:
-        return cam(input_tensor=x, targets=targets)
+    members = list(zip(net.members, net.specs, strict=True)) if isinstance(net, EnsembleNet) else [(net, spec)]
+    maps = []
+    for member, member_spec in members:
+        with GradCAM(model=member, target_layers=[target_layer(member, member_spec, layer)]) as cam:
+            maps.append(cam(input_tensor=x, targets=targets))
+    return np.mean(maps, axis=0)
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

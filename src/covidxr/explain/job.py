@@ -13,11 +13,12 @@ import torch
 from matplotlib.figure import Figure
 
 from covidxr.data.readers import is_candidate_image, read_image
-from covidxr.errors import ImageReadError
+from covidxr.errors import CovidxrError, ImageReadError
 from covidxr.explain.activations import dead_filters, feature_maps, first_conv, top_channels, weight_stats
 from covidxr.explain.gradcam import grad_cam, overlay
 from covidxr.explain.localisation import chance_rate, energy_inside, pointing_hit
 from covidxr.explain.uncertainty import mc_dropout, referral_curve
+from covidxr.models.ensemble import is_ensemble
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 
@@ -58,6 +59,8 @@ def _feature_grid(name: str, maps: torch.Tensor, path: Path) -> Path:
 def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_passes: int = 30) -> dict[str, Any]:
     """Feature maps (one PNG per layer), CAM overlays (predicted and positive class) and MC-dropout uncertainty
     per image; unreadable files are listed with their reason and the rest still explained."""
+    if is_ensemble(Path(run_dir)):
+        raise CovidxrError(f"{run_dir} is an ensemble: feature maps belong to its members; explain one of them")
     net, spec = load_model(run_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

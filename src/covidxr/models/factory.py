@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from covidxr.errors import CovidxrError
+from covidxr.models.ensemble import is_ensemble, load_ensemble
 from covidxr.models.head import ClassifierHead
 from covidxr.models.registry import Backbone, get_backbone
 from covidxr.models.simple_cnn import SimpleCNN
@@ -133,6 +134,8 @@ def load_model(run_dir: Path | str) -> tuple[CovidxrNet, ModelSpec]:
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        return load_ensemble(run_dir)  # type: ignore[return-value]
     spec = ModelSpec.read(run_dir)
     net = build_model(spec)
     path = run_dir / BEST_WEIGHTS
