@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_demo
 	$(BIN)/python -m benchmarks.bench_search
 	$(BIN)/python -m benchmarks.bench_serve
+	$(BIN)/python -m benchmarks.bench_quality --deconfounded
+	$(BIN)/python -m benchmarks.bench_preprocess
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache demo-out
