@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def run_variant(cfg: Config, run_dir: Path, split: Split, manifest: Any) -> dict
     return {**multiclass_scores(run_dir), "train_seconds": seconds}
 
 
-def cross_validate(data: str, ext: str | None, k: int, root: Path) -> dict[str, Any]:
+def cross_validate(data: str, ext: str | None, k: int, root: Path, save: Callable[[Any], None]) -> dict[str, Any]:
     data_cfg = DataConfig(paths=(data,), task="multiclass")
     manifest, splits = folds(data_cfg, k)
     per_variant: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
@@ -113,6 +114,7 @@ def cross_validate(data: str, ext: str | None, k: int, root: Path) -> dict[str, 
                 scores["ext_pneumonia_called_covid"] = result["per_label"]["pneumonia"]["rate_called"]
             per_variant[name].append(scores)
             print(f"fold {i} {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in scores.items()), flush=True)
+        save({name: summarise(rows) for name, rows in per_variant.items()})  # a stopped run keeps its folds
     return {name: summarise(rows) for name, rows in per_variant.items()}
 
 
@@ -125,7 +127,7 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def deconfounded(data: str, ext: str, k: int, root: Path) -> dict[str, Any]:
+def deconfounded(data: str, ext: str, k: int, root: Path, save: Callable[[Any], None]) -> dict[str, Any]:
     data_cfg = DataConfig(paths=(data, ext), task="binary")
     manifest, splits = folds(data_cfg, k)
     rows = []
@@ -148,7 +150,13 @@ def deconfounded(data: str, ext: str, k: int, root: Path) -> dict[str, Any]:
         }
         rows.append(row)
         print(f"deconfounded fold {i}: " + ", ".join(f"{m} {v:.3f}" for m, v in row.items()), flush=True)
-    return {m: {"mean": float(np.mean([r[m] for r in rows])), "folds": [r[m] for r in rows]} for m in rows[0]}
+        save(_folds_mean(rows))
+    return _folds_mean(rows)
+
+
+def _folds_mean(rows: list[dict[str, float]]) -> dict[str, Any]:
+    summary = {m: {"mean": float(np.mean([r[m] for r in rows])), "folds": [r[m] for r in rows]} for m in rows[0]}
+    return summary | {"folds_completed": len(rows)}
 
 
 def main() -> None:
@@ -162,9 +170,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         payload: dict[str, Any] = {"data": "cxr-dev", "folds": args.folds, "task": "multiclass"}
-        payload["variants"] = cross_validate(args.data, ext, args.folds, root)
+
+        def saver(part: str) -> Callable[[Any], None]:
+            return lambda value: write_result("quality", payload | {part: value})
+
+        payload["variants"] = cross_validate(args.data, ext, args.folds, root, saver("variants"))
         if args.deconfounded and ext:
-            payload["deconfounded"] = deconfounded(args.data, ext, args.folds, root)
+            payload["deconfounded"] = deconfounded(args.data, ext, args.folds, root, saver("deconfounded"))
     print(write_result("quality", payload))
 
 
