@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import socket
 import subprocess
@@ -70,10 +71,11 @@ def test_bad_uploads_get_clear_4xx_json(client: TestClient, xray: Path, tmp_path
     assert client.post("/v1/predict").status_code == 422  # no file at all
 
 
-def test_health_model_docs_and_page(client: TestClient) -> None:
+def test_health_model_docs_and_page(client: TestClient, run_dir: Path) -> None:
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/v1/model").json()
     assert info["backbone"] == "tf_efficientnet_lite0" and info["input_size"] == 224
+    assert info["temperature"] == json.loads((run_dir / "model.json").read_text())["temperature"]
     assert info["training_data"]["usable"] == 120
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/predict", "/v1/model", "/health"}
     assert "not a diagnostic device" in client.get("/").text

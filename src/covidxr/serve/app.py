@@ -94,6 +94,7 @@ def create_app(run_dir: Path | str, engine: str = "torch", limits: Limits | None
         info: dict[str, Any] = {
             "model_id": model_id, "backbone": spec.backbone, "weights": spec.weights, "task": spec.task,
             "classes": spec.classes, "input_size": spec.input_size, "threshold": spec.threshold, "engine": engine,
+            "temperature": spec.temperature, "head": spec.head,
         }  # fmt: skip
         report = run_dir / "data_report.json"
         if report.is_file():
