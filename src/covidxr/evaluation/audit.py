@@ -60,18 +60,22 @@ def metadata_features(root: Path, records: Sequence[Record], max_pixels: int | N
     rows = []
     for r in records:
         image = read_image(root / r.path, max_pixels) if max_pixels else read_image(root / r.path)
-        px, info = image.pixels, image.info
-        h, w = px.shape
-        b = max(1, int(BORDER * min(h, w)))
-        strips = (px[:b], px[-b:], px[:, :b], px[:, -b:])
+        info = image.info
         rows.append(
             [
                 info.width, info.height, info.width / info.height, info.width * info.height, info.bit_depth,
-                *(float(info.format == f) for f in FORMATS), float(px.mean()), float(px.std()),
-                *(float(s.mean()) for s in strips), float(np.concatenate([s.ravel() for s in strips]).std()),
+                *(float(info.format == f) for f in FORMATS), *intensity_facts(image.pixels),
             ]
         )  # fmt: skip
     return np.asarray(rows, dtype=float)
+
+
+def intensity_facts(px: np.ndarray) -> list[float]:
+    """Mean and std of the image, the mean of each border strip, and the std over all four strips."""
+    b = max(1, int(BORDER * min(px.shape)))
+    strips = (px[:b], px[-b:], px[:, :b], px[:, -b:])
+    border = float(np.concatenate([s.ravel() for s in strips]).std())
+    return [float(px.mean()), float(px.std()), *(float(s.mean()) for s in strips), border]
 
 
 def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resamples: int, seed: int) -> dict[str, object]:
@@ -85,23 +89,16 @@ def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resample
     return {"auc": auc, "ci": [lo, hi]}
 
 
-INPUT_FEATURE_NAMES = (
-    "mean", "std", "border_top_mean", "border_bottom_mean", "border_left_mean", "border_right_mean", "border_std",
-)  # fmt: skip
+INPUT_FEATURE_NAMES = FEATURE_NAMES[FEATURE_NAMES.index("mean") :]  # intensity_facts, without size and format
 
 
 def input_features(root: Path, records: Sequence[Record], preprocess: Preprocess, max_pixels: int) -> np.ndarray:
     """The same intensity and border facts, measured on what the network sees (after the run's preprocessing,
     where size and format are gone): what cropping and equalisation leave of the acquisition cues."""
-    rows = []
-    for r in records:
-        px = preprocess.to_unit_rgb(read_image(root / r.path, max_pixels).pixels)[0].numpy()
-        b = max(1, int(BORDER * px.shape[0]))
-        strips = (px[:b], px[-b:], px[:, :b], px[:, -b:])
-        rows.append(
-            [float(px.mean()), float(px.std()), *(float(s.mean()) for s in strips),
-             float(np.concatenate([s.ravel() for s in strips]).std())]
-        )  # fmt: skip
+    rows = [
+        intensity_facts(preprocess.to_unit_rgb(read_image(root / r.path, max_pixels).pixels)[0].numpy())
+        for r in records
+    ]
     return np.asarray(rows, dtype=float)
 
 

@@ -254,7 +254,7 @@ def evaluate_run(
     result["test_by_source"] = per_source(test, ctx.spec)
     if audit:
         result["audit"] = shortcut_audit(ctx, manifest, split, test, n_resamples)
-    _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx, threshold)
+    _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
     _write_json(ctx.run_dir / METRICS_FILE, result)
     from covidxr.report.plots import evaluation_plots
 
@@ -291,7 +291,7 @@ def evaluate_external(
     external["classes_present"] = sorted({ctx.spec.classes[t] for t in scored.targets.tolist()})
     out_dir = Path(out) if out else ctx.run_dir / EXTERNAL_DIR / _slug(data)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], ctx, ctx.spec.threshold)
+    _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], ctx)
     internal = json.loads((ctx.run_dir / METRICS_FILE).read_text())["test"]
     result = {
         "internal": internal,
@@ -378,7 +378,8 @@ def _usable(data_cfg: DataConfig) -> Manifest:
     return manifest
 
 
-def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalContext, threshold: float) -> None:
+def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalContext) -> None:
+    """Every image with its calibrated scores and the run's decision (ModelSpec.decide)."""
     classes = ctx.spec.classes
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as fh:
@@ -387,8 +388,8 @@ def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalCon
             ["split", "path", "patient_id", "label", "target", *(f"score_{c}" for c in classes), "predicted"]
         )
         for split_name, scored in parts:
-            for r, s, t in zip(scored.records, scored.scores, scored.targets, strict=True):
-                pred = int(s[1] >= threshold) if ctx.spec.task == "binary" else int(np.argmax(s))
+            decisions = ctx.spec.decide(scored.scores)
+            for r, s, t, pred in zip(scored.records, scored.scores, scored.targets, decisions, strict=True):
                 writer.writerow(
                     [split_name, r.path, r.patient_id or "", r.label, int(t), *(f"{v:.6f}" for v in s), pred]
                 )
