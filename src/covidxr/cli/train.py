@@ -63,8 +63,12 @@ def evaluate_cmd(
     label_map: str | None = typer.Option(
         None, "--label-map", help="with --data: map the external set's labels, OLD=NEW,... or a YAML file"
     ),
+    by_source: bool = typer.Option(
+        False, "--by-source", help="also retrain once per source with it held out, and score the held-out source"
+    ),
 ) -> None:
-    """Test metrics with CIs, shortcut audit and report for a run; with --data, external validation too."""
+    """Test metrics with CIs, shortcut audit and report for a run; with --data, external validation too;
+    with --by-source, leave-one-source-out scores."""
     from covidxr.data.labels import parse_label_map
     from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, per_label_table
     from covidxr.report.html import write_report
@@ -77,6 +81,10 @@ def evaluate_cmd(
         metrics = evaluate_run(run_dir, bootstrap, threshold)
         for warning in (metrics.get("audit") or {}).get("warnings", []):
             typer.echo(f"WARNING: {warning}")
+        if by_source:
+            from covidxr.evaluation.by_source import by_source_table, leave_one_source_out
+
+            typer.echo(by_source_table(leave_one_source_out(run_dir, threshold)))
     else:
         result = evaluate_external(run_dir, data, bootstrap, out, parse_label_map(label_map))
         typer.echo(f"internal test vs external ({data}), threshold {result['threshold']:.3f} from the run's val split:")

@@ -22,6 +22,7 @@ from markupsafe import Markup, escape
 
 from covidxr import __version__
 from covidxr.data.validate import short_source
+from covidxr.evaluation.by_source import read_by_source
 from covidxr.report.plots import PLOTS_DIR
 
 REPORT_FILE = "report.html"
@@ -235,6 +236,18 @@ def audit_section(run: Path) -> Section | None:
             f"<p><b>Test split per source</b>: share called {escape(called)} per label, and AUC within the source.</p>"
         )
         html += table(["source", "images", f"called {called}", "AUC within source"], rows)
+    folds = read_by_source(run)
+    if folds:
+        rates = [f.skipped or ", ".join(f"{lab} {r:.0%}" for lab, r in f.rate_called.items()) for f in folds]
+        rows = [
+            [short_source(f.source), f.n_images, rate, f.auc if f.auc is not None else "-"]
+            for f, rate in zip(folds, rates, strict=True)
+        ]
+        html += (
+            "<p><b>Leave one source out</b> (<code>covidxr evaluate RUN --by-source</code>): each source scored by the "
+            "same recipe trained on the other sources only, the closest this data can come to a new hospital.</p>"
+        )
+        html += table(["held-out source", "images", f"called {folds[0].called or 'positive'}", "AUC"], rows)
     html += "".join(f'<div class="warning">{escape(w)}</div>' for w in audit["warnings"])
     html += img(run / PLOTS_DIR / "occlusion.png", "occlusion example")
     return Section("Shortcut audit", html, "audit")

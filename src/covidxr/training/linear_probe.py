@@ -114,7 +114,10 @@ def nll_of(scores: np.ndarray, y: np.ndarray, task: str) -> float:
 
 
 def probe_result(probe: LinearProbe, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> ProbeResult:
+    """The probe's numbers; test ones are NaN where a run has no test split (a leave-one-source-out fold)."""
     val = epoch_metrics(probe.scores(splits["val"][0]), splits["val"][1], probe.task)
-    test = epoch_metrics(probe.scores(splits["test"][0]), splits["test"][1], probe.task)
+    x_test, y_test = splits["test"]
+    none = {"auc": float("nan"), "acc": float("nan")}
+    test = epoch_metrics(probe.scores(x_test), y_test, probe.task) if len(y_test) else none
     val_nll = nll_of(probe.scores(splits["val"][0]), splits["val"][1], probe.task)
     return ProbeResult(probe.C, val_nll, val["auc"], val["acc"], test["auc"], test["acc"])
