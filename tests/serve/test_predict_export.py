@@ -101,3 +101,29 @@ def test_the_runs_temperature_reaches_torch_and_onnx_scores_alike(run_dir: Path,
         assert abs(p - q) < 1e-4  # the exported graph divides by the temperature itself
         z1, z = np.log(p1 / (1 - p1)), np.log(p / (1 - p))
         assert z == pytest.approx(z1 / 2.5, abs=1e-3)  # logit / T
+
+
+def test_test_time_augmentation_is_chosen_once_and_used_everywhere(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from covidxr.evaluation.job import evaluate_run
+    from covidxr.models.tta import TestTimeAugmented, tta_thetas
+    from covidxr.serve.export import sample_batch
+
+    net = load_engine(run_dir).net
+    x = torch.from_numpy(sample_batch(run_dir, 4))
+    with torch.no_grad():
+        identity = TestTimeAugmented(net, tta_thetas()[:1]).eval()(x)
+        assert torch.allclose(identity, net(x), atol=1e-5)  # the identity view is the image itself
+        assert not torch.allclose(TestTimeAugmented(net).eval()(x), net(x), atol=1e-4)  # the moved views count
+    tta_run = Path(shutil.copytree(run_dir, tmp_path / "tta-run"))
+    plain = load_engine(tta_run).scores(x.numpy())
+    metrics = evaluate_run(tta_run, n_resamples=0, audit=False, tta=True)
+    assert metrics["tta"] and json.loads((tta_run / "model.json").read_text())["tta"] is True
+    engine = load_engine(tta_run)
+    assert isinstance(engine.scoring, TestTimeAugmented)
+    assert not np.allclose(engine.scores(x.numpy()), plain, atol=1e-4)
+    export_run(tta_run, "onnx")  # parity with the TTA network is checked inside, or the export is refused
+    assert np.allclose(load_engine(tta_run, "onnx").scores(x.numpy()), engine.scores(x.numpy()), atol=1e-4)

@@ -63,6 +63,9 @@ def evaluate_cmd(
     label_map: str | None = typer.Option(
         None, "--label-map", help="with --data: map the external set's labels, OLD=NEW,... or a YAML file"
     ),
+    tta: bool | None = typer.Option(
+        None, "--tta/--no-tta", help="score with test-time augmentation (small shifts and scales) from now on"
+    ),
     by_source: bool = typer.Option(
         False, "--by-source", help="also retrain once per source with it held out, and score the held-out source"
     ),
@@ -73,12 +76,14 @@ def evaluate_cmd(
     from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, per_label_table
     from covidxr.report.html import write_report
 
+    if data is not None and (tta is not None or by_source):
+        raise CovidxrError("--tta and --by-source belong to the run's own evaluation: run them without --data first")
     if data is None:
         if out is not None or label_map is not None:
             raise CovidxrError(
                 "--out and --label-map go with --data (an external set); the run's own results stay in it"
             )
-        metrics = evaluate_run(run_dir, bootstrap, threshold)
+        metrics = evaluate_run(run_dir, bootstrap, threshold, tta=tta)
         for warning in (metrics.get("audit") or {}).get("warnings", []):
             typer.echo(f"WARNING: {warning}")
         if by_source:

@@ -41,6 +41,7 @@ from covidxr.evaluation.predict import predict_logits
 from covidxr.evaluation.threshold import choose_threshold, threshold_for_specificity
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
+from covidxr.models.tta import scoring_net
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -81,7 +82,8 @@ class EvalContext:
         return cls(run_dir, net, spec, cfg, label_map)
 
     def score(self, manifest: Manifest, records: list[Record], transform: Any = None) -> Scored:
-        logits, targets = predict_logits(self.net, self.spec, manifest.root, records, self.label_map, transform)
+        net = scoring_net(self.net, self.spec)
+        logits, targets = predict_logits(net, self.spec, manifest.root, records, self.label_map, transform)
         return self.rescore(Scored(records, logits, targets, logits))
 
     def rescore(self, scored: Scored) -> Scored:
@@ -211,10 +213,17 @@ def per_source(scored: Scored, spec: ModelSpec) -> dict[str, Any]:
 
 
 def evaluate_run(
-    run_dir: Path | str, n_resamples: int = 1000, threshold_method: str = "f1", audit: bool = True
+    run_dir: Path | str,
+    n_resamples: int = 1000,
+    threshold_method: str = "f1",
+    audit: bool = True,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
-    """Internal evaluation of a finished run. Returns (and writes) metrics.json; sets the threshold in model.json."""
+    """Internal evaluation of a finished run. Returns (and writes) metrics.json; sets the threshold in model.json.
+    `tta` switches test-time augmentation on or off for this and every later use of the run (None: as it is)."""
     ctx = EvalContext.load(run_dir)
+    if tta is not None:
+        ctx.spec.tta = tta
     if not ctx.cfg.data.paths:
         raise CovidxrError(f"{run_dir}: config.yaml names no data set")
     manifest = _usable(ctx.cfg.data)
@@ -222,7 +231,7 @@ def evaluate_run(
     val = ctx.score(manifest, split.records(manifest, "val"))
     test = ctx.score(manifest, split.records(manifest, "test"))
     seed = ctx.cfg.data.seed
-    result: dict[str, Any] = {"task": ctx.spec.task, "classes": ctx.spec.classes}
+    result: dict[str, Any] = {"task": ctx.spec.task, "classes": ctx.spec.classes, "tta": ctx.spec.tta}
     ctx.spec.temperature = 1.0
     uncalibrated = ctx.rescore(test)
     ctx.spec.temperature = fit_temperature(val.logits, val.targets, ctx.spec.task)

@@ -39,6 +39,7 @@ class ModelSpec:
     equalize: str = "none"  # none | hist | clahe
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
     temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
+    tta: bool = False  # score the mean logits over small shifts and scales (models.tta); set by evaluate --tta
     extra: dict[str, Any] = field(default_factory=dict)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:

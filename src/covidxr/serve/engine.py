@@ -12,6 +12,7 @@ import torch
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
 from covidxr.models.spec import ModelSpec
+from covidxr.models.tta import scoring_net
 
 ONNX_FILE = "model.onnx"
 ENGINES = ("torch", "onnx")
@@ -31,10 +32,11 @@ class Engine:
 class TorchEngine(Engine):
     def __init__(self, run_dir: Path) -> None:
         self.net, self.spec = load_model(run_dir)
+        self.scoring = scoring_net(self.net, self.spec)
 
     @torch.no_grad()
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.net(torch.from_numpy(batch)).numpy()
+        return self.scoring(torch.from_numpy(batch)).numpy()
 
 
 class OnnxEngine(Engine):

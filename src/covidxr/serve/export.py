@@ -16,6 +16,7 @@ from covidxr.data.prepare import list_data
 from covidxr.data.readers import read_image
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
+from covidxr.models.tta import scoring_net
 from covidxr.serve.engine import ONNX_FILE
 
 TORCHSCRIPT_FILE = "model.torchscript.pt"
@@ -59,7 +60,7 @@ def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
     if fmt not in FORMATS:
         raise CovidxrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     trained, spec = load_model(run_dir)
-    net = Calibrated(trained, spec.temperature).eval()  # the exported logits are already temperature-scaled
+    net = Calibrated(scoring_net(trained, spec), spec.temperature).eval()  # temperature (and TTA) built in
     batch = sample_batch(run_dir)
     x = torch.from_numpy(batch)
     with torch.no_grad():
