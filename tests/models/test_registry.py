@@ -101,3 +101,29 @@ def test_simple_cnn_depth_and_widths_come_from_the_spec() -> None:
     spec.extra["cnn_widths"] = [4, 8]
     net = build_model(spec, "none")
     assert len(net.backbone.blocks) == 2 and net.head[0].in_features == 8
+
+
+@pytest.mark.parametrize(("name", "k"), [("resnet50", 1), ("tf_efficientnet_lite0", 2), ("simple_cnn", 1)])
+def test_trunk_and_tail_reproduce_the_backbone(name: str, k: int) -> None:
+    from covidxr.models.factory import frozen_parameter_names
+    from covidxr.models.trunk import split_trunk
+
+    spec = spec_for(name, ["a", "b"], "binary", "b", input_size=64)
+    net = build_model(spec, "none").eval()
+    trunk, tail = split_trunk(net.backbone, k, 64)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(tail(trunk(x)), net.backbone(x), atol=1e-4)
+    tail_params = {id(p) for p in tail.parameters()}
+    frozen = {id(net.backbone.get_parameter(n)) for n in frozen_parameter_names(net.backbone, k)}
+    assert tail_params and not tail_params & frozen  # the tail is exactly the k stages last-k trains
+    assert {id(p) for p in trunk.parameters()} == frozen
+
+
+def test_backbones_that_are_not_a_chain_are_not_cut() -> None:
+    from covidxr.models.trunk import split_trunk
+
+    net = build_model(spec_for("inception_v3", ["a", "b"], "binary", "b", input_size=75), "none")
+    assert split_trunk(net.backbone, 1, 75) is None
+    lite = build_model(spec_for("simple_cnn", ["a", "b"], "binary", "b", input_size=32), "none")
+    assert split_trunk(lite.backbone, 4, 32) is None  # nothing left to freeze

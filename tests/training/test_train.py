@@ -90,6 +90,24 @@ def test_feature_cache_is_hit_then_invalidated_by_augmentation(phantoms: Path, t
     assert features.shape == (120 + n_train, 1280)  # originals plus one augmented copy of each training image
 
 
+def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from covidxr.models.factory import build_model
+
+    cfg = _cfg(phantoms, tmp_path / "cache", epochs=3, lr=1e-3, freeze="last-k", last_k=1, augment="none")
+    result = train(cfg, tmp_path / "run")
+    assert result.best_epoch >= 0
+    entry = next(p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    assert "last 1 stage" in (entry / "meta.json").read_text()
+    assert np.load(entry / "features.npy", mmap_mode="r").shape[1:] == (320, 7, 7)  # blocks.6 output, not pooled
+    start = build_model(result.spec, "imagenet").state_dict()
+    trained = load_file(str(result.run_dir / "best.safetensors"))
+    changed = {k for k, v in trained.items() if not k.endswith("num_batches_tracked") and not (v == start[k]).all()}
+    assert any(k.startswith("backbone.conv_head") for k in changed) and any(k.startswith("head.") for k in changed)
+    assert not any(k.startswith(("backbone.blocks.", "backbone.conv_stem")) for k in changed)
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "covidxr", "train", *args]
 

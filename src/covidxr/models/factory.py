@@ -13,6 +13,7 @@ from covidxr.models.head import ClassifierHead
 from covidxr.models.registry import Backbone, get_backbone
 from covidxr.models.simple_cnn import SimpleCNN
 from covidxr.models.spec import ModelSpec
+from covidxr.models.trunk import stages
 from covidxr.models.weights import apply_weights
 
 BEST_WEIGHTS = "best.safetensors"
@@ -103,17 +104,17 @@ def apply_freeze(net: CovidxrNet, policy: str, last_k: int = 1) -> None:
 
 
 def frozen_parameter_names(backbone: nn.Module, last_k: int) -> list[str]:
-    """Parameters outside the backbone's last k stages (timm's coarse stage grouping; simple_cnn by block)."""
+    """Parameters outside the backbone's last k stages: the stages `models.trunk` cuts at where the backbone is a
+    chain (so a cached trunk is exactly what stays frozen), else timm's coarse parameter groups."""
     if last_k < 1:
         raise CovidxrError(f"last-k needs k >= 1, got {last_k}")
-    if isinstance(backbone, SimpleCNN):
-        groups: dict[int, list[str]] = {}
-        for name, _ in backbone.named_parameters():
-            groups.setdefault(int(name.split(".")[1]), []).append(name)
-    else:
-        from timm.models import group_parameters
+    parts = stages(backbone)
+    if parts is not None:
+        frozen = {id(p) for part in parts[: max(0, len(parts) - last_k)] for p in part.parameters()}
+        return [name for name, p in backbone.named_parameters() if id(p) in frozen]
+    from timm.models import group_parameters
 
-        groups = group_parameters(backbone, backbone.group_matcher(coarse=True))  # type: ignore[operator]
+    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))  # type: ignore[operator]
     ordered = [groups[k] for k in sorted(groups)]
     return [name for group in ordered[: max(0, len(ordered) - last_k)] for name in group]
 

@@ -30,6 +30,7 @@ from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_w
 from covidxr.models.head import positive_scores
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
+from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import check_weights
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
@@ -110,16 +111,22 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     spec.write(run_dir)
     _write_state(run_dir, {"status": "running"})
 
-    use_cache = tc.freeze == "head" and tc.feature_cache
+    cut = split_trunk(net.backbone, tc.last_k, spec.input_size) if tc.freeze == "last-k" and tc.feature_cache else None
     cached: CachedFeatures | None = None
-    if use_cache:
-        cached = _cached_features(cfg, prepared, net, spec)
+    probe: LinearProbe | None = None
+    if tc.freeze == "head" and tc.feature_cache:
+        cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
         probe_splits = {s: tuple(t.numpy() for t in cached.select(s, s == "train")) for s in ("train", "val", "test")}
         probe = LinearProbe(lm.task, spec.num_outputs).fit(*probe_splits["train"], *probe_splits["val"])
         if tc.head == "linear":
             return _linear_head_run(run_dir, net, spec, probe, probe_splits, cached)
         train_loader, val_loader = _feature_loaders(cfg, cached)
         trainable: torch.nn.Module = net.head
+    elif cut is not None:  # last-k: the frozen trunk's output is cached, the tail and head train on it
+        trunk, tail = cut
+        cached = _cached_features(cfg, prepared, trunk, spec, f"trunk without the last {tc.last_k} stage(s)")
+        train_loader, val_loader = _feature_loaders(cfg, cached)
+        trainable = torch.nn.Sequential(tail, net.head)
     else:
         train_loader, val_loader = _image_loaders(cfg, prepared, spec)
         trainable = net
@@ -160,7 +167,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     best = torch.load(run_dir / BEST_CKPT, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     save_weights(net, run_dir)
-    if cached is not None:
+    if probe is not None:
         _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
     state = {
         "status": "finished",
@@ -209,7 +216,11 @@ def _linear_head_run(
     return _result(run_dir, spec, state)
 
 
-def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpec) -> CachedFeatures:
+def _cached_features(
+    cfg: Config, prepared: PreparedData, extractor: torch.nn.Module, spec: ModelSpec, level: str
+) -> CachedFeatures:
+    """Outputs of the frozen `extractor` (the pooled backbone, or the trunk before the last k stages) for every
+    image and the augmented training copies, from the cache when every input to them is unchanged."""
     tc = cfg.train
     manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
     ops = preset(tc.augment, tc.augment_ops)
@@ -226,7 +237,7 @@ def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec:
         "split": sorted(split.assignment.items()),
         "augment": ops if copies else None,
         "copies": copies,
-    }
+    } | ({} if level == "pooled" else {"level": level})
 
     def compute() -> tuple[Any, list[dict[str, Any]]]:
         pre = spec.preprocess
@@ -235,7 +246,7 @@ def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec:
             {"path": r.path, "copy": 0, "split": split.assignment[r.path], "target": t}
             for r, t in zip(manifest.records, originals.targets, strict=True)
         ]
-        parts = [extract(net.backbone, originals, tc.batch_size, tc.num_workers, "features")]
+        parts = [extract(extractor, originals, tc.batch_size, tc.num_workers, "features")]
         train_records = split.records(manifest, "train")
         if copies:
             augment = build_augment(ops, spec.input_size)
@@ -245,7 +256,7 @@ def _cached_features(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec:
             n = len(train_records)
             parts.append(
                 extract(
-                    net.backbone,
+                    extractor,
                     Subset(augmented, range(n, len(augmented))),
                     tc.batch_size,
                     tc.num_workers,

@@ -1,0 +1,54 @@
+"""A backbone cut into a frozen trunk and its last k stages, so `--freeze last-k` can cache the trunk's output
+once (the feature-cache idea one level up) and train only the tail and the head on it.
+
+Only backbones whose forward is a plain chain of timm's coarse stages can be cut (EfficientNet, ResNet, the
+study's CNN); the cut is checked numerically against the whole backbone before it is used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from covidxr.models.simple_cnn import SimpleCNN
+
+CUT_TOLERANCE = 1e-4
+
+
+def stages(backbone: nn.Module) -> list[nn.Module] | None:
+    """The backbone as its coarse stages in forward order (the groups `last_k` counts), or None."""
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+
+    if isinstance(backbone, SimpleCNN):
+        return list(backbone.blocks)
+    if isinstance(backbone, EfficientNet):
+        head = nn.Sequential(backbone.conv_head, backbone.bn2)
+        return [nn.Sequential(backbone.conv_stem, backbone.bn1), *backbone.blocks, head]
+    if isinstance(backbone, ResNet):
+        stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool)
+        return [stem, backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    return None
+
+
+def _pool(backbone: nn.Module) -> nn.Module:
+    if isinstance(backbone, SimpleCNN):
+        return nn.Sequential(backbone.pool, nn.Flatten(1))
+    return backbone.global_pool  # timm's SelectAdaptivePool2d, flattening (num_classes=0)
+
+
+def split_trunk(backbone: nn.Module, last_k: int, input_size: int) -> tuple[nn.Module, nn.Module] | None:
+    """(trunk, tail) with tail(trunk(x)) == backbone(x), the tail holding the last k stages and the pooling;
+    None when this backbone cannot be cut or the cut does not reproduce it."""
+    parts = stages(backbone)
+    if parts is None or not 1 <= last_k < len(parts):
+        return None
+    trunk = nn.Sequential(*parts[: len(parts) - last_k])
+    tail = nn.Sequential(*parts[len(parts) - last_k :], _pool(backbone))
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        same = torch.allclose(tail(trunk(x)), backbone(x), atol=CUT_TOLERANCE)
+    backbone.train(was_training)
+    return (trunk, tail) if same else None
