@@ -2,7 +2,8 @@
 
 1. cxr-dev, multiclass (COVID-19 / normal / pneumonia): the study's recipe, the default recipe at three head
    learning rates (the measurement behind the default's rate), and the linear probe as model (`--head
-   linear`). Per fold: within-Kermany pneumonia-vs-normal AUC and accuracy, COVID-vs-rest AUC, ECE after
+   linear`), last-k fine-tuning on the cached trunk output (k=1), and an ensemble of three of them. Per
+   fold: within-Kermany pneumonia-vs-normal AUC and accuracy, COVID-vs-rest AUC, ECE after
    temperature scaling, best epoch and epochs run, training seconds; fold 0's model also scored on cxr-ext
    (adult films without COVID-19 from a third hospital): the share of its normal films called COVID-19.
 2. With --deconfounded: cxr-dev + cxr-ext joined, binary COVID-19 vs rest, default recipe: held-out cxr-ext
@@ -11,7 +12,7 @@
 Folds: whole patient groups (duplicates merged, as covidxr splits), stratified by label; validation is a
 sixth of each training part, again by patient. Nothing is chosen on a test fold.
 
-Usage: python -m benchmarks.bench_quality [--folds 5] [--deconfounded] [--ext ../shared/data/cxr-ext]
+Usage: python -m benchmarks.bench_quality [--folds 5] [--deconfounded] [--ext ../shared/data/cxr-ext] [--only NAME]
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from benchmarks.common import write_result
+from benchmarks.common import RESULTS, write_result
 from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.data.prepare import inspect_data
 from covidxr.data.split import Split, group_ids, write_split
 from covidxr.evaluation.job import evaluate_external, evaluate_run
 from covidxr.evaluation.metrics import roc_auc
+from covidxr.pipeline import ensemble
 from covidxr.training.job import train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -43,7 +45,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default lr 1e-3": {"recipe": "default"},
     "default lr 3e-3": {"recipe": "default", "lr": 3e-3},
     "linear probe": {"recipe": "default", "head": "linear"},
+    "last-k (k=1)": {"recipe": "default", "freeze": "last-k", "last_k": 1},
 }
+ENSEMBLE = ("default lr 1e-3", "linear probe", "last-k (k=1)")  # members averaged per fold
 
 
 def folds(cfg: DataConfig, k: int, seed: int = 0) -> tuple[Any, list[Split]]:
@@ -77,16 +81,16 @@ def multiclass_scores(run_dir: Path) -> dict[str, float]:
     is_pneumonia = np.array([r["label"] == "pneumonia" for r in kermany])
     covid = np.array([float(r["score_COVID-19"]) for r in rows])
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    state = json.loads((run_dir / "state.json").read_text())
+    state_file = run_dir / "state.json"  # an ensemble trains nothing and has none
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    epochs = {"best_epoch": state["best_epoch"], "epochs_run": state["epochs_run"]} if state else {}
     return {
         "kermany_auc": roc_auc(is_pneumonia, pn / (pn + nn)),
         "kermany_acc": float(np.mean((pn > nn) == is_pneumonia)),
         "covid_vs_rest_auc": roc_auc(np.array([r["label"] == "COVID-19" for r in rows]), covid),
         "ece": metrics["calibration"]["test_after"]["ece"],
         "ece_before": metrics["calibration"]["test_before"]["ece"],
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epochs_run"],
-    }
+    } | epochs
 
 
 def run_variant(cfg: Config, run_dir: Path, split: Split, manifest: Any) -> dict[str, float]:
@@ -99,15 +103,30 @@ def run_variant(cfg: Config, run_dir: Path, split: Split, manifest: Any) -> dict
     return {**multiclass_scores(run_dir), "train_seconds": seconds}
 
 
-def cross_validate(data: str, ext: str | None, k: int, root: Path, save: Callable[[Any], None]) -> dict[str, Any]:
+def cross_validate(
+    data: str, ext: str | None, k: int, root: Path, save: Callable[[Any], None], only: list[str] | None = None
+) -> dict[str, Any]:
     data_cfg = DataConfig(paths=(data,), task="multiclass")
     manifest, splits = folds(data_cfg, k)
-    per_variant: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    names = only or [*VARIANTS, "ensemble"]
+    per_variant: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for i, split in enumerate(splits):
-        for name, overrides in VARIANTS.items():
-            cfg = Config(data_cfg, TrainConfig(cache_dir=str(root / "cache"), **overrides))
+        done: dict[str, Path] = {}
+        for name in names:
             run_dir = root / f"fold{i}" / name.replace(" ", "-")
-            scores = run_variant(cfg, run_dir, split, manifest)
+            if name == "ensemble":
+                for member in ENSEMBLE:
+                    if member not in done:
+                        cfg = Config(data_cfg, TrainConfig(cache_dir=str(root / "cache"), **VARIANTS[member]))
+                        done[member] = root / f"fold{i}" / member.replace(" ", "-")
+                        run_variant(cfg, done[member], split, manifest)
+                start = time.perf_counter()
+                ensemble([done[m] for m in ENSEMBLE], run_dir, n_resamples=0)
+                scores = {**multiclass_scores(run_dir), "train_seconds": time.perf_counter() - start}
+            else:
+                cfg = Config(data_cfg, TrainConfig(cache_dir=str(root / "cache"), **VARIANTS[name]))
+                scores = run_variant(cfg, run_dir, split, manifest)
+                done[name] = run_dir
             if i == 0 and ext:
                 result = evaluate_external(run_dir, ext, n_resamples=0)
                 scores["ext_normal_called_covid"] = result["per_label"]["normal"]["rate_called"]
@@ -123,7 +142,9 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, Any]:
     for metric in rows[0]:
         values = np.array([r[metric] for r in rows if metric in r], dtype=float)
         out[metric] = {"mean": float(values.mean()), "std": float(values.std()), "folds": values.tolist()}
-    out["best_before_last_share"] = float(np.mean([r["best_epoch"] < r["epochs_run"] - 1 for r in rows]))
+    trained = [r for r in rows if "best_epoch" in r]
+    if trained:
+        out["best_before_last_share"] = float(np.mean([r["best_epoch"] < r["epochs_run"] - 1 for r in trained]))
     return out
 
 
@@ -165,16 +186,27 @@ def main() -> None:
     parser.add_argument("--ext", default="../shared/data/cxr-ext")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--deconfounded", action="store_true", help="also the cxr-dev + cxr-ext binary recipe")
+    parser.add_argument(
+        "--only", action="append", help="run only these variants (repeatable), merged into the saved results"
+    )
     args = parser.parse_args()
     ext = args.ext if Path(args.ext).is_dir() else None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         payload: dict[str, Any] = {"data": "cxr-dev", "folds": args.folds, "task": "multiclass"}
+        earlier: dict[str, Any] = {}
+        if args.only:  # keep the variants not rerun from the last saved results
+            saved = RESULTS / "quality.json"
+            previous = json.loads(saved.read_text()) if saved.is_file() else {}
+            payload |= {k: v for k, v in previous.items() if k in ("deconfounded", "note")}
+            earlier = {k: v for k, v in previous.get("variants", {}).items() if k not in args.only}
 
         def saver(part: str) -> Callable[[Any], None]:
-            return lambda value: write_result("quality", payload | {part: value})
+            merge = earlier if part == "variants" else {}
+            return lambda value: write_result("quality", payload | {part: merge | value})
 
-        payload["variants"] = cross_validate(args.data, ext, args.folds, root, saver("variants"))
+        variants = cross_validate(args.data, ext, args.folds, root, saver("variants"), args.only)
+        payload["variants"] = earlier | variants
         if args.deconfounded and ext:
             payload["deconfounded"] = deconfounded(args.data, ext, args.folds, root, saver("deconfounded"))
     print(write_result("quality", payload))
