@@ -83,7 +83,7 @@ def multiclass_scores(run_dir: Path) -> dict[str, float]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     state_file = run_dir / "state.json"  # an ensemble trains nothing and has none
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    epochs = {"best_epoch": state["best_epoch"], "epochs_run": state["epochs_run"]} if state else {}
+    epochs = {k: state[k] for k in ("best_epoch", "epochs_run") if k in state}
     return {
         "kermany_auc": roc_auc(is_pneumonia, pn / (pn + nn)),
         "kermany_acc": float(np.mean((pn > nn) == is_pneumonia)),

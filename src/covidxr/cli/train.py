@@ -202,11 +202,19 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port"),
     engine: str = typer.Option("torch", "--engine", help="torch | onnx (export first)"),
     workers: int = typer.Option(4, "--workers", min=1, help="inference threads"),
+    queue: int = typer.Option(16, "--queue", min=0, help="requests waiting beyond busy workers before 503"),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="seconds a prediction may take"),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="COVIDXR_API_KEY", help="require Authorization: Bearer KEY (health stays open)"
+    ),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="allow browser calls from this origin (repeat)"),
 ) -> None:
     """Web service and upload page for a run (research use only)."""
     import uvicorn
 
-    from covidxr.serve.app import create_app
+    from covidxr.serve.app import Limits, create_app
 
+    limits = Limits(queue=queue, timeout_s=timeout)
+    app = create_app(run_dir, engine, limits, workers, api_key=api_key, cors_origins=tuple(cors_origin))
     typer.echo(f"serving {run_dir} on http://{host}:{port} (research tool, not a diagnostic device)")
-    uvicorn.run(create_app(run_dir, engine, workers=workers), host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,35 +1,51 @@
-"""The web service: `POST /v1/predict`, `GET /v1/model`, `GET /health`, and an upload page at `/`.
+"""The web service: `POST /v1/predict`, `GET /v1/model`, `GET /health`, `GET /ready`, and an upload page at `/`.
 
-The model is loaded once. Inference runs in a thread pool (PyTorch and ONNX Runtime release the GIL), so
-concurrent clients do not queue behind one request, and every request has a time limit. Uploads are checked by
-size, by content (not by name) and by pixel count before decoding; they are written only to a private temporary
-file whose name owes nothing to the client. Bad input gets a 4xx JSON error, never a 500.
+Inference runs in a pool of worker threads (PyTorch and ONNX Runtime release the GIL). Nothing mutable is shared
+between concurrent requests: the scoring engine is only ever read, and each worker takes its own copy of the
+network for Grad-CAM (which hooks into it) and MC dropout (which switches its dropout on). Admission is bounded:
+with every worker busy and the queue full, a request gets 503 with Retry-After instead of piling up; a request
+that times out is abandoned at the worker's next step. Uploads are checked by size, by content (not by name) and
+by pixel count before decoding; they are written only to a private temporary file whose name owes nothing to
+the client. Bad input gets a 4xx JSON error, never a 500. The model loads in the background: `/health` answers
+at once, `/ready` only once the model can serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import json
+import logging
+import os
+import queue
+import secrets
 import tempfile
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, HTTPException, Query, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
+from torch import nn
 
 from covidxr import __version__
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, Problem, read_image
 from covidxr.errors import ImageReadError
 from covidxr.models.factory import load_model
-from covidxr.serve.engine import load_engine
+from covidxr.models.spec import ModelSpec
+from covidxr.serve.engine import Engine, load_engine
 
 PAGE = Path(__file__).with_name("static") / "index.html"
+API_KEY_ENV = "COVIDXR_API_KEY"
+OPEN_PATHS = frozenset({"/health", "/ready", "/", "/openapi.json", "/docs"})  # no key needed
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,55 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     timeout_s: float = 30.0
     max_mc: int = 100
+    queue: int = 16  # requests waiting beyond the busy workers before new ones get 503
+    retry_after_s: int = 2
+
+
+class Cancelled(Exception):
+    """The request timed out: its worker stops at the next step."""
+
+
+class Replicas:
+    """One copy of the network per worker, handed out one request at a time: Grad-CAM's hooks and MC dropout's
+    train-mode switch only ever touch a copy no other request holds."""
+
+    def __init__(self, net: nn.Module, n: int) -> None:
+        self._free: queue.Queue[nn.Module] = queue.Queue()
+        for _ in range(n):
+            self._free.put(copy.deepcopy(net))
+
+    @contextmanager
+    def take(self) -> Iterator[nn.Module]:
+        net = self._free.get()
+        try:
+            yield net
+        finally:
+            self._free.put(net)
+
+
+class Admission:
+    """At most `capacity` requests in the service (running or queued); the rest are turned away at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.inside = capacity, 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.inside >= self.capacity:
+                return False
+            self.inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.inside -= 1
+
+
+@dataclass
+class Loaded:
+    scorer: Engine
+    replicas: Replicas
 
 
 def sniff(head: bytes) -> str | None:
@@ -51,43 +116,110 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def create_app(run_dir: Path | str, engine: str = "torch", limits: Limits | None = None, workers: int = 4) -> FastAPI:
+def create_app(
+    run_dir: Path | str,
+    engine: str = "torch",
+    limits: Limits | None = None,
+    workers: int = 4,
+    api_key: str | None = None,
+    cors_origins: tuple[str, ...] = (),
+    cam_replicas: int | None = None,
+) -> FastAPI:
+    """The service for one run. `api_key` (else $COVIDXR_API_KEY) protects everything but health, readiness,
+    the page and the schema; `cam_replicas` (default: one per worker) sets how many CAM/MC requests run at once."""
     run_dir = Path(run_dir)
     limits = limits or Limits()
-    scorer = load_engine(run_dir, engine)
-    net, spec = load_model(run_dir)  # for Grad-CAM and MC dropout, whatever the scoring engine
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    spec = ModelSpec.read(run_dir)  # a wrong run directory fails here, before anything listens
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covidxr-infer")
+    admission = Admission(workers + limits.queue)
     model_id = f"{run_dir.name}:{spec.backbone}:{engine}"
     app = FastAPI(title="covidxr", version=__version__, description="Research tool, not a diagnostic device.")
+    app.state.ready = threading.Event()
+    app.state.load_error = None
+    loaded: list[Loaded] = []
 
-    def infer(path: Path, cam: bool, mc: int) -> dict[str, Any]:
+    def load() -> None:
+        try:
+            scorer = load_engine(run_dir, engine)
+            net, _ = load_model(run_dir)  # for Grad-CAM and MC dropout, whatever the scoring engine
+            loaded.append(Loaded(scorer, Replicas(net, cam_replicas or workers)))
+            app.state.ready.set()
+        except Exception as exc:  # reported by /ready; the process stays up to say so
+            app.state.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load %s: %s", run_dir, app.state.load_error)
+
+    threading.Thread(target=load, name="covidxr-load", daemon=True).start()
+
+    def infer(path: Path, cam: bool, mc: int, cancelled: threading.Event) -> dict[str, Any]:
+        model = loaded[0]
         gray = read_image(path, limits.max_pixels).pixels
         x = spec.preprocess(gray)
-        scores = scorer.scores(x[None].numpy())[0]
-        k = int(scores[1] >= spec.threshold) if spec.task == "binary" else int(np.argmax(scores))
+        scores = model.scorer.scores(x[None].numpy())[0]
+        k = int(spec.decide(scores[None])[0])
         result: dict[str, Any] = {
             "model_id": model_id,
             "label": spec.classes[k],
             "threshold": spec.threshold,
             "probabilities": {c: float(s) for c, s in zip(spec.classes, scores, strict=True)},
         }
-        if cam:
-            from covidxr.explain.gradcam import grad_cam, overlay
+        if not (cam or mc):
+            return result
+        with model.replicas.take() as net:
+            if cam:
+                if cancelled.is_set():
+                    raise Cancelled
+                from covidxr.explain.gradcam import grad_cam, overlay
 
-            heat = grad_cam(net, spec, x[None], "predicted")[0]
-            buffer = io.BytesIO()
-            Image.fromarray(overlay(gray, heat)).save(buffer, format="PNG")
-            result["cam_png_base64"] = base64.b64encode(buffer.getvalue()).decode()
-        if mc:
-            from covidxr.explain.uncertainty import mc_dropout
+                heat = grad_cam(net, spec, x[None], "predicted")[0]  # type: ignore[arg-type]
+                buffer = io.BytesIO()
+                Image.fromarray(overlay(gray, heat)).save(buffer, format="PNG")
+                result["cam_png_base64"] = base64.b64encode(buffer.getvalue()).decode()
+            if mc:
+                if cancelled.is_set():
+                    raise Cancelled
+                from covidxr.explain.uncertainty import mc_dropout
 
-            u = mc_dropout(net, x[None], spec, mc)
-            result["uncertainty"] = {"passes": mc, "std": float(u["std"][0]), "entropy": float(u["entropy"][0])}
+                u = mc_dropout(net, x[None], spec, mc)
+                result["uncertainty"] = {"passes": mc, "std": float(u["std"][0]), "entropy": float(u["entropy"][0])}
         return result
+
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next: Any) -> Any:
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path in OPEN_PATHS or secrets.compare_digest(given, expected):
+                return await call_next(request)
+            return JSONResponse(
+                {"error": "missing or wrong API key: send Authorization: Bearer KEY", "status": 401},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     @app.get("/health")
     def health() -> dict[str, str]:
+        """Liveness: the process answers (the model may still be loading; see /ready)."""
         return {"status": "ok", "model_id": model_id}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded and can serve, 503 before (or if loading failed)."""
+        if app.state.ready.is_set():
+            return JSONResponse({"status": "ready", "model_id": model_id})
+        status = f"failed: {app.state.load_error}" if app.state.load_error else "loading"
+        return JSONResponse({"status": status, "model_id": model_id}, status_code=503)
 
     @app.get("/v1/model")
     def model() -> dict[str, Any]:
@@ -128,20 +260,37 @@ def create_app(run_dir: Path | str, engine: str = "torch", limits: Limits | None
         kind = sniff(body[:132])
         if kind is None:
             raise HTTPException(415, "not a PNG, JPEG or DICOM file (checked by content, not by name)")
-        with tempfile.TemporaryDirectory(prefix="covidxr-upload-") as tmp:
-            path = Path(tmp) / ("upload.dcm" if kind == "dicom" else f"upload.{kind}")
-            path.write_bytes(body)
-            loop = asyncio.get_running_loop()
-            try:
-                return await asyncio.wait_for(loop.run_in_executor(pool, infer, path, cam, mc), limits.timeout_s)
-            except ImageReadError as exc:
-                status = 413 if exc.problem == Problem.TOO_LARGE else 422
-                raise HTTPException(status, f"{exc.problem}" + (f": {exc.detail}" if exc.detail else "")) from None
-            except asyncio.TimeoutError:
-                raise HTTPException(503, f"prediction took longer than {limits.timeout_s:.0f} s; try again") from None
+        if not app.state.ready.is_set():
+            raise HTTPException(503, "the model is still loading; try again", headers=_retry(limits))
+        if not admission.enter():
+            raise HTTPException(503, "every worker is busy and the queue is full; try again", headers=_retry(limits))
+        cancelled = threading.Event()
+        try:
+            with tempfile.TemporaryDirectory(prefix="covidxr-upload-") as tmp:
+                path = Path(tmp) / ("upload.dcm" if kind == "dicom" else f"upload.{kind}")
+                path.write_bytes(body)
+                future = pool.submit(infer, path, cam, mc, cancelled)
+                try:
+                    return await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
+                except ImageReadError as exc:
+                    status = 413 if exc.problem == Problem.TOO_LARGE else 422
+                    raise HTTPException(status, f"{exc.problem}" + (f": {exc.detail}" if exc.detail else "")) from None
+                except asyncio.TimeoutError:
+                    cancelled.set()  # a queued request never starts; a running one stops at its next step
+                    raise HTTPException(
+                        503, f"prediction took longer than {limits.timeout_s:g} s; try again", headers=_retry(limits)
+                    ) from None
+        finally:
+            admission.leave()
 
     @app.exception_handler(HTTPException)
     async def json_errors(_request: Any, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
+        return JSONResponse(
+            {"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code, headers=exc.headers
+        )
 
     return app
+
+
+def _retry(limits: Limits) -> dict[str, str]:
+    return {"Retry-After": str(limits.retry_after_s)}
