@@ -35,7 +35,7 @@ def folder(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_predict_folder_with_broken_files_csv_and_json(run_dir: Path, folder: Path, tmp_path: Path) -> None:
     counts = predict_to_file(run_dir, [folder], tmp_path / "p.csv", batch_size=4)
-    assert counts == {"predicted": 9, "skipped": 1}
+    assert counts == {"predicted": 9, "skipped": 1, "already_written": 0}
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     by_name = {Path(r["path"]).name: r for r in rows}
     assert by_name["broken.png"]["error"].startswith("corrupt or truncated")
@@ -127,3 +127,38 @@ def test_test_time_augmentation_is_chosen_once_and_used_everywhere(run_dir: Path
     assert not np.allclose(engine.scores(x.numpy()), plain, atol=1e-4)
     export_run(tta_run, "onnx")  # parity with the TTA network is checked inside, or the export is refused
     assert np.allclose(load_engine(tta_run, "onnx").scores(x.numpy()), engine.scores(x.numpy()), atol=1e-4)
+
+
+def test_predict_killed_with_sigkill_resumes_without_losing_or_repeating_rows(
+    run_dir: Path, phantoms: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    sources = sorted((phantoms / "images").rglob("*.png"))
+    for i in range(240):
+        (many / f"img{i:03d}.png").hardlink_to(sources[i % len(sources)])
+    out = tmp_path / "p.csv"
+    command = [sys.executable, "-m", "covidxr", "predict", str(run_dir), str(many), "--out", str(out)]
+    proc = subprocess.Popen([*command, "--batch-size", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 30):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = out.read_text().count("\n") - 1
+    assert 0 < before < 240, before  # killed part way
+    with out.open("a") as fh:
+        fh.write(f"{many}/img999.png,COVID-")  # what a kill in mid-row would leave: cut on resume
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{before} row(s) kept from before" in resumed.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in many.iterdir())  # each exactly once
+    assert all(r["label"] in ("COVID-19", "not COVID-19") for r in rows)
+    with pytest.raises(CovidxrError, match=r"--resume needs a \.csv"):
+        (tmp_path / "p.json").write_text("[\n")
+        predict_to_file(run_dir, [many], tmp_path / "p.json", resume=True)

@@ -1,5 +1,8 @@
 """Batch prediction over files and folders (recursive, DICOM included), streaming: rows are written as batches
-finish, so memory stays flat in the number of images. Unreadable files get a row with their reason."""
+finish, so memory stays flat in the number of images. Unreadable files get a row with their reason.
+
+A CSV output is flushed row by row; `resume` keeps the rows an interrupted run wrote (dropping a half-written
+last line, if a kill landed mid-row) and predicts only the files not in them."""
 
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ def _label(engine: Engine, scores: np.ndarray) -> str:
     return spec.classes[int(scores.argmax())]
 
 
-def predict_stream(engine: Engine, paths: list[Path], batch_size: int = 16, mc: int = 0) -> Iterator[dict[str, Any]]:
-    """One dict per file, in order: scores, label at the run's threshold, optional MC-dropout std; or an error."""
+def predict_stream(
+    engine: Engine, paths: list[Path], batch_size: int = 16, mc: int = 0, skip: frozenset[str] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """One dict per file not in `skip`, in order: scores, label at the run's threshold, optional MC-dropout std;
+    or an error."""
     pre = engine.spec.preprocess
     pending: list[tuple[Path, np.ndarray]] = []
 
@@ -51,7 +57,8 @@ def predict_stream(engine: Engine, paths: list[Path], batch_size: int = 16, mc: 
             yield row
         pending.clear()
 
-    for path in tqdm(list(iter_files(paths)), desc="predict", unit="img", leave=False):
+    todo = [p for p in iter_files(paths) if str(p) not in skip]
+    for path in tqdm(todo, desc="predict", unit="img", leave=False):
         try:
             pending.append((path, pre(read_image(path).pixels).numpy()))
         except ImageReadError as exc:
@@ -75,26 +82,55 @@ def _mc_std(engine: Engine, batch: np.ndarray, passes: int) -> np.ndarray:
 
 
 def predict_to_file(
-    run_dir: Path | str, paths: list[Path], out: Path, engine: str = "torch", batch_size: int = 16, mc: int = 0
+    run_dir: Path | str,
+    paths: list[Path],
+    out: Path,
+    engine: str = "torch",
+    batch_size: int = 16,
+    mc: int = 0,
+    resume: bool = False,
 ) -> dict[str, int]:
-    """Write predictions as CSV or JSON (by the extension of `out`); returns counts of predicted and skipped."""
+    """Write predictions as CSV or JSON (by the extension of `out`); returns counts of predicted, skipped and
+    (with `resume`) already written rows."""
     eng = load_engine(run_dir, engine)
     columns = ["path", "label", "threshold", *(f"score_{c}" for c in eng.spec.classes), "mc_std", "error"]
-    counts = {"predicted": 0, "skipped": 0}
+    as_json = out.suffix.lower() == ".json"
+    done: frozenset[str] = frozenset()
+    if resume and out.exists():
+        if as_json:
+            raise CovidxrError(f"{out}: --resume needs a .csv output (rows are appended one by one)")
+        done = _written_rows(out, columns)
+    counts = {"predicted": 0, "skipped": 0, "already_written": len(done)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        as_json = out.suffix.lower() == ".json"
+    with out.open("a" if done else "w", newline="") as fh:
         writer = None if as_json else csv.DictWriter(fh, fieldnames=columns)
-        if writer:
+        if writer and not done:
             writer.writeheader()
-        else:
+        elif not writer:
             fh.write("[\n")
-        for i, row in enumerate(predict_stream(eng, paths, batch_size, mc)):
+        for i, row in enumerate(predict_stream(eng, paths, batch_size, mc, done)):
             counts["skipped" if "error" in row else "predicted"] += 1
             if writer:
                 writer.writerow(row)
+                fh.flush()  # a killed run loses at most the row being written
             else:
                 fh.write((",\n" if i else "") + json.dumps(row))
         if not writer:
             fh.write("\n]\n")
     return counts
+
+
+def _written_rows(out: Path, columns: list[str]) -> frozenset[str]:
+    """Paths already in an interrupted CSV, after cutting a half-written last line; the header must match."""
+    data = out.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) < len(data):
+        with out.open("r+b") as fh:
+            fh.truncate(len(whole))
+    lines = whole.decode().splitlines()
+    if not lines:
+        raise CovidxrError(f"{out}: empty; nothing to resume (run without --resume)")
+    header = next(csv.reader(lines[:1]))
+    if header != columns:
+        raise CovidxrError(f"{out}: its columns {header} are not this run's {columns}; write to another --out")
+    return frozenset(row["path"] for row in csv.DictReader(lines))
