@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,18 @@ def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> dict
 
 
 def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True) -> RunResult:
-    """Train (or continue / reuse a finished run in `run_dir`), evaluate on test, audit, explain, report."""
-    from covidxr.explain.job import explain_run
+    """Train, evaluate on test, audit, explain, report; rerun on the same `run_dir` after an interruption, it
+    continues where it stopped: training from its last checkpoint, and a finished stage (its result file is
+    written last, whole) is not done again."""
+    from covidxr.explain.job import EXPLAIN_FILE, explain_run
 
     run_dir = Path(run_dir)
     trained = train(cfg, run_dir, resume=(run_dir / LAST_CKPT).exists())
-    metrics = evaluate_run(run_dir, n_resamples=n_resamples)
-    if explain:
+    metrics_file = run_dir / METRICS_FILE
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+    else:
+        metrics = evaluate_run(run_dir, n_resamples=n_resamples)
+    if explain and not (run_dir / EXPLAIN_FILE).is_file():
         explain_run(run_dir)
     return RunResult(trained, metrics, write_report(run_dir))

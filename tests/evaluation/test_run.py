@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,42 @@ def test_an_ensemble_is_a_run_of_the_mean_calibrated_scores(phantom_run: RunResu
     bad = subprocess.run([sys.executable, "-m", "covidxr", "ensemble", str(first), str(other), "--out",
                           str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert bad.returncode == 2 and "another split" in bad.stderr
+
+
+def test_run_killed_in_evaluation_then_in_explanation_resumes_without_retraining(
+    phantoms: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cli = [sys.executable, "-m", "covidxr", "run"]
+    env = os.environ | {"COVIDXR_CACHE": str(tmp_path / "cache")}
+
+    def kill_when(command: list[str], ready: Callable[[], bool]) -> None:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 600
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def trained() -> bool:
+        state = run_dir / "state.json"
+        return state.is_file() and '"finished"' in state.read_text()
+
+    kill_when([*cli, "--data", str(phantoms), "--out", str(run_dir), "--epochs", "5", "--lr", "1e-3"], trained)
+    assert trained() and not (run_dir / "metrics.json").exists()  # killed during evaluation
+    weights = (run_dir / "best.safetensors").stat().st_mtime_ns
+    history = (run_dir / "history.csv").read_text()
+    kill_when([*cli, "--resume", str(run_dir)], (run_dir / "metrics.json").is_file)
+    assert not (run_dir / "explain.json").exists()  # killed during explanation
+    evaluated = (run_dir / "metrics.json").stat().st_mtime_ns
+    done = subprocess.run([*cli, "--resume", str(run_dir)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "best.safetensors").stat().st_mtime_ns == weights  # never retrained
+    assert (run_dir / "history.csv").read_text() == history
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == evaluated  # evaluation not redone
+    assert (run_dir / "explain.json").is_file() and (run_dir / "report.html").is_file()
+    assert "test split" in done.stdout

@@ -264,10 +264,10 @@ def evaluate_run(
     if audit:
         result["audit"] = shortcut_audit(ctx, manifest, split, test, n_resamples)
     _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
-    _write_json(ctx.run_dir / METRICS_FILE, result)
     from covidxr.report.plots import evaluation_plots
 
     evaluation_plots(ctx.run_dir, result, {"val": val, "test": test}, manifest)
+    _write_json(ctx.run_dir / METRICS_FILE, result)  # last: its presence means the evaluation is complete
     return result
 
 

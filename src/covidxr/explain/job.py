@@ -183,7 +183,9 @@ def explain_run(run_dir: Path | str, mc_passes: int = 30, gallery: int = 4) -> d
     _cam_gallery(pairs, cams, correct, preds, spec, run_dir / "plots" / "cam_gallery.png", gallery)
     _referral_plot(result["referral"], run_dir / "plots" / "referral.png")
     result["filters"] = filters_report(run_dir)
-    (run_dir / EXPLAIN_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    tmp = run_dir / f"{EXPLAIN_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(run_dir / EXPLAIN_FILE)  # last, and whole: its presence means the explanations are complete
     return result
 
 
