@@ -1,14 +1,17 @@
 """Grid search: every point once, ordered leaderboard, winner tested once; resumable after kill -9; two
-workers never run a point twice; a failing point is retried once; test labels never steer the ranking."""
+workers never run a point twice (on SQLite and on a real PostgreSQL server, one worker killed); a failing point is
+retried once; test labels never steer the ranking."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -131,3 +134,54 @@ def test_grid_files_are_checked_and_offline_weights_stop_before_any_trial(phanto
     with pytest.raises(CovidxrError, match="no ImageNet weights for resnet50"):
         search(_cfg(phantoms, tmp_path / "c"), load_grid(repo / "grids" / "seed.yaml"), tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    from tests.postgres import pg_bindir, postgres_server
+
+    bindir = pg_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql; CI installs it)")
+    with postgres_server(bindir) as url:
+        yield url
+
+
+def test_two_machines_on_postgresql_one_killed_finish_the_grid_once(
+    phantoms: Path, cache: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    """Two worker processes with their own folders (as on two machines) share a real PostgreSQL study; one is
+    SIGKILLed mid-trial and restarted; every grid point completes exactly once and both leaderboards are whole."""
+    grid = {"lr": [0.001, 0.0003, 0.0001], "batch_size": [16, 32]}
+    grid_file = _grid_file(tmp_path, grid)
+    a, b = (_search_cli(phantoms, grid_file, tmp_path / name, cache, "--storage", postgres_url) for name in ("a", "b"))
+    log = (tmp_path / "a.log").open("w")
+    first = subprocess.Popen(a, stdout=log, stderr=subprocess.STDOUT)
+    second = subprocess.Popen(b, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    trials = tmp_path / "a" / "trials"
+    while time.monotonic() < deadline and first.poll() is None:  # kill worker a inside a trial it holds
+        if trials.is_dir() and any(not (d / "state.json").is_file() or "running" in (d / "state.json").read_text()
+                                   for d in trials.iterdir()):  # fmt: skip
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    study = optuna.load_study(study_name="covidxr-search", storage=postgres_url)
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials()), "killed while holding one"
+    again = subprocess.run(a, capture_output=True, text=True, timeout=900)
+    out_b, err_b = second.communicate(timeout=900)
+    assert again.returncode == 0 and second.returncode == 0, again.stderr[-2000:] + err_b[-2000:]
+    trials_done = optuna.load_study(study_name="covidxr-search", storage=postgres_url).get_trials()
+    complete = Counter(t.user_attrs["key"] for t in trials_done if t.state == optuna.trial.TrialState.COMPLETE)
+    assert complete == {point_key(p): 1 for p in grid_points(grid)}  # every point once, none twice
+    assert any(t.state == optuna.trial.TrialState.FAIL for t in trials_done)  # the killed trial, failed by heartbeat
+    for out in (tmp_path / "a", tmp_path / "b"):
+        board = read_leaderboard(out / "leaderboard.csv")
+        assert {(float(r["lr"]), int(r["batch_size"])) for r in board} == {
+            (p["lr"], p["batch_size"]) for p in grid_points(grid)
+        }
+    assert "winner:" in again.stdout and "winner:" in out_b

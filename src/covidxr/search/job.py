@@ -55,12 +55,24 @@ def storage_for(out: Path, url: str | None) -> optuna.storages.RDBStorage:
         )
 
 
-def _load_study(storage_url: str | None, out: Path, name: str, grid: Grid, seed: int) -> optuna.Study:
+def _load_study(storage_url: str | None, out: Path, name: str, grid: Grid, seed: int, tries: int = 6) -> optuna.Study:
+    """Create or join the study. Workers started together on an empty database race to create its tables and
+    the study; the loser gets a database error or a duplicate, and simply joins on the next try."""
+    import sqlalchemy
+
     sampler = optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
-    return optuna.create_study(
-        study_name=name, storage=storage_for(out, storage_url), sampler=sampler, direction="maximize",
-        load_if_exists=True,
-    )  # fmt: skip
+    attempt = 0
+    while True:
+        try:
+            return optuna.create_study(
+                study_name=name, storage=storage_for(out, storage_url), sampler=sampler, direction="maximize",
+                load_if_exists=True,
+            )  # fmt: skip
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.DuplicatedStudyError):
+            attempt += 1
+            if attempt == tries:
+                raise
+            time.sleep(0.5 * attempt)
 
 
 def _point_states(study: optuna.Study, grid: Grid) -> dict[str, str]:
