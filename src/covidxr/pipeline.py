@@ -10,6 +10,7 @@ from typing import Any
 from covidxr.config import Config
 from covidxr.evaluation.job import METRICS_FILE, evaluate_run
 from covidxr.report.html import write_report
+from covidxr.training.distributed import is_main_process
 from covidxr.training.job import LAST_CKPT, TrainResult, train
 
 
@@ -47,14 +48,17 @@ def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> dict
     return metrics
 
 
-def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True) -> RunResult:
+def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True) -> RunResult | None:
     """Train, evaluate on test, audit, explain, report; rerun on the same `run_dir` after an interruption, it
     continues where it stopped: training from its last checkpoint, and a finished stage (its result file is
-    written last, whole) is not done again."""
+    written last, whole) is not done again. A helper rank of a distributed run returns None after training:
+    rank 0 evaluates, explains and reports."""
     from covidxr.explain.job import EXPLAIN_FILE, explain_run
 
     run_dir = Path(run_dir)
     trained = train(cfg, run_dir, resume=(run_dir / LAST_CKPT).exists())
+    if not is_main_process():
+        return None
     metrics_file = run_dir / METRICS_FILE
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())

@@ -112,6 +112,29 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "covidxr", "train", *args]
 
 
+def test_two_cpu_processes_score_a_fixed_model_as_one_does(phantoms: Path, tmp_path: Path) -> None:
+    """DDP on the gloo backend: with lr 0 the model never changes, so every epoch's validation numbers must be
+    the single process's; only rank 0 prints, and it reports the real best epoch."""
+    common = ["--data", str(phantoms), "--epochs", "2", "--lr", "0", "--accelerator", "cpu", "--balance", "sampler"]
+    common += ["--cache-dir", str(tmp_path / "cache")]
+    one = subprocess.run(
+        _cli(*common, "--out", str(tmp_path / "one"), "--devices", "1"), capture_output=True, text=True, timeout=600
+    )
+    two = subprocess.run(
+        _cli(*common, "--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    rows = [read_history(tmp_path / run / "history.csv") for run in ("one", "two")]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for single, ddp in zip(*rows, strict=True):
+        for column in ("val_loss", "val_acc", "val_precision", "val_recall", "val_f1", "val_auc"):
+            assert float(ddp[column]) == pytest.approx(float(single[column]), abs=1e-6), column
+    assert two.stdout.count("trained tf_efficientnet_lite0") == 1 and "best epoch -1" not in two.stdout
+    assert "sync_dist" not in two.stderr  # epoch metrics are gathered, not per-rank
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1  # built once
+
+
 def test_kill_and_resume_ends_like_an_uninterrupted_run(phantoms: Path, tmp_path: Path) -> None:
     args = [
         "--data", str(phantoms), "--backbone", "simple_cnn", "--weights", "none", "--freeze", "full",

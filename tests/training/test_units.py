@@ -48,6 +48,23 @@ def test_epoch_sampler_is_reproducible_per_epoch_and_can_balance() -> None:
     assert 0.35 < counts[1] / 100 < 0.65
 
 
+def test_sharded_sampler_covers_the_epoch_once_with_equal_shards_and_a_new_draw_each_epoch() -> None:
+    targets = [0] * 45 + [1] * 6  # 51 items: two shards of 26, one item repeated as padding
+    for balanced in (False, True):
+        whole = EpochSampler(targets, seed=3, balanced=balanced)
+        shards = [EpochSampler(targets, seed=3, balanced=balanced, rank=r, world=2) for r in (0, 1)]
+        for s in (whole, *shards):
+            s.set_epoch(4)
+        a, b = (list(s) for s in shards)
+        assert len(a) == len(b) == len(shards[0]) == 26
+        order = whole.full_order()
+        assert [x for pair in zip(a, b, strict=True) for x in pair][:51] == order  # interleaved = one process
+        shards[0].set_epoch(5)
+        assert list(shards[0]) != a  # the epoch reaches the draw (balanced or shuffled)
+    in_order = [list(EpochSampler(targets, 0, shuffle=False, rank=r, world=2)) for r in (0, 1)]
+    assert sorted(set(in_order[0] + in_order[1])) == list(range(51)) and in_order[1][-1] == 0  # padding wraps
+
+
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(CovidxrError, match="unknown optimizer"):
         ClassifierModule(torch.nn.Linear(2, 2), "binary", optimizer="lbfgs")

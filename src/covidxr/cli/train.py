@@ -41,6 +41,7 @@ def _execute(
     out: Path | None, config: Path | None, resume: Path | None, options: dict[str, Any], full_job: bool
 ) -> None:
     from covidxr.pipeline import run
+    from covidxr.training.distributed import is_main_process
     from covidxr.training.job import train
 
     if resume is not None:
@@ -49,9 +50,12 @@ def _execute(
         cfg = load_config(config, options)
         run_dir = out or Path("runs") / f"{cfg.train.backbone}-{cfg.data.seed}"
     if full_job:
-        typer.echo(run(cfg, run_dir).summary())
+        result = run(cfg, run_dir)
+        summary = result.summary() if result is not None else None
     else:
-        typer.echo(train(cfg, run_dir, resume=resume is not None).summary())
+        summary = train(cfg, run_dir, resume=resume is not None).summary()
+    if is_main_process():  # a distributed run's helper ranks stay silent: rank 0 speaks for the run
+        typer.echo(summary)
 
 
 def evaluate_cmd(

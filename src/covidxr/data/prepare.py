@@ -9,7 +9,7 @@ from covidxr.config import DataConfig
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest
 from covidxr.data.sources import load_data
-from covidxr.data.split import Split, load_or_make_split
+from covidxr.data.split import SPLITS_FILE, Split, load_or_make_split, read_split
 from covidxr.data.validate import DataReport, inspect
 from covidxr.errors import DataError
 
@@ -34,19 +34,27 @@ def inspect_data(cfg: DataConfig) -> tuple[Manifest, DataReport]:
     return inspect(list_data(cfg), cfg.task, cfg.positive, cfg.max_pixels)
 
 
-def prepare(out_dir: Path | str, cfg: DataConfig) -> PreparedData:
-    """Validate the data, stop with one clear message if unusable, and write the report and split to `out_dir`."""
+def prepare(out_dir: Path | str, cfg: DataConfig, write: bool = True) -> PreparedData:
+    """Validate the data, stop with one clear message if unusable, and write the report and split to `out_dir`.
+    With `write=False` (a helper rank of a distributed run) the split already in `out_dir` is read, nothing
+    is written."""
     out_dir = Path(out_dir)
     manifest, report = inspect_data(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = " + ".join(cfg.paths)
     if report.ok:
         label_map = LabelMap.from_labels(manifest.labels, cfg.task, cfg.positive)
-        split, reused = load_or_make_split(
-            manifest, label_map, out_dir, report.duplicate_links(), cfg.split_fractions, cfg.seed, cfg.split
-        )
+        if write:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            split, reused = load_or_make_split(
+                manifest, label_map, out_dir, report.duplicate_links(), cfg.split_fractions, cfg.seed, cfg.split
+            )
+        else:
+            split, reused = read_split(out_dir / SPLITS_FILE, manifest), True
         report.split = split.method
-        report.write_json(out_dir / REPORT_FILE)
+        if write:
+            report.write_json(out_dir / REPORT_FILE)
         return PreparedData(manifest, report, label_map, split, reused)
-    report.write_json(out_dir / REPORT_FILE)
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.write_json(out_dir / REPORT_FILE)
     raise DataError(f"{names}: unusable data set: {report.problem}")

@@ -33,11 +33,12 @@ from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import check_weights
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
+from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.module import ClassifierModule
-from covidxr.training.sampling import EpochSampler, class_weights
+from covidxr.training.sampling import EpochSampler, Indexed, class_weights
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
@@ -88,10 +89,11 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     cfg = replace(cfg, train=cfg.train.resolved())
     tc = cfg.train
     check_weights(get_backbone(tc.backbone), tc.weights)
+    main = is_main_process()  # helper ranks of a distributed run read the run directory, never write it
     run_dir.mkdir(parents=True, exist_ok=True)
     if prepared is None:
-        prepared = prepare(run_dir, cfg.data)
-    else:
+        prepared = prepare(run_dir, cfg.data, write=main)
+    elif main:
         prepared.report.write_json(run_dir / REPORT_FILE)
         write_split(prepared.split, prepared.manifest, run_dir / SPLITS_FILE)
     L.seed_everything(cfg.data.seed, verbose=False)
@@ -107,9 +109,10 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         spec.extra["cnn_widths"] = list(tc.cnn_widths)
     net = build_model(spec, tc.weights)
     apply_freeze(net, tc.freeze, tc.last_k)
-    cfg.write_yaml(run_dir / CONFIG_FILE)
-    spec.write(run_dir)
-    _write_state(run_dir, {"status": "running"})
+    if main:
+        cfg.write_yaml(run_dir / CONFIG_FILE)
+        spec.write(run_dir)
+        _write_state(run_dir, {"status": "running"})
 
     cut = split_trunk(net.backbone, tc.last_k, spec.input_size) if tc.freeze == "last-k" and tc.feature_cache else None
     cached: CachedFeatures | None = None
@@ -117,8 +120,9 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     if tc.freeze == "head" and tc.feature_cache:
         cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
         probe_splits = {s: tuple(t.numpy() for t in cached.select(s, s == "train")) for s in ("train", "val", "test")}
-        probe = LinearProbe(lm.task, spec.num_outputs).fit(*probe_splits["train"], *probe_splits["val"])
-        if tc.head == "linear":
+        if main:
+            probe = LinearProbe(lm.task, spec.num_outputs).fit(*probe_splits["train"], *probe_splits["val"])
+        if tc.head == "linear" and probe is not None:
             return _linear_head_run(run_dir, net, spec, probe, probe_splits, cached)
         train_loader, val_loader = _feature_loaders(cfg, cached)
         trainable: torch.nn.Module = net.head
@@ -155,6 +159,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
                 checkpoint,
             ],
             plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # EpochSampler shards itself, with the epoch and without duplicates
             logger=False,
             default_root_dir=run_dir,
             num_sanity_val_steps=0,
@@ -280,8 +285,11 @@ def _feature_loaders(cfg: Config, cached: CachedFeatures) -> tuple[DataLoader, D
     x_train, y_train = cached.select("train", with_copies=True)
     x_val, y_val = cached.select("val", with_copies=False)
     sampler = EpochSampler(y_train.tolist(), cfg.data.seed, cfg.train.balance == "sampler")
-    train = DataLoader(TensorDataset(x_train, y_train), batch_size=cfg.train.batch_size, sampler=sampler)
-    val = DataLoader(TensorDataset(x_val, y_val), batch_size=max(64, cfg.train.batch_size))
+    in_order = EpochSampler(y_val.tolist(), cfg.data.seed, shuffle=False)
+    train_set = TensorDataset(x_train, y_train, torch.arange(len(y_train)))
+    train = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
+    val_set = TensorDataset(x_val, y_val, torch.arange(len(y_val)))
+    val = DataLoader(val_set, batch_size=max(64, cfg.train.batch_size), sampler=in_order)
     return train, val
 
 
@@ -297,9 +305,10 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     )  # fmt: skip
     val_ds = XrayDataset(manifest.root, split.records(manifest, "val"), lm, pre, max_pixels=cfg.data.max_pixels)
     sampler = EpochSampler(train_ds.targets, cfg.data.seed, tc.balance == "sampler", dataset=train_ds)
+    in_order = EpochSampler(val_ds.targets, cfg.data.seed, shuffle=False)
     workers = {"num_workers": tc.num_workers, "persistent_workers": False}
-    train = DataLoader(train_ds, batch_size=tc.batch_size, sampler=sampler, **workers)
-    val = DataLoader(val_ds, batch_size=tc.batch_size, **workers)
+    train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, **workers)
+    val = DataLoader(Indexed(val_ds), batch_size=tc.batch_size, sampler=in_order, **workers)
     return train, val
 
 

@@ -1,7 +1,8 @@
 """The LightningModule: one for images through the whole network and for cached features through the head.
 
-Epoch metrics are computed here from collected outputs when validation starts, so that train and val metrics
+Epoch metrics are computed here from collected outputs when validation ends, so that train and val metrics
 of an epoch are both in `callback_metrics` before early stopping, checkpointing and the history writer run.
+Under distributed training they are computed from every rank's outputs, gathered, so every rank decides alike.
 """
 
 from __future__ import annotations
@@ -21,19 +22,31 @@ from covidxr.training.metrics import epoch_metrics
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
+def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Unweighted loss of each sample: mean BCE over the study's sigmoid outputs (one-hot targets), else CE."""
+    if task == "binary":
+        onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").mean(dim=1)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
 def classification_loss(
     logits: torch.Tensor, targets: torch.Tensor, task: str, class_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Binary: the study's two sigmoid outputs with one-hot targets and binary cross-entropy; else softmax CE."""
-    if task == "binary":
-        onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
-        per_sample = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").mean(dim=1)
-        if class_weights is not None:
-            per_sample = per_sample * class_weights.to(logits.device)[targets]
-            return per_sample.sum() / class_weights.to(logits.device)[targets].sum()
+    """Binary: the study's two sigmoid outputs with one-hot targets and binary cross-entropy; else softmax CE.
+    With class weights, a weighted mean over the batch."""
+    per_sample = per_sample_loss(logits, targets, task)
+    if class_weights is None:
         return per_sample.mean()
-    weight = class_weights.to(logits.device) if class_weights is not None else None
-    return F.cross_entropy(logits, targets, weight=weight)
+    weights = class_weights.to(logits.device)[targets]
+    return (per_sample * weights).sum() / weights.sum()
+
+
+def _all_gather(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Every rank's tensor (same shape everywhere), concatenated in rank order."""
+    out = [torch.empty_like(tensor) for _ in range(world)]
+    torch.distributed.all_gather(out, tensor.contiguous())
+    return torch.cat(out)
 
 
 class ClassifierModule(L.LightningModule):
@@ -61,18 +74,20 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y, index = batch
         logits = self.net(x)
         loss = classification_loss(logits, y, self.task, self.class_weights if stage == "train" else None)
-        scores = positive_scores(logits.detach().float(), self.task)
-        self._outputs[stage].append((scores.cpu(), y.detach().cpu(), loss.detach().cpu() * len(y)))
+        detached = logits.detach().float()
+        scores = positive_scores(detached, self.task)
+        losses = per_sample_loss(detached, y, self.task)
+        self._outputs[stage].append((scores.cpu(), y.detach().cpu(), losses.cpu(), index.detach().cpu()))
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
     def on_train_epoch_start(self) -> None:
@@ -85,15 +100,25 @@ class ClassifierModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         for stage in ("train", "val"):
-            outputs = self._outputs[stage]
-            if not outputs:
+            if not self._outputs[stage]:
                 continue
-            scores = torch.cat([o[0] for o in outputs]).numpy()
-            targets = torch.cat([o[1] for o in outputs]).numpy()
-            loss = float(sum(o[2] for o in outputs) / len(targets))
-            metrics = {"loss": loss, **epoch_metrics(scores, targets, self.task)}
+            scores, targets, losses = self._gathered(stage)
+            metrics = {"loss": float(losses.mean()), **epoch_metrics(scores, targets, self.task)}
             for name, value in metrics.items():
-                self.log(f"{stage}_{name}", float(np.nan_to_num(value, nan=0.0)) if name != "loss" else value)
+                value = float(np.nan_to_num(value, nan=0.0)) if name != "loss" else value
+                self.log(f"{stage}_{name}", value, sync_dist=True)  # equal on every rank: the mean changes nothing
+
+    def _gathered(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, targets, per-sample losses) of the epoch over every rank, one row per data-set item in
+        item order: shards are gathered and the items that padded them dropped, so two processes compute the
+        numbers one would."""
+        outputs = self._outputs[stage]
+        parts = [torch.cat([o[k] for o in outputs]) for k in range(4)]
+        if self.trainer.world_size > 1:  # equal shard lengths (EpochSampler): a plain all-gather
+            parts = [_all_gather(p.to(self.device), self.trainer.world_size).cpu() for p in parts]
+        scores, targets, losses, index = (p.numpy() for p in parts)
+        _, first = np.unique(index, return_index=True)
+        return scores[first], targets[first], losses[first]
 
     def configure_optimizers(self) -> Any:
         optimizer = self._optimizer()

@@ -1,21 +1,42 @@
-"""A sampler whose order depends only on (seed, epoch): shuffled or class-balanced, and identical after resume."""
+"""Samplers whose order depends only on (seed, epoch): shuffled, class-balanced or in order, identical after
+resume, and sharded over distributed ranks by the sampler itself.
+
+Lightning's own distributed wrapper would not pass the epoch to a custom sampler (a balanced draw would repeat
+every epoch) and pads shards with duplicates that then count twice in metrics. Here every rank draws the same
+full order, pads it by wrapping to a multiple of the world size (equal shard lengths, so no rank waits), and
+takes every world-th index; batches carry dataset indices so gathered metrics drop the padding.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
+
+from covidxr.training.distributed import rank_and_world
 
 
 class EpochSampler(Sampler[int]):
-    def __init__(self, targets: Sequence[int], seed: int, balanced: bool = False, dataset: object = None) -> None:
+    def __init__(
+        self,
+        targets: Sequence[int],
+        seed: int,
+        balanced: bool = False,
+        dataset: object = None,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world: int | None = None,
+    ) -> None:
         self.targets = list(targets)
         self.seed = seed
         self.balanced = balanced
+        self.shuffle = shuffle
         self.dataset = dataset  # told the epoch too, for per-epoch augmentation seeds
         self.epoch = 0
+        self._rank, self._world = rank, world  # None: from torch.distributed when iterating
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this before each epoch."""
@@ -23,17 +44,44 @@ class EpochSampler(Sampler[int]):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)  # type: ignore[union-attr]
 
-    def __len__(self) -> int:
-        return len(self.targets)
+    def _shard(self) -> tuple[int, int]:
+        rank, world = rank_and_world()
+        return (self._rank if self._rank is not None else rank), (self._world or world)
 
-    def __iter__(self) -> Iterator[int]:
+    def __len__(self) -> int:
+        return math.ceil(len(self.targets) / self._shard()[1])
+
+    def full_order(self) -> list[int]:
+        """The epoch's order over the whole data set, the same on every rank."""
         generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         n = len(self.targets)
         if self.balanced:
             counts = Counter(self.targets)
             weights = torch.tensor([1.0 / counts[t] for t in self.targets])
-            return iter(torch.multinomial(weights, n, replacement=True, generator=generator).tolist())
-        return iter(torch.randperm(n, generator=generator).tolist())
+            return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+        return torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.full_order()
+        rank, world = self._shard()
+        if world > 1 and order:
+            order += order[: math.ceil(len(order) / world) * world - len(order)]
+            order = order[rank::world]
+        return iter(order)
+
+
+class Indexed(Dataset[tuple[torch.Tensor, int, int]]):
+    """(x, y, index): the index lets gathered epoch metrics drop the duplicates that pad the shards."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        x, y = self.dataset[index]
+        return x, y, index
 
 
 def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
