@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-fast lint format bench clean
 
 # The venv is rebuilt when pyproject.toml changes (the stamp is older than it).
 $(STAMP): pyproject.toml
@@ -20,10 +20,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# pytest exits 5 when it collected nothing: treat that as a failure, never as a quiet pass.
+# The whole suite on up to 4 pytest-xdist workers (tests sharing a trained run stay in one worker);
+# test-fast leaves out the tests marked slow (training, servers, full runs). pytest exits 5 when it collected
+# nothing: treat that as a failure, never as a quiet pass.
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST  := $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+
 test: lint
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PYTEST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: lint
+	@$(PYTEST) -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 format: $(STAMP)
 	$(BIN)/ruff format .

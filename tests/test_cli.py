@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from covidxr.data.synth import generate
 from tests.imagefiles import mixed_folder
 
@@ -57,6 +59,7 @@ def test_split_refuses_unusable_data_in_one_line(tmp_path: Path) -> None:
     assert "unusable data set: only one class" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_synth_then_split_then_reuse(tmp_path: Path) -> None:
     assert covidxr("data", "synth", str(tmp_path / "ph"), "--n", "60").returncode == 0
     first = covidxr("data", "split", str(tmp_path / "ph"), "--out", str(tmp_path / "run"), "--seed", "4")
@@ -65,6 +68,7 @@ def test_synth_then_split_then_reuse(tmp_path: Path) -> None:
     assert again.returncode == 0 and "splits.csv reused" in again.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_the_main_job_and_ends_with_the_report_path(tmp_path: Path) -> None:
     out = covidxr("demo", "--out", str(tmp_path / "demo"), "--n", "80", "--epochs", "2")
     assert out.returncode == 0, out.stderr
@@ -98,6 +102,7 @@ def _relabel(labels_csv: Path, out: Path, relabel: dict[str, str], patients_ever
     return out
 
 
+@pytest.mark.slow
 def test_kermany_tree_inspects_with_its_labels_patients_and_official_split(tmp_path: Path) -> None:
     from tests.public_layouts import kermany
 
@@ -115,6 +120,7 @@ def test_kermany_tree_inspects_with_its_labels_patients_and_official_split(tmp_p
     assert "split: official; test = the data set's own test list" in split.stdout
 
 
+@pytest.mark.slow
 def test_multiclass_run_and_external_evaluation_need_no_yaml(tmp_path: Path) -> None:
     generate(tmp_path / "ph", n=90, seed=3)
     data = _relabel(tmp_path / "ph" / "labels.csv", tmp_path / "three", {"normal": "pneumonia"})

@@ -14,6 +14,8 @@ from covidxr.errors import CovidxrError
 from covidxr.evaluation.by_source import by_source_table, leave_one_source_out, read_by_source
 from covidxr.training.job import train
 
+pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
+
 
 def _relabel_source(folder: Path, source: str, keep: str | None = None) -> None:
     """Give every image of a generated set one source; with `keep`, list only that label."""

@@ -20,6 +20,8 @@ from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate
 from covidxr.pipeline import RunResult, run
 from tests.imagefiles import flip_test_labels
 
+pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
+
 SECTIONS = ("config", "data", "training", "metrics", "audit", "explanations", "mistakes", "augmentation", "credits")
 PLOTS = (
     "loss", "accuracy", "roc", "pr", "confusion", "reliability", "mistakes", "occlusion", "augment", "augment_hsv",

@@ -26,6 +26,8 @@ from covidxr.search.job import search, storage_for
 from covidxr.search.leaderboard import read_leaderboard
 from tests.imagefiles import flip_test_labels
 
+pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
+
 GRID = {"lr": [0.001, 0.0001], "batch_size": [16, 32]}
 
 

@@ -26,6 +26,8 @@ from PIL import Image
 from covidxr.serve.app import Limits, create_app
 from tests.imagefiles import png_bomb, write_dicom
 
+pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def xray(phantoms: Path) -> Path:

@@ -18,6 +18,8 @@ from covidxr.serve.export import PARITY_TOLERANCE, export_run
 from covidxr.serve.predict import predict_to_file
 from tests.imagefiles import write_dicom
 
+pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def folder(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -27,6 +27,8 @@ from covidxr.training.callbacks import read_history
 from covidxr.training.job import train
 from covidxr.training.metrics import epoch_metrics
 
+pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
+
 RUN_FILES = {
     "config.yaml", "data_report.json", "splits.csv", "model.json", "best.safetensors", "best.ckpt", "last.ckpt",
     "history.csv", "state.json",
