@@ -78,6 +78,7 @@ class TrainConfig:
     resize: ResizeMode = _opt("squash", "squash (the study's), pad (keep aspect) or crop (central square)")
     border_crop: float = _opt(0.0, "fraction cut from every side before resizing (markers, collimator edges)")
     equalize: Equalize = _opt("none", "per-image histogram equalisation: none, hist or clahe")
+    lung_crop: bool = _opt(False, "crop every image to the lung box of the training set's lung masks")
     cnn_widths: tuple[int, ...] = _opt((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
     recipe: Recipe = _opt("default", "default (trains the head to convergence) or study (the paper's settings)")
     epochs: int | None = _opt(None, "maximum epochs (default: from the recipe)")

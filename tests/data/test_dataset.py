@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from covidxr.data.dataset import Preprocess, XrayDataset
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Record
 from covidxr.data.sources import load_manifest
-from covidxr.errors import ImageReadError
+from covidxr.errors import CovidxrError, ImageReadError
 
 
 def test_items_have_model_size_three_channels_and_normalisation(phantoms: Path) -> None:
@@ -97,3 +98,21 @@ def test_model_spec_carries_the_preprocessing(tmp_path: Path) -> None:
     spec.write(tmp_path)
     pre = ModelSpec.read(tmp_path).preprocess
     assert (pre.resize, pre.border_crop, pre.equalize) == ("crop", 0.05, "clahe")
+
+
+def test_lung_box_from_the_masks_crops_every_image_alike(tmp_path: Path) -> None:
+    from covidxr.data.lungs import lung_box, mask_box
+    from tests.public_layouts import covid19_radiography
+
+    mask = np.zeros((100, 200))
+    mask[20:80, 50:150] = 1
+    assert mask_box(mask) == (0.25, 0.2, 0.75, 0.8) and mask_box(np.zeros((4, 4))) is None
+    manifest = load_manifest(covid19_radiography(tmp_path))
+    box = lung_box(manifest.root, manifest.records)
+    assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+    pre = Preprocess(32, (0.5,) * 3, (0.5,) * 3, lung_box=(0.25, 0.2, 0.75, 0.8))
+    image = np.zeros((100, 200), dtype=np.float32)
+    image[20:80, 50:150] = 1.0  # exactly the box: after the crop nothing else is left
+    assert pre.to_unit_gray(image).shape == (60, 100) and pre.to_unit_gray(image).min() == 1.0
+    with pytest.raises(CovidxrError, match="--lung-crop needs lung masks"):
+        lung_box(manifest.root, [replace(r, meta={}) for r in manifest.records])

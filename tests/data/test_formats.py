@@ -10,11 +10,10 @@ import pytest
 
 from covidxr.config import DataConfig
 from covidxr.data.formats import FORMATS, find_format
-from covidxr.data.formats.covid19_radiography import MASK_KEY
 from covidxr.data.formats.kermany import SOURCE as kermany_source
 from covidxr.data.formats.kermany import patient_and_kind
 from covidxr.data.labels import LabelMap
-from covidxr.data.manifest import OFFICIAL_SPLIT
+from covidxr.data.manifest import LUNG_MASK, OFFICIAL_SPLIT
 from covidxr.data.prepare import inspect_data, prepare
 from covidxr.data.sources import RAW_LABEL, load_manifest
 from covidxr.data.validate import confounded_labels
@@ -101,7 +100,7 @@ def test_radiography_masks_are_never_images_and_covid_is_the_positive(tmp_path: 
     manifest = load_manifest(top)
     assert len(manifest.records) == sum(public_layouts.RADIOGRAPHY_CLASSES.values())
     assert not any("/masks/" in r.path for r in manifest.records)
-    assert all(r.meta[MASK_KEY] == r.path.replace("/images/", "/masks/") for r in manifest.records)
+    assert all(r.meta[LUNG_MASK] == r.path.replace("/images/", "/masks/") for r in manifest.records)
     assert manifest.label_counts() == {"COVID-19": 6, "lung opacity": 4, "normal": 6, "pneumonia": 5}
     by_label = {r.label: r for r in manifest.records}
     assert by_label["COVID-19"].source == public_layouts.RADIOGRAPHY_URLS["COVID"]  # from COVID.metadata.xlsx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -108,6 +109,20 @@ def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_p
     changed = {k for k, v in trained.items() if not k.endswith("num_batches_tracked") and not (v == start[k]).all()}
     assert any(k.startswith("backbone.conv_head") for k in changed) and any(k.startswith("head.") for k in changed)
     assert not any(k.startswith(("backbone.blocks.", "backbone.conv_stem")) for k in changed)
+
+
+def test_lung_crop_comes_from_the_training_masks_and_travels_in_the_model(tmp_path: Path) -> None:
+    from tests.public_layouts import covid19_radiography
+
+    data = covid19_radiography(tmp_path / "data")
+    cfg = Config(
+        DataConfig(paths=(str(data),), task="multiclass"),
+        TrainConfig(epochs=1, lung_crop=True, augment="none", cache_dir=str(tmp_path / "cache")),
+    )
+    result = train(cfg, tmp_path / "run")
+    box = json.loads((result.run_dir / "model.json").read_text())["lung_box"]
+    assert len(box) == 4 and box[0] < box[2] and box[1] < box[3] and box != [0, 0, 1, 1]
+    assert result.spec.preprocess.lung_box == tuple(box)  # training, evaluation and serving crop alike
 
 
 def _cli(*args: str) -> list[str]:

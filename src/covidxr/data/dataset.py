@@ -31,7 +31,8 @@ Equalize = Literal["none", "hist", "clahe"]
 class Preprocess:
     """Gray [0, 1] array -> normalised (3, size, size) tensor. `augment` runs on [0, 1] RGB before normalising.
 
-    Against acquisition cues, before resizing: `border_crop` cuts that fraction from every side (burned-in
+    Against acquisition cues, before resizing: `lung_box` keeps the box where the training masks put the lungs;
+    `border_crop` cuts that fraction from every side (burned-in
     markers, collimator edges); `equalize` spreads each image's own histogram (`hist`) or does so locally
     (`clahe`), so exposure and processing differences between hospitals shrink. `resize`: `squash` (the
     study's: aspect ratio lost), `pad` (aspect kept, black bands), `crop` (central square: no aspect cue left).
@@ -43,10 +44,17 @@ class Preprocess:
     resize: ResizeMode = "squash"
     border_crop: float = 0.0
     equalize: Equalize = "none"
+    lung_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 fractions (data.lungs)
 
     def to_unit_gray(self, pixels: np.ndarray) -> np.ndarray:
         """The image as the network will see it, before resizing: cropped, equalised, squared."""
         px = np.asarray(pixels, dtype=np.float32)
+        if self.lung_box is not None:
+            h, w = px.shape
+            x0, y0, x1, y1 = self.lung_box
+            px = px[
+                int(y0 * h) : max(int(y0 * h) + 1, round(y1 * h)), int(x0 * w) : max(int(x0 * w) + 1, round(x1 * w))
+            ]
         if self.border_crop > 0:
             h, w = px.shape
             dy, dx = int(h * self.border_crop), int(w * self.border_crop)

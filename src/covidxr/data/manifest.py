@@ -13,6 +13,7 @@ from pathlib import Path
 CORE_COLUMNS = ("path", "label", "patient_id", "source")
 OFFICIAL_SPLIT = "official_split"  # Record.meta key: train | val | test, where a data set ships its own split
 RAW_LABEL = "raw_label"  # Record.meta key: the label as the data set spells it, where covidxr renamed it
+LUNG_MASK = "lung_mask"  # Record.meta key: the image's lung mask (relative path), where a data set ships one
 
 
 @dataclass(frozen=True)

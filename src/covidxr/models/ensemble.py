@@ -20,7 +20,9 @@ from covidxr.models.spec import ModelSpec
 
 ENSEMBLE_FILE = "ensemble.json"
 SHARED_FILES = ("config.yaml", "splits.csv", "data_report.json")
-INPUT_FACTS = ("task", "classes", "positive", "input_size", "mean", "std", "resize", "border_crop", "equalize")
+INPUT_FACTS = (
+    "task", "classes", "positive", "input_size", "mean", "std", "resize", "border_crop", "equalize", "lung_box",
+)  # fmt: skip
 
 
 class EnsembleNet(nn.Module):

@@ -37,6 +37,7 @@ class ModelSpec:
     resize: str = "squash"  # squash | pad | crop (see data.dataset.Preprocess)
     border_crop: float = 0.0
     equalize: str = "none"  # none | hist | clahe
+    lung_box: tuple[float, float, float, float] | None = None  # --lung-crop: box from the training lung masks
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
     temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
     tta: bool = False  # score the mean logits over small shifts and scales (models.tta); set by evaluate --tta
@@ -65,6 +66,7 @@ class ModelSpec:
             self.resize,
             self.border_crop,
             self.equalize,  # type: ignore[arg-type]
+            tuple(self.lung_box) if self.lung_box else None,  # type: ignore[arg-type]
         )
 
     def write(self, run_dir: Path) -> Path:

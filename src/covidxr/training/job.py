@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from covidxr.augment import build_augment, preset
 from covidxr.config import Config
 from covidxr.data.dataset import XrayDataset
+from covidxr.data.lungs import lung_box
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.errors import CovidxrError
@@ -105,6 +106,8 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         tc.input_size, tc.head,
     )  # fmt: skip
     spec.resize, spec.border_crop, spec.equalize = tc.resize, tc.border_crop, tc.equalize
+    if tc.lung_crop:
+        spec.lung_box = lung_box(prepared.manifest.root, prepared.split.records(prepared.manifest, "train"))
     if tc.backbone == "simple_cnn":
         spec.extra["cnn_widths"] = list(tc.cnn_widths)
     net = build_model(spec, tc.weights)
@@ -237,7 +240,7 @@ def _cached_features(
         "input_size": spec.input_size,
         "mean": spec.mean,
         "std": spec.std,
-        "preprocess": [spec.resize, spec.border_crop, spec.equalize],
+        "preprocess": [spec.resize, spec.border_crop, spec.equalize] + ([spec.lung_box] if spec.lung_box else []),
         "manifest": manifest.fingerprint(),
         "split": sorted(split.assignment.items()),
         "augment": ops if copies else None,

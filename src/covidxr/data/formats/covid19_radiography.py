@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from covidxr.data.formats.base import DatasetFormat, child_dirs, note_extras, walk_images
-from covidxr.data.manifest import Manifest, Record
+from covidxr.data.manifest import LUNG_MASK, Manifest, Record
 
 SOURCE = "COVID-19 Radiography Database"
-MASK_KEY = "lung_mask"
 
 
 def _class_dirs(root: Path) -> dict[str, Path]:
@@ -70,7 +69,7 @@ def load(root: Path, views: tuple[str, ...] = ()) -> Manifest:
         for file in walk_images(root, folder / "images", ignored):
             meta = {}
             if mask := masks.get(file.name.lower()):
-                meta[MASK_KEY] = mask.relative_to(root).as_posix()
+                meta[LUNG_MASK] = mask.relative_to(root).as_posix()
             source = urls.get(file.stem.lower()) or SOURCE
             records.append(Record(file.relative_to(root).as_posix(), name, None, source, meta))
     return Manifest(root, records, "covid19-radiography", ignored=ignored)
