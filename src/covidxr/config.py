@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
-from covidxr.data.dataset import Equalize, ResizeMode
+from covidxr.data.choices import Equalize, ResizeMode
 from covidxr.data.formats import AUTO, FORMATS, FRONTAL_VIEWS
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelRules, Task, parse_label_map
 from covidxr.data.readers import DEFAULT_MAX_PIXELS

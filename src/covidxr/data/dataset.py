@@ -9,22 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from covidxr.data.choices import Equalize, ResizeMode
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Record
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, read_image
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-ResizeMode = Literal["squash", "pad", "crop"]
-Equalize = Literal["none", "hist", "clahe"]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 ThresholdMethod = Literal["f1", "youden"]
 THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdMethod)
@@ -16,6 +15,8 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, method: str = "f1") -> fl
     y = np.asarray(y).astype(int)
     score = np.asarray(score, dtype=float)
     if method == "youden":
+        from sklearn.metrics import roc_curve  # here: the CLI imports this module for its choices only
+
         fpr, tpr, thresholds = roc_curve(y, score)
         best = int(np.argmax(tpr - fpr))
         return float(min(thresholds[best], 1.0))
