@@ -121,11 +121,11 @@ def test_kermany_tree_inspects_with_its_labels_patients_and_official_split(tmp_p
 
 
 @pytest.mark.slow
-def test_multiclass_run_and_external_evaluation_need_no_yaml(tmp_path: Path) -> None:
+def test_multiclass_training_and_external_evaluation_need_no_yaml(tmp_path: Path) -> None:
     generate(tmp_path / "ph", n=90, seed=3)
     data = _relabel(tmp_path / "ph" / "labels.csv", tmp_path / "three", {"normal": "pneumonia"})
     run = tmp_path / "run"
-    out = covidxr("run", "--data", str(data), "--task", "multiclass", "--epochs", "2", "--out", str(run))
+    out = covidxr("train", "--data", str(data), "--task", "multiclass", "--epochs", "2", "--out", str(run))
     assert out.returncode == 0, out.stderr
     assert json.loads((run / "model.json").read_text())["classes"] == ["COVID-19", "normal", "pneumonia"]
     generate(tmp_path / "ph2", n=40, seed=4)
