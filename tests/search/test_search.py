@@ -89,7 +89,7 @@ def _search_cli(data: Path, grid: Path, out: Path, cache: Path, *extra: str) -> 
 
 
 def test_killed_search_resumes_without_running_a_point_twice(phantoms: Path, cache: Path, tmp_path: Path) -> None:
-    grid = {"lr": [0.001, 0.0003, 0.0001], "batch_size": [16, 32]}
+    grid = {"lr": [0.001, 0.0003], "batch_size": [16, 32]}
     command = _search_cli(phantoms, _grid_file(tmp_path, grid), tmp_path / "s", cache)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -99,7 +99,7 @@ def test_killed_search_resumes_without_running_a_point_twice(phantoms: Path, cac
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 2 <= sum(_completed(tmp_path / "s").values()) < 6, "kill the search while it still has points to run"
+    assert 2 <= sum(_completed(tmp_path / "s").values()) < 4, "kill the search while it still has points to run"
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(grid)}
@@ -107,7 +107,7 @@ def test_killed_search_resumes_without_running_a_point_twice(phantoms: Path, cac
 
 
 def test_two_workers_share_one_storage_without_duplicates(phantoms: Path, cache: Path, tmp_path: Path) -> None:
-    grid = {"lr": [0.001, 0.0003, 0.0001], "batch_size": [16, 32]}
+    grid = {"lr": [0.001, 0.0003], "batch_size": [16, 32]}
     out = subprocess.run(
         _search_cli(phantoms, _grid_file(tmp_path, grid), tmp_path / "s", cache, "--workers", "2"),
         capture_output=True, text=True, timeout=900,

@@ -112,6 +112,9 @@ def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_p
 
 
 def test_lung_crop_comes_from_the_training_masks_and_travels_in_the_model(tmp_path: Path) -> None:
+    from covidxr.data.lungs import lung_box
+    from covidxr.data.prepare import list_data
+    from covidxr.data.split import read_split
     from tests.public_layouts import covid19_radiography
 
     data = covid19_radiography(tmp_path / "data")
@@ -121,7 +124,9 @@ def test_lung_crop_comes_from_the_training_masks_and_travels_in_the_model(tmp_pa
     )
     result = train(cfg, tmp_path / "run")
     box = json.loads((result.run_dir / "model.json").read_text())["lung_box"]
-    assert len(box) == 4 and box[0] < box[2] and box[1] < box[3] and box != [0, 0, 1, 1]
+    manifest = list_data(cfg.data)
+    train_records = read_split(result.run_dir / "splits.csv", manifest).records(manifest, "train")
+    assert box == pytest.approx(list(lung_box(manifest.root, train_records)))  # from the training masks only
     assert result.spec.preprocess.lung_box == tuple(box)  # training, evaluation and serving crop alike
 
 
