@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -44,6 +44,9 @@ class DataConfig:
 
 
 Recipe = Literal["default", "study"]
+FreezePolicy = Literal["head", "last-k", "full"]
+OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
+Balance = Literal["none", "weights", "sampler"]
 LrSchedule = Literal["none", "plateau"]
 HeadKind = Literal["mlp", "linear"]
 
@@ -69,7 +72,7 @@ class TrainConfig:
 
     backbone: str = _opt("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
     weights: str = _opt("imagenet", "imagenet | none | PATH (.safetensors or state dict)")
-    freeze: str = _opt("head", "head | last-k | full")
+    freeze: FreezePolicy = _opt("head", "head | last-k | full")
     last_k: int = _opt(1, "stages trained with --freeze last-k")
     input_size: int | None = _opt(None, "override the backbone's input size (299 for the Inceptions)")
     head: HeadKind = _opt("mlp", "mlp (the study's Dense(64)-ReLU-Dropout) or linear (the linear probe as model)")
@@ -85,11 +88,11 @@ class TrainConfig:
     batch_size: int = _opt(16, "images per step")
     lr: float | None = _opt(None, "learning rate (default: from the recipe)")
     lr_schedule: LrSchedule | None = _opt(None, "none or plateau (halve lr when val loss stalls; default: recipe)")
-    optimizer: str = _opt("adam", "adam | adamw | sgd | rmsprop")
+    optimizer: OptimizerName = _opt("adam", "adam | adamw | sgd | rmsprop")
     weight_decay: float = _opt(0.0, "weight decay")
     momentum: float = _opt(0.9, "momentum (sgd, rmsprop)")
     patience: int | None = _opt(None, "early-stopping patience in epochs (default: from the recipe)")
-    balance: str = _opt("none", "none | weights (class-weighted loss) | sampler (balanced sampling)")
+    balance: Balance = _opt("none", "none | weights (class-weighted loss) | sampler (balanced sampling)")
     augment: str = _opt("xray", "augmentation preset: seed (the study's), xray, none")
     augment_ops: dict[str, dict[str, Any]] = _opt({}, "per-op overrides over the preset: YAML text or file")
     augment_copies: int = _opt(1, "K augmented copies per training image, materialised (the study doubled: K=1)")
@@ -151,7 +154,21 @@ def _section(kind: type, raw: dict[str, Any], name: str) -> Any:
     if unknown:
         raise CovidxrError(f"config section {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    hints = get_type_hints(kind)
+    for key, value in values.items():
+        allowed = choices(hints[key])
+        if allowed and value is not None and value not in allowed:
+            raise CovidxrError(
+                f"config section {name!r}: {key} = {value!r} is not one of {', '.join(map(str, allowed))}"
+            )
     return kind(**values)
+
+
+def choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a `Literal` (or optional `Literal`) field allows; () for any other type."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return tuple(v for arg in get_args(annotation) if get_origin(arg) is Literal for v in get_args(arg))
 
 
 def _plain(value: Any) -> Any:

@@ -77,6 +77,12 @@ def test_config_yaml_roundtrip_and_unknown_fields(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("train:\n  learning_rate: 0.1\n")
     with pytest.raises(CovidxrError, match=r"unknown field\(s\) \['learning_rate'\]"):
         Config.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "choice.yaml").write_text("train:\n  freeze: half\n")
+    with pytest.raises(CovidxrError, match=r"freeze = 'half' is not one of head, last-k, full"):
+        Config.from_yaml(tmp_path / "choice.yaml")
+    with pytest.raises(CovidxrError, match=r"lr_schedule = 'cosine' is not one of none, plateau"):
+        Config.from_dict({"train": {"lr_schedule": "cosine"}})  # an optional choice is checked too
+    assert Config.from_dict({"train": {"lr_schedule": None, "balance": "sampler"}}).train.balance == "sampler"
 
 
 def test_recipes_fill_only_what_was_not_given() -> None:

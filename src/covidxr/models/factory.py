@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import torch
 from torch import nn
 
+from covidxr.config import FreezePolicy
 from covidxr.errors import CovidxrError
 from covidxr.models.ensemble import is_ensemble, load_ensemble
 from covidxr.models.head import ClassifierHead
@@ -17,7 +19,7 @@ from covidxr.models.trunk import stages
 from covidxr.models.weights import apply_weights
 
 BEST_WEIGHTS = "best.safetensors"
-FREEZE_POLICIES = ("head", "last-k", "full")
+FREEZE_POLICIES: tuple[str, ...] = get_args(FreezePolicy)
 
 
 class CovidxrNet(nn.Module):

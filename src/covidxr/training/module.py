@@ -7,7 +7,7 @@ Under distributed training they are computed from every rank's outputs, gathered
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import lightning as L
 import numpy as np
@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covidxr.config import OptimizerName
 from covidxr.errors import CovidxrError
 from covidxr.models.head import positive_scores
 from covidxr.training.metrics import epoch_metrics
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 
 def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
