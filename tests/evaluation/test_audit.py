@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Record
-from covidxr.evaluation.audit import FEATURE_NAMES, LungEllipse, metadata_baseline, metadata_features
+from covidxr.evaluation.audit import FEATURE_NAMES, metadata_baseline, metadata_features
 from tests.imagefiles import save, smooth_image
 
 

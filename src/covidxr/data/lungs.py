@@ -1,4 +1,5 @@
-"""Where the lungs are: a crop box from the lung masks a data set ships (the COVID-19 Radiography Database).
+"""Where the lungs are: a fixed ellipse over both lung fields (the audit's occlusion, the CAM-energy check), and a
+crop box from the lung masks a data set ships (the COVID-19 Radiography Database).
 
 A served image comes without a mask, so the crop is one box for every image, in training and serving alike:
 the median of the training masks' bounding boxes plus a margin, as fractions of width and height. It removes
@@ -8,9 +9,11 @@ what lies well outside the lungs (neck, arms, burned-in markers at the edges) wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from covidxr.data.manifest import LUNG_MASK, Record
 from covidxr.data.readers import read_image
@@ -19,6 +22,28 @@ from covidxr.errors import CovidxrError, ImageReadError
 MARGIN = 0.05
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of width and height
+
+
+@dataclass(frozen=True)
+class LungEllipse:
+    """Centre and half-axes as fractions of width and height: by default both lung fields and the mediastinum."""
+
+    cx: float = 0.5
+    cy: float = 0.47
+    rx: float = 0.40
+    ry: float = 0.36
+
+    def mask(self, height: int, width: int) -> torch.Tensor:
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+        return ((xx - self.cx) / self.rx) ** 2 + ((yy - self.cy) / self.ry) ** 2 <= 1
+
+    def occlude(self, image: torch.Tensor) -> torch.Tensor:
+        """Replace the ellipse by the image mean (per channel): nothing inside the lungs is left to see."""
+        mask = self.mask(image.shape[-2], image.shape[-1])
+        out = image.clone()
+        mean = image.mean(dim=(-2, -1), keepdim=True).expand_as(image)
+        out[..., mask] = mean[..., mask]
+        return out
 
 
 def mask_box(mask: np.ndarray) -> Box | None:

@@ -10,11 +10,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.ensemble import RandomForestClassifier
 
 from covidxr.data.dataset import Preprocess
@@ -31,28 +29,6 @@ FEATURE_NAMES = (
     "width", "height", "aspect", "pixels", "bit_depth", *(f"format_{f}" for f in FORMATS), "mean", "std",
     "border_top_mean", "border_bottom_mean", "border_left_mean", "border_right_mean", "border_std",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LungEllipse:
-    """Centre and half-axes as fractions of width and height: by default both lung fields and the mediastinum."""
-
-    cx: float = 0.5
-    cy: float = 0.47
-    rx: float = 0.40
-    ry: float = 0.36
-
-    def mask(self, height: int, width: int) -> torch.Tensor:
-        yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-        return ((xx - self.cx) / self.rx) ** 2 + ((yy - self.cy) / self.ry) ** 2 <= 1
-
-    def occlude(self, image: torch.Tensor) -> torch.Tensor:
-        """Replace the ellipse by the image mean (per channel): nothing inside the lungs is left to see."""
-        mask = self.mask(image.shape[-2], image.shape[-1])
-        out = image.clone()
-        mean = image.mean(dim=(-2, -1), keepdim=True).expand_as(image)
-        out[..., mask] = mean[..., mask]
-        return out
 
 
 def metadata_features(root: Path, records: Sequence[Record], max_pixels: int | None = None) -> np.ndarray:

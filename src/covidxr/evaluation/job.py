@@ -20,6 +20,7 @@ import torch
 from covidxr.config import Config, DataConfig
 from covidxr.data.formats import AUTO
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap
+from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import inspect_data
 from covidxr.data.split import SPLITS_FILE, Split, read_split
@@ -28,7 +29,6 @@ from covidxr.errors import CovidxrError
 from covidxr.evaluation.audit import (
     INPUT_FEATURE_NAMES,
     OCCLUSION_WARN_AUC,
-    LungEllipse,
     auc_with_ci,
     input_features,
     metadata_baseline,

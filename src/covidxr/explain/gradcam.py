@@ -25,9 +25,7 @@ def cam_targets(logits: torch.Tensor, spec: ModelSpec, which: str) -> list[int]:
     if which == "positive":
         k = spec.classes.index(spec.positive) if spec.positive in spec.classes else 1
         return [k] * len(logits)
-    if spec.task == "binary":
-        return [int(torch.sigmoid(row[1]) >= spec.threshold) for row in logits]
-    return logits.argmax(dim=1).tolist()
+    return spec.decide(spec.scores(logits).numpy()).tolist()  # calibrated scores, the run's own rule
 
 
 def grad_cam(

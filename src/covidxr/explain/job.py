@@ -82,11 +82,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
             _save_rgb(overlay(gray, cam), folder / f"cam_{which}.png")
         u = mc_dropout(net, x[None], spec, mc_passes)
         score = u["mean"][0]
-        label = (
-            spec.classes[int(score[1] >= spec.threshold)]
-            if spec.task == "binary"
-            else spec.classes[int(score.argmax())]
-        )
+        label = spec.classes[int(spec.decide(score[None])[0])]
         results.append(
             {
                 "path": str(path),
@@ -158,14 +154,14 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
 def explain_run(run_dir: Path | str, mc_passes: int = 30, gallery: int = 4) -> dict[str, Any]:
     """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
     with lesion masks, CAM energy outside the lung ellipse, MC-dropout referral curve; plus filters."""
-    from covidxr.evaluation.audit import LungEllipse
+    from covidxr.data.lungs import LungEllipse
 
     run_dir = Path(run_dir)
     net, spec = load_model(run_dir)
     pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
     u = mc_dropout(net, x, spec, mc_passes)
     targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
-    preds = (u["mean"][:, 1] >= spec.threshold).astype(int) if spec.task == "binary" else u["mean"].argmax(axis=1)
+    preds = spec.decide(u["mean"])
     correct = preds == targets
     cams = np.concatenate([grad_cam(net, spec, chunk, "predicted") for chunk in x.split(16)])
     lungs = LungEllipse().mask(*cams.shape[1:]).numpy()

@@ -13,6 +13,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Manifest
 from covidxr.data.readers import read_image
+from covidxr.models.spec import ModelSpec
 from covidxr.training.callbacks import read_history
 
 if TYPE_CHECKING:
@@ -110,16 +111,11 @@ def reliability_plot(curves: dict[str, dict[str, Any]], out: Path) -> Path:
     return _save(fig, out / "reliability.png")
 
 
-def mistakes_gallery(
-    scored: Scored, manifest: Manifest, classes: list[str], threshold: float, task: str, out: Path, n: int = 8
-) -> Path | None:
+def mistakes_gallery(scored: Scored, manifest: Manifest, spec: ModelSpec, out: Path, n: int = 8) -> Path | None:
     """The most confident wrong test predictions: where to look first when auditing a model."""
-    if task == "binary":
-        pred = (scored.positive >= threshold).astype(int)
-        confidence = np.abs(scored.positive - threshold)
-    else:
-        pred = scored.scores.argmax(axis=1)
-        confidence = scored.scores.max(axis=1)
+    classes, pred = spec.classes, spec.decide(scored.scores)
+    binary = spec.task == "binary"
+    confidence = np.abs(scored.positive - spec.threshold) if binary else scored.scores.max(axis=1)
     wrong = np.flatnonzero(pred != scored.targets)
     fig = Figure(figsize=(2.2 * max(1, min(n, len(wrong))), 2.6))
     if len(wrong) == 0:
@@ -141,7 +137,7 @@ def mistakes_gallery(
 
 def occlusion_example(scored: Scored, manifest: Manifest, size: int, out: Path) -> Path | None:
     """One test image as the model saw it, and with the lungs hidden (what the occlusion test scores)."""
-    from covidxr.evaluation.audit import LungEllipse
+    from covidxr.data.lungs import LungEllipse
 
     if not scored.records:
         return None
@@ -160,7 +156,6 @@ def evaluation_plots(run_dir: Path, result: dict[str, Any], scored: dict[str, Sc
     from covidxr.augment.presets import preset
     from covidxr.augment.preview import preview_grid
     from covidxr.config import Config
-    from covidxr.models.spec import ModelSpec
 
     out = run_dir / PLOTS_DIR
     out.mkdir(exist_ok=True)
@@ -173,7 +168,7 @@ def evaluation_plots(run_dir: Path, result: dict[str, Any], scored: dict[str, Sc
     calibration = result["calibration"]
     reliability_plot({"uncalibrated": calibration["test_before"], "calibrated": calibration["test_after"]}, out)
     confusion_plot(metrics["confusion"], spec.classes, out)
-    mistakes_gallery(test, manifest, spec.classes, spec.threshold, spec.task, out)
+    mistakes_gallery(test, manifest, spec, out)
     occlusion_example(test, manifest, spec.input_size, out)
     preview_grid(
         manifest,

@@ -31,10 +31,7 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
 
 
 def _label(engine: Engine, scores: np.ndarray) -> str:
-    spec = engine.spec
-    if spec.task == "binary":
-        return spec.classes[int(scores[1] >= spec.threshold)]
-    return spec.classes[int(scores.argmax())]
+    return engine.spec.classes[int(engine.spec.decide(scores[None])[0])]
 
 
 def predict_stream(
