@@ -24,15 +24,15 @@ from covidxr.data.synth import generate
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
 from covidxr.models.head import positive_scores
-from covidxr.training.callbacks import read_history
+from covidxr.training.callbacks import HISTORY_COLUMNS, read_history
 from covidxr.training.job import train
 from covidxr.training.metrics import epoch_metrics
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
 
 RUN_FILES = {
-    "config.yaml", "data_report.json", "splits.csv", "model.json", "best.safetensors", "best.ckpt", "last.ckpt",
-    "history.csv", "state.json",
+    "config.yaml", "data_report.json", "splits.csv", "model.json", "best.safetensors", "last.ckpt", "history.csv",
+    "state.json",
 }  # fmt: skip
 
 
@@ -91,6 +91,37 @@ def test_feature_cache_is_hit_then_invalidated_by_augmentation(phantoms: Path, t
     features = np.load(next(cache.glob("*/features.npy")), mmap_mode="r")
     n_train = sum(1 for r in csv.DictReader((tmp_path / "a" / "splits.csv").open()) if r["split"] == "train")
     assert features.shape == (120 + n_train, 1280)  # originals plus one augmented copy of each training image
+
+
+def test_the_head_loop_resumes_after_a_crash_as_if_never_stopped(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cached features in one process train in the plain loop; a crash after epoch 3's checkpoint and a resume
+    give exactly the history and best epoch of a run that never stopped."""
+    import covidxr.training.head_loop as loop
+
+    cfg = _cfg(phantoms, tmp_path / "cache", epochs=8, patience=8, lr=1e-3, balance="sampler")
+    straight = train(cfg, tmp_path / "a")
+    assert loop.is_loop_checkpoint(straight.run_dir / "last.ckpt")  # the loop ran, not Lightning
+    monkeypatch.setattr(loop, "SAVE_EVERY_S", 0.0)
+    write = loop.write_history_row
+
+    def crash_in_epoch_4(path: Path, epoch: int, metrics: dict[str, float], seconds: float) -> None:
+        write(path, epoch, metrics, seconds)
+        if epoch == 4:
+            raise RuntimeError("simulated kill before epoch 4's checkpoint")
+
+    monkeypatch.setattr(loop, "write_history_row", crash_in_epoch_4)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(cfg, tmp_path / "b")
+    monkeypatch.setattr(loop, "write_history_row", write)
+    resumed = train(cfg, tmp_path / "b", resume=True)
+    keys = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    rows = [
+        [{k: r[k] for k in keys} for r in read_history(run / "history.csv")] for run in (tmp_path / "a", tmp_path / "b")
+    ]
+    assert rows[0] == rows[1] and len(rows[0]) == 8
+    assert (resumed.best_epoch, resumed.epochs_run) == (straight.best_epoch, straight.epochs_run)
 
 
 def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_path: Path) -> None:

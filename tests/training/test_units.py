@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,3 +126,33 @@ def test_linear_probe_folds_into_one_linear_layer_with_the_same_scores(task: str
     expected = probe.scores(x[200:])
     columns = [1] if task == "binary" else list(range(k))
     assert np.abs(folded[:, columns] - expected[:, columns]).max() < 1e-4
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_epoch_metrics_match_scikit_learn(task: str) -> None:
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    from covidxr.training.metrics import epoch_metrics, scores_to_predictions
+
+    rng = np.random.default_rng(3)
+    k = 2 if task == "binary" else 3
+    for n in (5, 7, 60):
+        targets = rng.integers(0, k, n)
+        scores = rng.random((n, k)).round(1)  # rounded: ties in the AUC
+        if task == "multiclass":
+            scores /= scores.sum(axis=1, keepdims=True)
+        preds = scores_to_predictions(scores, task)
+        average = "binary" if task == "binary" else "macro"
+        ours = epoch_metrics(scores, targets, task)
+        assert ours["acc"] == pytest.approx(accuracy_score(targets, preds))
+        assert ours["precision"] == pytest.approx(precision_score(targets, preds, average=average, zero_division=0))
+        assert ours["recall"] == pytest.approx(recall_score(targets, preds, average=average, zero_division=0))
+        assert ours["f1"] == pytest.approx(f1_score(targets, preds, average=average, zero_division=0))
+        if len(np.unique(targets)) < k:  # a class missing: AUC is undefined (scikit-learn raises)
+            assert np.isnan(ours["auc"])
+            continue
+        binary = task == "binary"
+        probs = scores / scores.sum(axis=1, keepdims=True)  # as epoch_metrics hands them to the AUC
+        auc = roc_auc_score(targets, scores[:, 1]) if binary else roc_auc_score(targets, probs, multi_class="ovr")
+        assert ours["auc"] == pytest.approx(auc)
+    assert np.isnan(epoch_metrics(np.full((3, k), 1 / k), np.zeros(3, int), task)["auc"])  # one class: undefined

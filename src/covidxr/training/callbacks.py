@@ -54,18 +54,23 @@ class HistoryCSV(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = trainer.callback_metrics
-        row: dict[str, Any] = {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self._start, 3)}
-        for column in HISTORY_COLUMNS[1:-1]:
-            value = metrics.get(column)
-            row[column] = round(float(value), 6) if value is not None else ""
-        rows = [r for r in read_history(self.path) if int(r["epoch"]) < trainer.current_epoch] + [row]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(self.path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        write_history_row(self.path, trainer.current_epoch, metrics, time.perf_counter() - self._start)
+
+
+def write_history_row(path: Path, epoch: int, metrics: dict[str, float], seconds: float) -> None:
+    """Add (or replace) one epoch's row of history.csv, atomically; rows of later epochs are dropped."""
+    row: dict[str, Any] = {"epoch": epoch, "seconds": round(seconds, 3)}
+    for column in HISTORY_COLUMNS[1:-1]:
+        value = metrics.get(column)
+        row[column] = round(float(value), 6) if value is not None else ""
+    rows = [r for r in read_history(path) if int(r["epoch"]) < epoch] + [row]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def read_history(path: Path) -> list[dict[str, str]]:

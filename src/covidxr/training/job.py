@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from covidxr.augment import build_augment, preset
-from covidxr.config import Config
+from covidxr.config import Config, TrainConfig
 from covidxr.data.dataset import XrayDataset
 from covidxr.data.lungs import lung_box
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
@@ -36,6 +36,7 @@ from covidxr.models.weights import check_weights
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
+from covidxr.training.head_loop import fit_on_tensors, is_loop_checkpoint
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.module import ClassifierModule
@@ -139,6 +140,9 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         trainable = net
     train_targets = list(train_loader.sampler.targets)  # type: ignore[attr-defined]
     weights = class_weights(train_targets, spec.num_outputs) if tc.balance == "weights" else None
+    last = run_dir / LAST_CKPT
+    if cached is not None and _one_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
+        return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, probe_splits if probe else None)
     module = ClassifierModule(
         trainable, lm.task, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, weights, tc.lr_schedule
     )
@@ -146,7 +150,6 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
         enable_version_counter=False,
     )  # fmt: skip
-    last = run_dir / LAST_CKPT
     with quiet_lightning():
         trainer = L.Trainer(
             max_epochs=tc.epochs,
@@ -185,6 +188,41 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         "cache_hit": cached.hit if cached is not None else None,
         "cache_key": cached.key if cached is not None else None,
     }
+    _write_state(run_dir, state)
+    return _result(run_dir, spec, state)
+
+
+def _one_process(tc: TrainConfig) -> bool:
+    """Training in this process alone, in full precision: the head loop's case (else Lightning runs it)."""
+    single = tc.strategy == "auto" and str(tc.devices) in ("auto", "1") and tc.num_nodes == 1
+    return single and tc.accelerator in ("auto", "cpu") and tc.precision == "32-true"
+
+
+def _loop_run(
+    cfg: Config,
+    run_dir: Path,
+    net: CovidxrNet,
+    spec: ModelSpec,
+    trainable: torch.nn.Module,
+    cached: CachedFeatures,
+    weights: torch.Tensor | None,
+    probe: LinearProbe | None,
+    probe_splits: dict[str, tuple[Any, Any]] | None,
+) -> TrainResult:
+    """Cached features, one process: the plain loop (training.head_loop) instead of Lightning's machinery."""
+    trainable.train()
+    loop = fit_on_tensors(
+        trainable, spec.task, cached.select("train", with_copies=True), cached.select("val", with_copies=False),
+        cfg.train, cfg.data.seed, weights, run_dir, run_dir / LAST_CKPT,
+    )  # fmt: skip
+    trainable.load_state_dict(loop.best_state)
+    save_weights(net, run_dir)
+    if probe is not None and probe_splits is not None:
+        _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
+    state = {
+        "status": "finished", "best_epoch": loop.best_epoch, "best_val_loss": loop.best_val_loss,
+        "epochs_run": loop.epochs_run, "cache_hit": cached.hit, "cache_key": cached.key,
+    }  # fmt: skip
     _write_state(run_dir, state)
     return _result(run_dir, spec, state)
 

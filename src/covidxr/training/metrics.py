@@ -1,9 +1,15 @@
-"""Epoch metrics from collected outputs: pure functions, arrays in, numbers out."""
+"""Epoch metrics from collected outputs: pure functions, arrays in, numbers out.
+
+Plain numpy to scikit-learn's definitions (zero division counts 0; macro averages over the classes present in
+targets or predictions; AUC one-vs-rest, macro), held to them by the tests: they run after every epoch, and
+scikit-learn's input checks cost more than a short head-training epoch.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+from covidxr.evaluation.metrics import roc_auc
 
 
 def scores_to_predictions(scores: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
@@ -13,23 +19,32 @@ def scores_to_predictions(scores: np.ndarray, task: str, threshold: float = 0.5)
     return scores.argmax(axis=1)
 
 
+def _precision_recall_f1(targets: np.ndarray, preds: np.ndarray, k: int) -> tuple[float, float, float]:
+    tp = int(np.sum((preds == k) & (targets == k)))
+    fp = int(np.sum((preds == k) & (targets != k)))
+    fn = int(np.sum((preds != k) & (targets == k)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return precision, recall, f1
+
+
 def epoch_metrics(scores: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (macro for multiclass) and ROC-AUC (one-vs-rest macro); AUC is NaN with
     one class present."""
+    targets = np.asarray(targets).astype(int)
     preds = scores_to_predictions(scores, task)
-    out = {"acc": float(accuracy_score(targets, preds))}
-    average = "binary" if task == "binary" else "macro"
-    out["precision"] = float(precision_score(targets, preds, average=average, zero_division=0))
-    out["recall"] = float(recall_score(targets, preds, average=average, zero_division=0))
+    out = {"acc": float(np.mean(preds == targets)) if len(targets) else float("nan")}
     if task == "binary":
-        out["f1"] = float(f1_score(targets, preds, zero_division=0))
-        out["auc"] = float(roc_auc_score(targets, scores[:, 1])) if len(np.unique(targets)) > 1 else float("nan")
+        p, r, f = _precision_recall_f1(targets, preds, 1)
+        auc = roc_auc(targets, scores[:, 1]) if len(np.unique(targets)) > 1 else float("nan")
     else:
-        out["f1"] = float(f1_score(targets, preds, average="macro", zero_division=0))
+        rows = [_precision_recall_f1(targets, preds, k) for k in np.unique(np.concatenate([targets, preds]))]
+        p, r, f = (float(np.mean(column)) for column in zip(*rows, strict=True))
         present = np.unique(targets)
         if len(present) == scores.shape[1]:
             probs = scores / scores.sum(axis=1, keepdims=True)
-            out["auc"] = float(roc_auc_score(targets, probs, multi_class="ovr", average="macro"))
+            auc = float(np.mean([roc_auc(targets == k, probs[:, k]) for k in range(scores.shape[1])]))
         else:
-            out["auc"] = float("nan")
-    return out
+            auc = float("nan")
+    return out | {"precision": float(p), "recall": float(r), "f1": float(f), "auc": float(auc)}

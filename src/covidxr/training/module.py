@@ -103,10 +103,7 @@ class ClassifierModule(L.LightningModule):
         for stage in ("train", "val"):
             if not self._outputs[stage]:
                 continue
-            scores, targets, losses = self._gathered(stage)
-            metrics = {"loss": float(losses.mean()), **epoch_metrics(scores, targets, self.task)}
-            for name, value in metrics.items():
-                value = float(np.nan_to_num(value, nan=0.0)) if name != "loss" else value
+            for name, value in epoch_log(*self._gathered(stage), self.task).items():
                 self.log(f"{stage}_{name}", value, sync_dist=True)  # equal on every rank: the mean changes nothing
 
     def _gathered(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,20 +119,35 @@ class ClassifierModule(L.LightningModule):
         return scores[first], targets[first], losses[first]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self._optimizer()
-        if self.lr_schedule == "plateau":  # halve the rate after a few epochs without a better val loss
-            schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=4)
+        optimizer = make_optimizer(self.net, self.optimizer_name, self.lr, self.weight_decay, self.momentum)
+        schedule = make_schedule(optimizer, self.lr_schedule)
+        if schedule is not None:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "monitor": "val_loss"}}
         return optimizer
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if not params:
-            raise CovidxrError("nothing to train: every parameter is frozen")
-        if self.optimizer_name == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.optimizer_name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        return torch.optim.RMSprop(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+def make_optimizer(net: nn.Module, name: str, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters; the Lightning module and the head loop share it."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise CovidxrError("nothing to train: every parameter is frozen")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, schedule: str) -> Any:
+    """`plateau`: halve the rate after 4 epochs without a better validation loss; else None."""
+    if schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=4)
+    return None
+
+
+def epoch_log(scores: np.ndarray, targets: np.ndarray, losses: np.ndarray, task: str) -> dict[str, float]:
+    """An epoch's logged numbers: mean loss and the metrics (NaN, e.g. AUC with one class, logged as 0)."""
+    metrics = epoch_metrics(scores, targets, task)
+    return {"loss": float(losses.mean()), **{k: float(np.nan_to_num(v, nan=0.0)) for k, v in metrics.items()}}
