@@ -106,13 +106,19 @@ def run_variant(cfg: Config, run_dir: Path, split: Split, manifest: Any) -> dict
 
 
 def cross_validate(
-    data: str, ext: str | None, k: int, root: Path, save: Callable[[Any], None], only: list[str] | None = None
+    data: str,
+    ext: str | None,
+    k: int,
+    root: Path,
+    save: Callable[[Any], None],
+    only: list[str] | None = None,
+    max_folds: int | None = None,
 ) -> dict[str, Any]:
     data_cfg = DataConfig(paths=(data,), task="multiclass")
     manifest, splits = folds(data_cfg, k)
     names = only or [*VARIANTS, "default lr 1e-3 + TTA", "ensemble"]
     per_variant: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    for i, split in enumerate(splits):
+    for i, split in enumerate(splits[:max_folds]):  # the first folds of the same k-fold partition
         done: dict[str, Path] = {}
         for name in names:
             run_dir = root / f"fold{i}" / name.replace(" ", "-")
@@ -201,6 +207,7 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", help="run only these variants (repeatable), merged into the saved results"
     )
+    parser.add_argument("--max-folds", type=int, help="stop after this many folds of the same partition")
     args = parser.parse_args()
     ext = args.ext if Path(args.ext).is_dir() else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +224,7 @@ def main() -> None:
             merge = earlier if part == "variants" else {}
             return lambda value: write_result("quality", payload | {part: merge | value})
 
-        variants = cross_validate(args.data, ext, args.folds, root, saver("variants"), args.only)
+        variants = cross_validate(args.data, ext, args.folds, root, saver("variants"), args.only, args.max_folds)
         payload["variants"] = earlier | variants
         if args.deconfounded and ext:
             payload["deconfounded"] = deconfounded(args.data, ext, args.folds, root, saver("deconfounded"))
