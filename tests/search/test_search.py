@@ -70,12 +70,15 @@ def test_every_point_once_ordered_leaderboard_winner_tested_once(phantoms: Path,
 
 
 def test_a_failing_point_is_retried_once_and_the_rest_finish(phantoms: Path, cache: Path, tmp_path: Path) -> None:
-    grid = {"optimizer": ["adam", "lbfgs"]}  # lbfgs is refused by the trainer: that point fails
+    grid = {"freeze": ["last-k"], "last_k": [1, 0]}  # k = 0 is refused by the trainer: that point fails
     result = search(_cfg(phantoms, cache), grid, tmp_path / "s", n_resamples=20)
     study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
     failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
-    assert len(failed) == 2 and all(t.params == {"optimizer": "lbfgs"} for t in failed)  # first try + one retry
-    assert [r["optimizer"] for r in result.rows] == ["adam"]
+    assert len(failed) == 2 and all(t.params["last_k"] == 0 for t in failed)  # first try + one retry
+    assert [r["last_k"] for r in result.rows] == [1]
+    with pytest.raises(CovidxrError, match="optimizer = 'lbfgs' is not one of"):  # a bad choice: before any trial
+        search(_cfg(phantoms, cache), {"optimizer": ["adam", "lbfgs"]}, tmp_path / "bad", n_resamples=20)
+    assert not (tmp_path / "bad" / "trials").exists()
     result_again = search(_cfg(phantoms, cache), grid, tmp_path / "s", n_resamples=20)  # nothing left to do
     assert len(optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None)).trials) == 3
     assert result_again.winner == result.winner

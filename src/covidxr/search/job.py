@@ -170,9 +170,10 @@ def work(cfg: Config, grid: Grid, out: Path, storage_url: str | None, name: str,
 
 
 def _preflight(grid: Grid, cfg: Config) -> None:
-    """Offline with a grid needing unavailable weights: stop before the first trial, with the clear error."""
+    """Stop before the first trial, with the clear error, on a grid value that is not a valid choice or on weights
+    that cannot be had offline."""
     for params in grid_points(grid):
-        c = apply_params(cfg, params)
+        c = Config.from_dict(apply_params(cfg, params).to_dict())  # checks every choice field
         check_weights(get_backbone(c.train.backbone), c.train.weights)
 
 
