@@ -20,11 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The whole suite on up to 4 pytest-xdist workers (tests sharing a trained run stay in one worker);
+# The whole suite on up to 4 pytest-xdist workers, a test file per worker (a file's trained fixtures are built once);
 # test-fast leaves out the tests marked slow (training, servers, full runs). pytest exits 5 when it collected
 # nothing: treat that as a failure, never as a quiet pass.
 WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
-PYTEST  := $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+PYTEST  := $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
 test: lint
 	@$(PYTEST) $(PYTEST_ARGS); rc=$$?; \

@@ -1,7 +1,7 @@
 """Shared fixtures: the real cxr-dev set (skipped only where absent) and a small generated phantom set.
 
-Under pytest-xdist (`make test` runs two workers or more) the CPU threads are split between the workers, and
-tests sharing an expensive trained fixture run in one worker (an xdist group), so it is trained once."""
+Under pytest-xdist (`make test` runs two workers or more, a test file per worker) the CPU threads are split
+between the workers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from covidxr.data.synth import generate
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network, even where it exists
-SHARED_RUNS = {"phantom_run": "phantom-run", "run_dir": "serve-run"}  # fixture -> xdist group
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,14 +24,6 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns xdist_group marks into scheduling groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        for fixture, group in SHARED_RUNS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(group))
 
 
 def cxr_dev_path() -> Path:
