@@ -9,6 +9,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from covidxr.atomic import write_csv
 from covidxr.training.callbacks import read_history
 
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -38,14 +39,7 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_leaderboard(rows: list[dict[str, Any]], path: Path) -> Path:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
+    return write_csv(path, list(dict.fromkeys(k for r in rows for k in r)), rows)
 
 
 def read_leaderboard(path: Path) -> list[dict[str, str]]:

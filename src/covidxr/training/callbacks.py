@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from covidxr.atomic import write_csv
+
 HISTORY_FILE = "history.csv"
 HISTORY_COLUMNS = (
     "epoch",
@@ -64,13 +66,7 @@ def write_history_row(path: Path, epoch: int, metrics: dict[str, float], seconds
     for column in HISTORY_COLUMNS[1:-1]:
         value = metrics.get(column)
         row[column] = round(float(value), 6) if value is not None else ""
-    rows = [r for r in read_history(path) if int(r["epoch"]) < epoch] + [row]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv(path, HISTORY_COLUMNS, [r for r in read_history(path) if int(r["epoch"]) < epoch] + [row])
 
 
 def read_history(path: Path) -> list[dict[str, str]]:

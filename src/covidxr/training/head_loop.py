@@ -13,6 +13,8 @@ import copy
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,16 @@ class LoopResult:
     best_state: dict[str, torch.Tensor]
 
 
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def is_loop_checkpoint(path: Path) -> bool:
     return path.is_file() and LOOP_KEY in torch.load(path, map_location="cpu", weights_only=True)
 
@@ -59,79 +71,60 @@ def fit_on_tensors(
     """Train `net` on (features, targets) tensors until early stopping or `tc.epochs`; resumes from `last`.
     Pooled features make steps too small to split across threads (splitting only adds synchronisation), so
     those run on one thread."""
-    threads = torch.get_num_threads()
-    if train[0][0].numel() <= SMALL_ROW:
-        torch.set_num_threads(1)
-    try:
-        return _fit(net, task, train, val, tc, seed, class_weights, run_dir, last)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit(
-    net: nn.Module,
-    task: str,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    tc: TrainConfig,
-    seed: int,
-    class_weights: torch.Tensor | None,
-    run_dir: Path,
-    last: Path,
-) -> LoopResult:
-    x_train, y_train = train
-    x_val, y_val = val
-    optimizer = make_optimizer(net, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)  # type: ignore[arg-type]
-    schedule = make_schedule(optimizer, tc.lr_schedule)  # type: ignore[arg-type]
-    sampler = EpochSampler(y_train.tolist(), seed, tc.balance == "sampler", rank=0, world=1)
-    best_loss, best_epoch, best_state, wait, start_epoch = math.inf, -1, copy.deepcopy(net.state_dict()), 0, 0
-    if last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=True)
-        net.load_state_dict(saved["state_dict"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if schedule is not None and saved["schedule"] is not None:
-            schedule.load_state_dict(saved["schedule"])
-        best_loss, best_epoch, best_state = saved["best_val_loss"], saved["best_epoch"], saved["best_state"]
-        wait, start_epoch = saved["wait"], saved["epoch"] + 1
-    saved_at = time.monotonic()
-    epoch = start_epoch - 1
-    while epoch + 1 < tc.epochs and wait < tc.patience:  # type: ignore[operator]
-        epoch += 1
-        started = time.perf_counter()
-        L.seed_everything(seed * 10_007 + epoch, workers=True, verbose=False)  # as EpochSeed: same dropout masks
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.long)
-        net.train()
-        seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for batch in order.split(tc.batch_size):
-            x, y = x_train[batch], y_train[batch]
-            logits = net(x)
-            loss = classification_loss(logits, y, task, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            detached = logits.detach()
-            seen.append((positive_scores(detached, task), y, per_sample_loss(detached, y, task), batch))
-        net.eval()
-        with torch.no_grad():
-            val_logits = net(x_val)
-        logged = {f"train_{k}": v for k, v in epoch_log(*_unique_items(seen), task).items()}
-        val_scores = positive_scores(val_logits, task).numpy()
-        val_losses = per_sample_loss(val_logits, y_val, task).numpy()
-        logged |= {f"val_{k}": v for k, v in epoch_log(val_scores, y_val.numpy(), val_losses, task).items()}
-        val_loss = logged["val_loss"]
-        if val_loss < best_loss:  # strictly better, as Lightning's checkpoint and early stopping judge it
-            best_loss, best_epoch, best_state, wait = val_loss, epoch, copy.deepcopy(net.state_dict()), 0
-        else:
-            wait += 1
-        if schedule is not None:
-            schedule.step(val_loss)
-        write_history_row(run_dir / "history.csv", epoch, logged, time.perf_counter() - started)
-        if time.monotonic() - saved_at > SAVE_EVERY_S:
-            _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
-            saved_at = time.monotonic()
-    _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
-    return LoopResult(best_epoch, best_loss, epoch + 1, best_state)
+    with _threads(1 if train[0][0].numel() <= SMALL_ROW else torch.get_num_threads()):
+        x_train, y_train = train
+        x_val, y_val = val
+        optimizer = make_optimizer(net, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)  # type: ignore[arg-type]
+        schedule = make_schedule(optimizer, tc.lr_schedule)  # type: ignore[arg-type]
+        sampler = EpochSampler(y_train.tolist(), seed, tc.balance == "sampler", rank=0, world=1)
+        best_loss, best_epoch, best_state, wait, start_epoch = math.inf, -1, copy.deepcopy(net.state_dict()), 0, 0
+        if last.is_file():
+            saved = torch.load(last, map_location="cpu", weights_only=True)
+            net.load_state_dict(saved["state_dict"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if schedule is not None and saved["schedule"] is not None:
+                schedule.load_state_dict(saved["schedule"])
+            best_loss, best_epoch, best_state = saved["best_val_loss"], saved["best_epoch"], saved["best_state"]
+            wait, start_epoch = saved["wait"], saved["epoch"] + 1
+        saved_at = time.monotonic()
+        epoch = start_epoch - 1
+        while epoch + 1 < tc.epochs and wait < tc.patience:  # type: ignore[operator]
+            epoch += 1
+            started = time.perf_counter()
+            L.seed_everything(seed * 10_007 + epoch, workers=True, verbose=False)  # as EpochSeed: same dropout masks
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long)
+            net.train()
+            seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+            for batch in order.split(tc.batch_size):
+                x, y = x_train[batch], y_train[batch]
+                logits = net(x)
+                loss = classification_loss(logits, y, task, class_weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                detached = logits.detach()
+                seen.append((positive_scores(detached, task), y, per_sample_loss(detached, y, task), batch))
+            net.eval()
+            with torch.no_grad():
+                val_logits = net(x_val)
+            logged = {f"train_{k}": v for k, v in epoch_log(*_unique_items(seen), task).items()}
+            val_scores = positive_scores(val_logits, task).numpy()
+            val_losses = per_sample_loss(val_logits, y_val, task).numpy()
+            logged |= {f"val_{k}": v for k, v in epoch_log(val_scores, y_val.numpy(), val_losses, task).items()}
+            val_loss = logged["val_loss"]
+            if val_loss < best_loss:  # strictly better, as Lightning's checkpoint and early stopping judge it
+                best_loss, best_epoch, best_state, wait = val_loss, epoch, copy.deepcopy(net.state_dict()), 0
+            else:
+                wait += 1
+            if schedule is not None:
+                schedule.step(val_loss)
+            write_history_row(run_dir / "history.csv", epoch, logged, time.perf_counter() - started)
+            if time.monotonic() - saved_at > SAVE_EVERY_S:
+                _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
+                saved_at = time.monotonic()
+        _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
+        return LoopResult(best_epoch, best_loss, epoch + 1, best_state)
 
 
 def _unique_items(
