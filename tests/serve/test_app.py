@@ -247,12 +247,12 @@ def test_a_saturated_service_answers_503_then_recovers(run_dir: Path, xray: Path
         proc.wait(timeout=30)
 
 
-def test_openapi_fuzz_finds_no_server_error(server: str) -> None:
+def test_openapi_fuzz_finds_no_server_error(server: str, tmp_path: Path) -> None:
     """Schemathesis generates requests from the service's own OpenAPI schema (loopback only, bounded)."""
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{server}/openapi.json", "--checks", "not_a_server_error",
         "--max-examples", "30", "--request-timeout", "60", "--generation-deterministic", "--no-color",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache stays there
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "/v1/predict" in done.stdout
