@@ -21,9 +21,10 @@ import yaml
 
 from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.errors import CovidxrError
-from covidxr.search.grid import grid_points, load_grid, point_key
+from covidxr.search.grid import Range, grid_points, load_grid, point_key
 from covidxr.search.job import search, storage_for
 from covidxr.search.leaderboard import read_leaderboard
+from covidxr.training.callbacks import read_history
 from tests.imagefiles import flip_test_labels
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
@@ -190,3 +191,38 @@ def test_two_machines_on_postgresql_one_killed_finish_the_grid_once(
             (p["lr"], p["batch_size"]) for p in grid_points(grid)
         }
     assert "winner:" in again.stdout and "winner:" in out_b
+
+
+def test_tpe_runs_its_trials_once_prunes_on_val_loss_and_keeps_its_sampler(
+    phantoms: Path, cache: Path, tmp_path: Path
+) -> None:
+    space = {"lr": Range(1e-5, 1e-1, log=True), "batch_size": [16, 32]}
+    cfg = Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=6, cache_dir=str(cache)))
+    result = search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=6)
+    study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
+    states = Counter(t.state for t in study.trials)
+    assert len(study.trials) == 6 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert all(1e-5 <= t.params["lr"] <= 1e-1 for t in study.trials)
+    for t in study.trials:  # every trial reported its validation loss per epoch, the pruned ones stopped early
+        history = read_history(tmp_path / "s" / "trials" / t.user_attrs["key"] / "history.csv")
+        assert [-float(r["val_loss"]) for r in history] == pytest.approx(list(t.intermediate_values.values()), abs=1e-5)
+        assert t.state == optuna.trial.TrialState.COMPLETE or len(history) < 6
+    assert len(result.rows) == states[optuna.trial.TrialState.COMPLETE]
+    assert list((tmp_path / "s" / "trials").glob("*/metrics.json")) == [result.winner / "metrics.json"]
+    search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=6)  # resumed: nothing left to run
+    assert len(optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None)).trials) == 6
+    with pytest.raises(CovidxrError, match="started with --sampler tpe"):
+        search(cfg, space, tmp_path / "s", n_resamples=20, sampler="random", trials=6)
+
+
+def test_a_drawing_sampler_retries_a_failed_trial_once_and_stops_when_all_fail(
+    phantoms: Path, cache: Path, tmp_path: Path
+) -> None:
+    space = {"freeze": ["last-k"], "last_k": [0]}  # k = 0 is refused by the trainer: every trial fails
+    with pytest.raises(CovidxrError, match="no trial finished"):
+        search(_cfg(phantoms, cache), space, tmp_path / "s", n_resamples=20, sampler="random", trials=2)
+    study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
+    assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+    retries = [t for t in study.trials if "retry_of" in t.user_attrs]
+    assert retries and all(study.trials[t.user_attrs["retry_of"]].params == t.params for t in retries)
+    assert len({t.user_attrs["retry_of"] for t in retries}) == len(retries)  # each failure retried once at most

@@ -12,7 +12,11 @@ from covidxr.cli.options import load_config, with_config_options
 
 @with_config_options("data", "train")
 def search_cmd(
-    grid: Path = typer.Option(..., "--grid", help="YAML grid: training field -> list of values (see grids/)"),
+    grid: Path = typer.Option(
+        ..., "--grid", help="YAML: training field -> list of values (see grids/), or {low, high, log} for tpe/random"
+    ),
+    sampler: str = typer.Option("grid", "--sampler", help="grid (every point, the study's) | tpe | random"),
+    trials: int | None = typer.Option(None, "--trials", min=1, help="trials to draw (tpe, random)"),
     out: Path = typer.Option(Path("runs/search"), "--out", help="search folder: trials, leaderboard, search.db"),
     storage: str | None = typer.Option(None, "--storage", help="SQLAlchemy URL shared by workers on many machines"),
     study: str | None = typer.Option(None, "--study", help="study name in the storage"),
@@ -21,15 +25,18 @@ def search_cmd(
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for test CIs"),
     **options: Any,
 ) -> None:
-    """Grid search chosen on validation F1, the winner evaluated once on test; resumable (run it again)."""
+    """Search chosen on validation F1, the winner evaluated once on test; resumable (run it again)."""
     from covidxr.search.grid import grid_points, load_grid
     from covidxr.search.job import search
     from covidxr.search.leaderboard import format_table
 
     the_grid = load_grid(grid)
     cfg = load_config(config, options)
-    typer.echo(f"grid: {len(grid_points(the_grid))} points over {', '.join(the_grid)}")
-    result = search(cfg, the_grid, out, storage, study, workers, bootstrap)
+    if sampler == "grid":
+        typer.echo(f"grid: {len(grid_points(the_grid))} points over {', '.join(the_grid)}")
+    else:
+        typer.echo(f"{sampler}: {trials} trials over {', '.join(the_grid)}, pruned on validation loss")
+    result = search(cfg, the_grid, out, storage, study, workers, bootstrap, sampler, trials)
     typer.echo(format_table(result.rows, top=10))
     test = result.metrics["test"]["metrics"]
     typer.echo(f"winner: {result.winner} (test F1 {test['f1']:.3f}, AUC {test['roc_auc']:.3f})")

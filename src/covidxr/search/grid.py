@@ -1,11 +1,12 @@
-"""Grid files: YAML mapping of a training field to the list of values to try."""
+"""Search-space files: YAML mapping of a training field to the list of values to try (a grid), or, for the
+tpe and random samplers, to a range `{low: 1e-5, high: 1e-2, log: true}` (integers when both ends are)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,28 @@ import yaml
 from covidxr.config import Config, TrainConfig
 from covidxr.errors import CovidxrError
 
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric interval for the samplers that draw (tpe, random); a grid cannot enumerate it."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and not self.log
+
+    def ends(self) -> list[Any]:
+        return [self.low, self.high]
+
+
 Grid = dict[str, list[Any]]
+Space = dict[str, "list[Any] | Range"]
 
 
-def load_grid(path: Path | str) -> Grid:
+def load_grid(path: Path | str) -> Space:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -27,10 +46,13 @@ def load_grid(path: Path | str) -> Grid:
     if not isinstance(raw, dict) or not raw:
         raise CovidxrError(f"{path}: a grid is a mapping of training field -> list of values")
     known = {f.name for f in fields(TrainConfig)}
-    grid: Grid = {}
+    grid: Space = {}
     for name, values in raw.items():
         if name not in known:
             raise CovidxrError(f"{path}: {name!r} is not a training field; known: {', '.join(sorted(known))}")
+        if isinstance(values, dict):
+            grid[name] = _range(path, name, values)
+            continue
         values = values if isinstance(values, list) else [values]
         if not values or not all(v is None or isinstance(v, (bool, int, float, str)) for v in values):
             raise CovidxrError(f"{path}: {name} needs a list of plain values (numbers, strings), got {values!r}")
@@ -38,7 +60,26 @@ def load_grid(path: Path | str) -> Grid:
     return grid
 
 
-def grid_points(grid: Grid) -> list[dict[str, Any]]:
+def _range(path: Path, name: str, raw: dict[str, Any]) -> Range:
+    low, high, log = raw.get("low"), raw.get("high"), raw.get("log", False)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    if set(raw) - {"low", "high", "log"} or not numbers or not isinstance(log, bool) or not low < high:  # type: ignore[operator]
+        raise CovidxrError(f"{path}: {name} range needs numbers low < high (and optional log: true), got {raw!r}")
+    if log and low <= 0:  # type: ignore[operator]
+        raise CovidxrError(f"{path}: {name} log range needs low > 0, got {low}")
+    return Range(low, high, log)  # type: ignore[arg-type]
+
+
+def as_grid(space: Space) -> Grid:
+    """The space as a grid, or the clear error when it holds a range (only a drawing sampler can search that)."""
+    ranges = [name for name, values in space.items() if isinstance(values, Range)]
+    if ranges:
+        raise CovidxrError(f"{', '.join(ranges)}: a range needs --sampler tpe or random; a grid lists values")
+    return {name: list(values) for name, values in space.items()}  # type: ignore[arg-type]
+
+
+def grid_points(grid: Space) -> list[dict[str, Any]]:
+    grid = as_grid(grid)
     names = list(grid)
     return [dict(zip(names, combo, strict=True)) for combo in product(*(grid[n] for n in names))]
 

@@ -1,5 +1,6 @@
-"""Grid search with Optuna: every grid point exactly once, chosen on validation F1 (ties: val AUC), confirmed
-once on test. Resumable and shareable: trials live in an Optuna storage (SQLite in the output folder by
+"""Hyperparameter search with Optuna, chosen on validation F1 (ties: val AUC), confirmed once on test: the
+study's grid (every point exactly once, the default) or `--sampler tpe|random` drawing `--trials N` points, pruned
+on validation loss. Resumable and shareable: trials live in an Optuna storage (SQLite in the output folder by
 default, or any SQLAlchemy URL so workers on many machines share one study).
 
 Optuna's GridSampler counts failed trials as done and, once every point has started, hands out running points
@@ -27,13 +28,15 @@ from covidxr.data.prepare import PreparedData, prepare
 from covidxr.errors import CovidxrError
 from covidxr.models.registry import get_backbone
 from covidxr.models.weights import check_weights
-from covidxr.search.grid import Grid, apply_params, grid_points, point_key
+from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
 from covidxr.search.leaderboard import LEADERBOARD_FILE, run_row, search_plots, sort_rows, write_leaderboard
+from covidxr.search.samplers import make_pruner, make_sampler, pruning_reporter, suggest
 
 HEARTBEAT_S = 2
 GRACE_S = 8
 MAX_RETRIES = 1
 TRIALS_DIR = "trials"
+DRAW_LIMIT = 3  # a drawing sampler stops after this many times --trials started trials (all failing, say)
 
 
 @dataclass
@@ -55,27 +58,36 @@ def storage_for(out: Path, url: str | None) -> optuna.storages.RDBStorage:
         )
 
 
-def _load_study(storage_url: str | None, out: Path, name: str, grid: Grid, seed: int, tries: int = 6) -> optuna.Study:
+def _load_study(
+    storage_url: str | None, out: Path, name: str, space: Space, seed: int, sampler: str = "grid", tries: int = 6
+) -> optuna.Study:
     """Create or join the study. Workers started together on an empty database race to create its tables and
-    the study; the loser gets a database error or a duplicate, and simply joins on the next try."""
+    the study; the loser gets a database error or a duplicate, and simply joins on the next try. A study keeps
+    the sampler it was started with: resuming it with another one is refused."""
     import sqlalchemy
 
-    sampler = optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
     attempt = 0
     while True:
         try:
-            return optuna.create_study(
-                study_name=name, storage=storage_for(out, storage_url), sampler=sampler, direction="maximize",
-                load_if_exists=True,
+            study = optuna.create_study(
+                study_name=name, storage=storage_for(out, storage_url), sampler=make_sampler(sampler, space, seed),
+                pruner=make_pruner(sampler), direction="maximize", load_if_exists=True,
             )  # fmt: skip
+            break
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.DuplicatedStudyError):
             attempt += 1
             if attempt == tries:
                 raise
             time.sleep(0.5 * attempt)
+    started_with = study.user_attrs.get("sampler")
+    if started_with is None:
+        study.set_user_attr("sampler", sampler)
+    elif started_with != sampler:
+        raise CovidxrError(f"study {name!r} was started with --sampler {started_with}; resume it with the same")
+    return study
 
 
-def _point_states(study: optuna.Study, grid: Grid) -> dict[str, str]:
+def _point_states(study: optuna.Study, grid: Space) -> dict[str, str]:
     """Per grid point: complete | running | failed (retries used up) | pending."""
     by_key: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False):
@@ -98,7 +110,7 @@ def _point_states(study: optuna.Study, grid: Grid) -> dict[str, str]:
     return states
 
 
-def _requeue_failed(study: optuna.Study, grid: Grid, states: dict[str, str]) -> None:
+def _requeue_failed(study: optuna.Study, grid: Space, states: dict[str, str]) -> None:
     """A WAITING copy of the failed trial, grid id included (as Optuna's own retry callback does)."""
     retry = {k for k, state in states.items() if state == "retry"}
     failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
@@ -115,14 +127,14 @@ def _requeue_failed(study: optuna.Study, grid: Grid, states: dict[str, str]) -> 
         )
 
 
-def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study, prepared: PreparedData):  # type: ignore[no-untyped-def]
-    from covidxr.training.job import LAST_CKPT, train
+def _objective(cfg: Config, space: Space, out: Path, study: optuna.Study, prepared: PreparedData, sampler: str):  # type: ignore[no-untyped-def]
+    from covidxr.training.job import CONFIG_FILE, train
 
     def objective(trial: optuna.Trial) -> float:
-        params = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
+        params = suggest(trial, space)
         key = point_key(params)
         trial.set_user_attr("key", key)
-        for other in study.get_trials(deepcopy=False):
+        for other in study.get_trials(deepcopy=False) if sampler == "grid" else ():
             same = other.number != trial.number and other.user_attrs.get("key") == key
             taken = other.state == optuna.trial.TrialState.COMPLETE or (
                 other.state == optuna.trial.TrialState.RUNNING and other.number < trial.number
@@ -130,9 +142,11 @@ def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study, prepared
             if same and taken:
                 trial.set_user_attr("duplicate_of", other.number)
                 raise optuna.TrialPruned(f"grid point {key} is already held by trial {other.number}")
-        run_dir = out / TRIALS_DIR / key
+        run_dir = out / TRIALS_DIR / key  # a point drawn again reuses its finished run (or resumes it)
         start = time.perf_counter()  # one inspection and one split for the whole search
-        train(apply_params(cfg, params), run_dir, resume=(run_dir / LAST_CKPT).exists(), prepared=prepared)
+        on_epoch = None if sampler == "grid" else pruning_reporter(trial)
+        resume = (run_dir / CONFIG_FILE).exists()
+        train(apply_params(cfg, params), run_dir, resume=resume, prepared=prepared, on_epoch=on_epoch)
         row = run_row(run_dir)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
@@ -143,15 +157,27 @@ def _objective(cfg: Config, grid: Grid, out: Path, study: optuna.Study, prepared
     return objective
 
 
-def work(cfg: Config, grid: Grid, out: Path, storage_url: str | None, name: str, threads: int | None = None) -> int:
-    """One worker: run grid points until none is left to start. Returns how many trials it ran."""
+def work(
+    cfg: Config,
+    space: Space,
+    out: Path,
+    storage_url: str | None,
+    name: str,
+    threads: int | None = None,
+    sampler: str = "grid",
+    trials: int | None = None,
+) -> int:
+    """One worker: run trials until none is left to start. Returns how many trials it ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if threads:
         torch.set_num_threads(threads)
-    study = _load_study(storage_url, out, name, grid, cfg.data.seed)
+    study = _load_study(storage_url, out, name, space, cfg.data.seed, sampler)
     prepared = prepare(out, cfg.data)  # reuses out/splits.csv
-    objective = _objective(cfg, grid, out, study, prepared)
+    objective = _objective(cfg, space, out, study, prepared, sampler)
+    if sampler != "grid":
+        return _draw(study, objective, trials or 1)
+    grid = as_grid(space)
     ran = 0
     while True:
         with warnings.catch_warnings():
@@ -169,24 +195,55 @@ def work(cfg: Config, grid: Grid, out: Path, storage_url: str | None, name: str,
         ran += 1
 
 
-def _preflight(grid: Grid, cfg: Config) -> None:
-    """Stop before the first trial, with the clear error, on a grid value that is not a valid choice or on weights
-    that cannot be had offline."""
-    for params in grid_points(grid):
+def _draw(study: optuna.Study, objective: Any, trials: int) -> int:
+    """A drawing sampler's worker: start trials until `trials` have finished (complete or pruned) or are
+    running elsewhere. A failed trial (a killed worker's, once its heartbeat stops) is drawn again once with the
+    same values, so its run resumes from its checkpoint."""
+    ran = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        all_trials = study.get_trials(deepcopy=False)
+        by_state = {s: [t for t in all_trials if t.state == s] for s in optuna.trial.TrialState}
+        finished = len(by_state[optuna.trial.TrialState.COMPLETE]) + len(by_state[optuna.trial.TrialState.PRUNED])
+        busy = len(by_state[optuna.trial.TrialState.RUNNING]) + len(by_state[optuna.trial.TrialState.WAITING])
+        if finished >= trials or len(all_trials) >= DRAW_LIMIT * trials:
+            return ran
+        if finished + busy >= trials:
+            time.sleep(HEARTBEAT_S)  # the last trials are running in other workers
+            continue
+        retried = {t.user_attrs.get("retry_of") for t in all_trials}
+        for failed in by_state[optuna.trial.TrialState.FAIL]:
+            if failed.number not in retried and "retry_of" not in failed.user_attrs:
+                study.enqueue_trial(failed.params, user_attrs={"retry_of": failed.number})
+                break
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        ran += 1
+
+
+def _preflight(space: Space, cfg: Config) -> None:
+    """Stop before the first trial, with the clear error, on a value that is not a valid choice or on weights
+    that cannot be had offline (a range is checked at both ends)."""
+    ends = {name: v.ends() if not isinstance(v, list) else v for name, v in space.items()}
+    for params in grid_points(ends):
         c = Config.from_dict(apply_params(cfg, params).to_dict())  # checks every choice field
         check_weights(get_backbone(c.train.backbone), c.train.weights)
 
 
 def search(
     cfg: Config,
-    grid: Grid,
+    grid: Space,
     out: Path | str,
     storage_url: str | None = None,
     study_name: str | None = None,
     workers: int = 1,
     n_resamples: int = 1000,
+    sampler: str = "grid",
+    trials: int | None = None,
 ) -> SearchResult:
-    """Run (or resume) the grid, then evaluate the winner on test once and write its report."""
+    """Run (or resume) the search, then evaluate the winner on test once and write its report. The grid runs
+    every point; `tpe` and `random` run `trials` trials."""
     from covidxr.evaluation.job import evaluate_run
     from covidxr.report.html import write_report
     from covidxr.training.job import train
@@ -195,36 +252,43 @@ def search(
     if not cfg.data.paths:
         raise CovidxrError("no data set given (--data)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    make_sampler(sampler, grid, cfg.data.seed)  # an unknown sampler, or a range on the grid: before anything runs
+    if sampler != "grid" and not (trials and trials > 0):
+        raise CovidxrError(f"--sampler {sampler} needs --trials N (how many points to draw)")
     _preflight(grid, cfg)
     out.mkdir(parents=True, exist_ok=True)
     prepare(out, cfg.data)
-    (out / "grid.json").write_text(json.dumps(grid, indent=2))
+    (out / "grid.json").write_text(json.dumps(grid, indent=2, default=vars))
     name = study_name or "covidxr-search"
-    _load_study(storage_url, out, name, grid, cfg.data.seed)  # create it once, before workers race to
+    _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
         procs = [
-            ctx.Process(target=work, args=(cfg, grid, out, storage_url, name, threads)) for _ in range(workers - 1)
+            ctx.Process(target=work, args=(cfg, grid, out, storage_url, name, threads, sampler, trials))
+            for _ in range(workers - 1)
         ]
         for p in procs:
             p.start()
-        work(cfg, grid, out, storage_url, name, threads)
+        work(cfg, grid, out, storage_url, name, threads, sampler, trials)
         for p in procs:
             p.join()
     else:
-        work(cfg, grid, out, storage_url, name)
+        work(cfg, grid, out, storage_url, name, sampler=sampler, trials=trials)
 
-    study = _load_study(storage_url, out, name, grid, cfg.data.seed)
-    rows = []
+    study = _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)
+    rows, seen = [], set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         run_dir = Path(t.user_attrs["run_dir"])
+        if run_dir in seen:  # a drawing sampler may draw a point twice: one row per run
+            continue
+        seen.add(run_dir)
         if (run_dir / "state.json").is_file():
             rows.append(run_row(run_dir, {"trial": t.number, **t.params}))
         else:  # trained on another machine: keep its numbers from the storage
             rows.append({"trial": t.number, "run": str(run_dir), **t.params, "val_f1": t.value, **t.user_attrs})
     if not rows:
-        raise CovidxrError(f"no grid point finished; see the failed trials in {storage_url or out / 'search.db'}")
+        raise CovidxrError(f"no trial finished; see the failed trials in {storage_url or out / 'search.db'}")
     rows = sort_rows(rows)
     winner = Path(rows[0]["run"])
     if not (winner / "best.safetensors").is_file():  # the winner ran elsewhere: retrain it here

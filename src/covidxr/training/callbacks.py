@@ -1,10 +1,12 @@
-"""Callbacks, one concern each: per-epoch seeding, history CSV, atomic checkpoint files."""
+"""Callbacks, one concern each: per-epoch seeding, history CSV, an outside per-epoch hook, atomic checkpoint
+files."""
 
 from __future__ import annotations
 
 import csv
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,17 @@ class EpochSeed(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         L.seed_everything(self.seed * 10_007 + trainer.current_epoch, workers=True, verbose=False)
+
+
+class EpochHook(L.Callback):
+    """Hands (epoch, val_loss) to an outside observer after each validation, e.g. a search's pruner."""
+
+    def __init__(self, hook: Callable[[int, float], None]) -> None:
+        self.hook = hook
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and "val_loss" in trainer.callback_metrics:
+            self.hook(trainer.current_epoch, float(trainer.callback_metrics["val_loss"]))
 
 
 class HistoryCSV(L.Callback):

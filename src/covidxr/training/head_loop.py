@@ -13,7 +13,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ def fit_on_tensors(
     class_weights: torch.Tensor | None,
     run_dir: Path,
     last: Path,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> LoopResult:
     """Train `net` on (features, targets) tensors until early stopping or `tc.epochs`; resumes from `last`.
     Pooled features make steps too small to split across threads (splitting only adds synchronisation), so
@@ -123,6 +124,8 @@ def fit_on_tensors(
             if time.monotonic() - saved_at > SAVE_EVERY_S:
                 _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
                 saved_at = time.monotonic()
+            if on_epoch is not None:
+                on_epoch(epoch, val_loss)
         _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
         return LoopResult(best_epoch, best_loss, epoch + 1, best_state)
 

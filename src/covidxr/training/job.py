@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +33,7 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import check_weights
-from covidxr.training.callbacks import AtomicCheckpointIO, EpochSeed, HistoryCSV, read_history
+from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
 from covidxr.training.head_loop import fit_on_tensors, is_loop_checkpoint
@@ -72,10 +72,17 @@ class TrainResult:
         )
 
 
-def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: PreparedData | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    run_dir: Path | str,
+    resume: bool = False,
+    prepared: PreparedData | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
     """Train as `cfg` says into `run_dir`. With `resume`, the run's own config is used and training continues
     from `last.ckpt`; a finished run is left as it is. `prepared` lets many runs on one data set (a search)
-    inspect and split it once."""
+    inspect and split it once; `on_epoch(epoch, val_loss)` sees every epoch and may stop the run by raising
+    (a search's pruner)."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
@@ -125,7 +132,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
         cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
         probe_splits = {s: tuple(t.numpy() for t in cached.select(s, s == "train")) for s in ("train", "val", "test")}
         if main:
-            probe = LinearProbe(lm.task, spec.num_outputs).fit(*probe_splits["train"], *probe_splits["val"])
+            probe = _probe_for(cached.key, lm.task, spec.num_outputs, probe_splits)
         if tc.head == "linear" and probe is not None:
             return _linear_head_run(run_dir, net, spec, probe, probe_splits, cached)
         train_loader, val_loader = _feature_loaders(cfg, cached)
@@ -142,7 +149,8 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     weights = class_weights(train_targets, spec.num_outputs) if tc.balance == "weights" else None
     last = run_dir / LAST_CKPT
     if cached is not None and _one_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
-        return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, probe_splits if probe else None)
+        splits = probe_splits if probe else None
+        return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, splits, on_epoch)
     module = ClassifierModule(
         trainable, lm.task, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, weights, tc.lr_schedule
     )
@@ -163,6 +171,7 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
                 HistoryCSV(run_dir),
                 EarlyStopping(monitor="val_loss", mode="min", patience=tc.patience),
                 checkpoint,
+                *([EpochHook(on_epoch)] if on_epoch else []),
             ],
             plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False,  # EpochSampler shards itself, with the epoch and without duplicates
@@ -192,6 +201,18 @@ def train(cfg: Config, run_dir: Path | str, resume: bool = False, prepared: Prep
     return _result(run_dir, spec, state)
 
 
+_PROBES: dict[tuple[str, str], LinearProbe] = {}  # this process's probes by feature-cache key
+
+
+def _probe_for(key: str, task: str, num_outputs: int, splits: dict[str, tuple[Any, Any]]) -> LinearProbe:
+    """The probe depends on the cached features alone, so the trials of a search (same features, other head
+    settings) fit it once per process, not once per trial."""
+    if (key, task) not in _PROBES:
+        _PROBES.clear()  # one feature set at a time: a cached probe holds no features, but keep it to one
+        _PROBES[(key, task)] = LinearProbe(task, num_outputs).fit(*splits["train"], *splits["val"])
+    return _PROBES[(key, task)]
+
+
 def _one_process(tc: TrainConfig) -> bool:
     """Training in this process alone, in full precision: the head loop's case (else Lightning runs it)."""
     single = tc.strategy == "auto" and str(tc.devices) in ("auto", "1") and tc.num_nodes == 1
@@ -208,12 +229,13 @@ def _loop_run(
     weights: torch.Tensor | None,
     probe: LinearProbe | None,
     probe_splits: dict[str, tuple[Any, Any]] | None,
+    on_epoch: Callable[[int, float], None] | None,
 ) -> TrainResult:
     """Cached features, one process: the plain loop (training.head_loop) instead of Lightning's machinery."""
     trainable.train()
     loop = fit_on_tensors(
         trainable, spec.task, cached.select("train", with_copies=True), cached.select("val", with_copies=False),
-        cfg.train, cfg.data.seed, weights, run_dir, run_dir / LAST_CKPT,
+        cfg.train, cfg.data.seed, weights, run_dir, run_dir / LAST_CKPT, on_epoch,
     )  # fmt: skip
     trainable.load_state_dict(loop.best_state)
     save_weights(net, run_dir)
