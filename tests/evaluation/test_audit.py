@@ -9,7 +9,7 @@ import torch
 
 from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Record
-from covidxr.evaluation.audit import FEATURE_NAMES, metadata_baseline, metadata_features
+from covidxr.evaluation.audit import FEATURE_NAMES, auc_with_ci, metadata_baseline, metadata_features
 from tests.imagefiles import save, smooth_image
 
 
@@ -44,3 +44,11 @@ def test_lung_occlusion_replaces_the_ellipse_by_the_mean() -> None:
     assert torch.allclose(out[:, ~mask], image[:, ~mask])
     inside = out[:, mask]
     assert torch.allclose(inside, image.mean(dim=(1, 2))[:, None].expand_as(inside))
+
+
+def test_auc_with_ci_without_resamples_gives_the_auc_and_no_interval() -> None:
+    y, score, groups = np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), np.array(["a", "b", "c", "d"])
+    result = auc_with_ci(y, score, groups, n_resamples=0, seed=0)  # `--bootstrap 0` with the audit on
+    assert result["auc"] == 0.75 and all(np.isnan(v) for v in result["ci"])  # type: ignore[attr-defined]
+    lo, hi = auc_with_ci(y, score, groups, n_resamples=200, seed=0)["ci"]  # type: ignore[misc]
+    assert 0 <= lo <= 0.75 <= hi <= 1

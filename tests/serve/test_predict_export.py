@@ -57,6 +57,32 @@ def test_export_matches_pytorch_on_real_images(run_dir: Path, fmt: str) -> None:
     assert result["max_abs_diff"] <= PARITY_TOLERANCE
 
 
+def test_int8_export_is_gated_on_test_auc_and_labels_and_used_by_the_onnx_engine(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from covidxr.serve.engine import INT8_FILE, ONNX_FILE
+    from covidxr.serve.quantize import MAX_AUC_DROP, MIN_AGREEMENT, quantize_int8
+
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("*.onnx", "*.ckpt")))
+    result = export_run(copy, "onnx", quantize="int8")["int8"]
+    assert result["path"] == str(copy / INT8_FILE) and (copy / INT8_FILE).is_file()
+    assert result["auc_drop"] <= MAX_AUC_DROP and result["agreement"] >= MIN_AGREEMENT
+    assert result["test_images"] > 10 and result["calibration_images"] > 10
+    assert (copy / INT8_FILE).stat().st_size < (copy / ONNX_FILE).stat().st_size / 2  # 8-bit weights
+    assert load_engine(copy, "onnx").path == copy / INT8_FILE  # type: ignore[attr-defined]
+    assert load_engine(copy, "onnx-fp32").path == copy / ONNX_FILE  # type: ignore[attr-defined]
+    saved = json.loads((copy / "export_onnx.json").read_text())
+    assert saved["int8"]["agreement"] == result["agreement"]
+    with pytest.raises(CovidxrError, match=r"INT8 model refused, the fp32 model.onnx is kept: .*labels agree on"):
+        quantize_int8(copy, min_agreement=1.01)  # a gate no model passes: both weight ranges tried, then refused
+    assert not (copy / INT8_FILE).exists() and (copy / ONNX_FILE).is_file()
+    quantize_int8(copy)
+    export_run(copy, "onnx")  # a new fp32 export drops the INT8 model quantised from the old one
+    assert not (copy / INT8_FILE).exists()
+    with pytest.raises(CovidxrError, match="only int8, and only with --format onnx"):
+        export_run(copy, "torchscript", quantize="int8")
+
+
 def test_onnx_engine_gives_the_same_labels_as_torch(run_dir: Path, folder: Path, tmp_path: Path) -> None:
     export_run(run_dir, "onnx")
     predict_to_file(run_dir, [folder], tmp_path / "torch.csv", engine="torch")

@@ -176,7 +176,7 @@ def predict_cmd(
     run_dir: Path = typer.Argument(..., help="a trained (and evaluated) run directory"),
     paths: list[Path] = typer.Argument(..., help="images, DICOM files or folders (searched recursively)"),
     out: Path = typer.Option(Path("predictions.csv"), "--out", help="predictions.csv or predictions.json"),
-    engine: str = typer.Option("torch", "--engine", help="torch | onnx (export first)"),
+    engine: str = typer.Option("torch", "--engine", help="torch | onnx (INT8 if exported, else fp32) | onnx-fp32"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     mc: int = typer.Option(0, "--mc", min=0, help="MC-dropout passes for an uncertainty column (torch engine)"),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted run wrote to --out (CSV)"),
@@ -194,21 +194,30 @@ def predict_cmd(
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
     fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    quantize: str | None = typer.Option(
+        None, "--quantize", help="int8: static INT8 (ONNX), calibrated on val, kept if test AUC and labels hold"
+    ),
 ) -> None:
     """Export backbone + head (normalised batch in, logits out), checked against PyTorch on real images."""
     from covidxr.serve.export import export_run
 
-    result = export_run(run_dir, fmt)
+    result = export_run(run_dir, fmt, quantize)
     typer.echo(
         f"{result['path']}: max |diff| vs PyTorch on {result['images']} real images = {result['max_abs_diff']:.2e}"
     )
+    if "int8" in result:
+        q = result["int8"]
+        typer.echo(
+            f"{q['path']}: test AUC {q['int8_auc']:.4f} vs fp32 {q['fp32_auc']:.4f}, labels agree on "
+            f"{q['agreement']:.1%} of {q['test_images']} test images; `--engine onnx` uses it"
+        )
 
 
 def serve_cmd(
     run_dir: Path = typer.Argument(..., help="a trained (and evaluated) run directory"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
-    engine: str = typer.Option("torch", "--engine", help="torch | onnx (export first)"),
+    engine: str = typer.Option("torch", "--engine", help="torch | onnx (INT8 if exported, else fp32) | onnx-fp32"),
     workers: int = typer.Option(4, "--workers", min=1, help="inference threads"),
     queue: int = typer.Option(16, "--queue", min=0, help="requests waiting beyond busy workers before 503"),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="seconds a prediction may take"),

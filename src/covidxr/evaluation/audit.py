@@ -61,7 +61,8 @@ def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resample
         yy = y[idx]
         return {"auc": roc_auc(yy, score[idx])}
 
-    lo, hi = patient_bootstrap(metric, groups, n_resamples, seed)["auc"]
+    no_resamples = (float("nan"), float("nan"))
+    lo, hi = patient_bootstrap(metric, groups, n_resamples, seed).get("auc", no_resamples)
     return {"auc": auc, "ci": [lo, hi]}
 
 

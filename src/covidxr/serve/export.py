@@ -1,5 +1,6 @@
 """Export a run's network (backbone + head, normalised batch in, logits out) to ONNX or TorchScript, and check
-it against PyTorch on real images of the run's data before calling the export done."""
+it against PyTorch on real images of the run's data before calling the export done; optionally quantise the
+ONNX model to INT8 behind an accuracy gate (serve.quantize)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from covidxr.data.readers import read_image
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
 from covidxr.models.tta import scoring_net
-from covidxr.serve.engine import ONNX_FILE
+from covidxr.serve.engine import INT8_FILE, ONNX_FILE
 
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 PARITY_TOLERANCE = 1e-4
 FORMATS = ("onnx", "torchscript")
+QUANTIZATIONS = ("int8",)
 
 
 def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
@@ -55,10 +57,13 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path
     return path
 
 
-def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
+def export_run(run_dir: Path | str, fmt: str = "onnx", quantize: str | None = None) -> dict[str, Any]:
+    """Export, check parity, and with `quantize="int8"` add the gated INT8 model (refused with its numbers)."""
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise CovidxrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "onnx"):
+        raise CovidxrError(f"--quantize {quantize}: only int8, and only with --format onnx")
     trained, spec = load_model(run_dir)
     net = Calibrated(scoring_net(trained, spec), spec.temperature).eval()  # temperature (and TTA) built in
     batch = sample_batch(run_dir)
@@ -68,10 +73,11 @@ def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (tracer, deprecations); parity below is what counts
         if fmt == "onnx":
+            (run_dir / INT8_FILE).unlink(missing_ok=True)  # it was quantised from the export being replaced
             path = export_onnx(net, x, run_dir / ONNX_FILE)
             from covidxr.serve.engine import OnnxEngine
 
-            exported = OnnxEngine(run_dir).logits(batch)
+            exported = OnnxEngine(run_dir, int8=False).logits(batch)
         else:
             path = run_dir / TORCHSCRIPT_FILE
             torch.jit.trace(net, x).save(str(path))
@@ -89,5 +95,11 @@ def export_run(run_dir: Path | str, fmt: str = "onnx") -> dict[str, Any]:
     if diff > PARITY_TOLERANCE:
         path.unlink(missing_ok=True)
         raise CovidxrError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}: not kept")
-    (run_dir / f"export_{fmt}.json").write_text(json.dumps(result, indent=2) + "\n")
+    record = run_dir / f"export_{fmt}.json"
+    record.write_text(json.dumps(result, indent=2) + "\n")
+    if quantize == "int8":
+        from covidxr.serve.quantize import quantize_int8
+
+        result["int8"] = quantize_int8(run_dir).to_json()  # refused: raises with the numbers, fp32 kept
+        record.write_text(json.dumps(result, indent=2) + "\n")
     return result
