@@ -45,7 +45,10 @@ def test_predict_folder_with_broken_files_csv_and_json(run_dir: Path, folder: Pa
     ok = [r for r in rows if not r["error"]]
     assert all(0 <= float(r["score_COVID-19"]) <= 1 for r in ok)
     assert all(r["label"] == ("COVID-19" if float(r["score_COVID-19"]) >= 0.5 else "not COVID-19") for r in ok)
-    predict_to_file(run_dir, [folder], tmp_path / "p.json", batch_size=3, mc=5)
+    in_process = predict_to_file(run_dir, [folder], tmp_path / "p0.csv", batch_size=4, workers=0)
+    assert in_process == counts  # decoding in worker processes (the default) or here: the same rows
+    assert (tmp_path / "p0.csv").read_text() == (tmp_path / "p.csv").read_text()
+    predict_to_file(run_dir, [folder], tmp_path / "p.json", batch_size=3, mc=5, workers=2)
     items = json.loads((tmp_path / "p.json").read_text())
     assert len(items) == 10 and all(i["mc_std"] > 0 for i in items if "error" not in i)
 

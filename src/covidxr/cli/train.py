@@ -180,11 +180,14 @@ def predict_cmd(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     mc: int = typer.Option(0, "--mc", min=0, help="MC-dropout passes for an uncertainty column (torch engine)"),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted run wrote to --out (CSV)"),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="decoding processes beside inference (default: half the cores; 0: none)"
+    ),
 ) -> None:
     """Predict files and folders in batches, streaming to CSV/JSON; unreadable files are listed with the reason."""
     from covidxr.serve.predict import predict_to_file
 
-    counts = predict_to_file(run_dir, paths, out, engine, batch_size, mc, resume)
+    counts = predict_to_file(run_dir, paths, out, engine, batch_size, mc, resume, workers)
     kept = f"; {counts['already_written']} row(s) kept from before" if counts["already_written"] else ""
     typer.echo(
         f"predicted {counts['predicted']} image(s), skipped {counts['skipped']} unreadable{kept}; written to {out}"

@@ -1,5 +1,7 @@
 """Batch prediction over files and folders (recursive, DICOM included), streaming: rows are written as batches
-finish, so memory stays flat in the number of images. Unreadable files get a row with their reason.
+finish, so memory stays flat in the number of images. Unreadable files get a row with their reason. Decoding
+and preprocessing run in worker processes (a DataLoader, a couple of batches ahead) while the network scores the
+batch before, so the slower of the two sets the pace, not their sum.
 
 A CSV output is flushed row by row; `resume` keeps the rows an interrupted run wrote (dropping a half-written
 last line, if a kill landed mid-row) and predicts only the files not in them."""
@@ -13,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from covidxr.data.dataset import Preprocess
 from covidxr.data.readers import is_candidate_image, read_image
 from covidxr.errors import CovidxrError, ImageReadError
-from covidxr.serve.engine import Engine, load_engine
+from covidxr.serve.engine import Engine, load_engine, physical_cores
+
+Decoded = tuple[Path, "np.ndarray | None", "str | None"]  # path, preprocessed image or None, error or None
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:
@@ -34,37 +40,71 @@ def _label(engine: Engine, scores: np.ndarray) -> str:
     return engine.spec.classes[int(engine.spec.decide(scores[None])[0])]
 
 
-def predict_stream(
-    engine: Engine, paths: list[Path], batch_size: int = 16, mc: int = 0, skip: frozenset[str] = frozenset()
-) -> Iterator[dict[str, Any]]:
-    """One dict per file not in `skip`, in order: scores, label at the run's threshold, optional MC-dropout std;
-    or an error."""
-    pre = engine.spec.preprocess
-    pending: list[tuple[Path, np.ndarray]] = []
+class DecodedFiles(Dataset):
+    """Files read and preprocessed as the model takes them; an unreadable file is an item with its reason."""
 
-    def flush() -> Iterator[dict[str, Any]]:
-        batch = np.stack([x for _, x in pending])
-        scores = engine.scores(batch)
-        std = _mc_std(engine, batch, mc) if mc else None
-        for i, (path, _) in enumerate(pending):
-            row = {"path": str(path), "label": _label(engine, scores[i]), "threshold": engine.spec.threshold}
-            row |= {f"score_{c}": float(s) for c, s in zip(engine.spec.classes, scores[i], strict=True)}
-            if std is not None:
-                row["mc_std"] = float(std[i])
-            yield row
-        pending.clear()
+    def __init__(self, paths: list[Path], preprocess: Preprocess) -> None:
+        self.paths, self.preprocess = paths, preprocess
 
-    todo = [p for p in iter_files(paths) if str(p) not in skip]
-    for path in tqdm(todo, desc="predict", unit="img", leave=False):
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Decoded:
+        path = self.paths[i]
         try:
-            pending.append((path, pre(read_image(path).pixels).numpy()))
+            return path, self.preprocess(read_image(path).pixels).numpy(), None
         except ImageReadError as exc:
-            yield {"path": str(path), "error": f"{exc.problem}" + (f" ({exc.detail})" if exc.detail else "")}
+            return path, None, f"{exc.problem}" + (f" ({exc.detail})" if exc.detail else "")
+
+
+def _as_list(items: list[Decoded]) -> list[Decoded]:
+    return items
+
+
+def default_workers() -> int:
+    """Decoding processes beside inference: half the cores (inference takes the rest), at least one."""
+    return max(1, min(4, physical_cores() // 2))
+
+
+def predict_stream(
+    engine: Engine,
+    paths: list[Path],
+    batch_size: int = 16,
+    mc: int = 0,
+    skip: frozenset[str] = frozenset(),
+    workers: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One dict per file not in `skip`, in file order: scores, label at the run's threshold, optional MC-dropout
+    std; or an error. `workers` decoding processes (0: decode in this process)."""
+    todo = [p for p in iter_files(paths) if str(p) not in skip]
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        DecodedFiles(todo, engine.spec.preprocess), batch_size=batch_size, collate_fn=_as_list, num_workers=workers,
+        prefetch_factor=2 if workers else None,
+    )  # fmt: skip
+    with tqdm(total=len(todo), desc="predict", unit="img", leave=False) as progress:
+        for items in loader:
+            yield from _score(engine, items, mc)
+            progress.update(len(items))
+
+
+def _score(engine: Engine, items: list[Decoded], mc: int) -> Iterator[dict[str, Any]]:
+    readable = [x for _, x, _ in items if x is not None]
+    batch = np.stack(readable) if readable else None
+    scores = engine.scores(batch) if batch is not None else None
+    std = _mc_std(engine, batch, mc) if mc and batch is not None else None
+    k = 0
+    for path, x, error in items:
+        if x is None:
+            yield {"path": str(path), "error": error}
             continue
-        if len(pending) == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
+        assert scores is not None
+        row = {"path": str(path), "label": _label(engine, scores[k]), "threshold": engine.spec.threshold}
+        row |= {f"score_{c}": float(s) for c, s in zip(engine.spec.classes, scores[k], strict=True)}
+        if std is not None:
+            row["mc_std"] = float(std[k])
+        k += 1
+        yield row
 
 
 def _mc_std(engine: Engine, batch: np.ndarray, passes: int) -> np.ndarray:
@@ -86,6 +126,7 @@ def predict_to_file(
     batch_size: int = 16,
     mc: int = 0,
     resume: bool = False,
+    workers: int | None = None,
 ) -> dict[str, int]:
     """Write predictions as CSV or JSON (by the extension of `out`); returns counts of predicted, skipped and
     (with `resume`) already written rows."""
@@ -105,7 +146,7 @@ def predict_to_file(
             writer.writeheader()
         elif not writer:
             fh.write("[\n")
-        for i, row in enumerate(predict_stream(eng, paths, batch_size, mc, done)):
+        for i, row in enumerate(predict_stream(eng, paths, batch_size, mc, done, workers)):
             counts["skipped" if "error" in row else "predicted"] += 1
             if writer:
                 writer.writerow(row)
