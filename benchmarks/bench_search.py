@@ -4,7 +4,10 @@
    re-extracting features in every trial (a few trials measured with a fresh cache each, extrapolated to 36);
    the re-extracted trials must land on the same validation F1 as their cached twins (same ranking).
    Target: >= 20x.
-2. two local workers vs one on the same grid (warm cache): wall-time ratio.
+2. the cached trials vs the physical reference: a bare PyTorch loop over the same cached tensors per grid point
+   (same head, optimizer, lr, batch size, epochs as the trial ran, a validation pass per epoch; no metrics,
+   history, checkpoints or run files). Target: trials within 1.25x of it.
+3. two local workers vs one on the same grid (warm cache): wall-time ratio.
 
 Usage: python benchmarks/bench_search.py [--data ../shared/data/cxr-dev] [--measure 2]
 """
@@ -12,17 +15,25 @@ Usage: python benchmarks/bench_search.py [--data ../shared/data/cxr-dev] [--meas
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from benchmarks.common import write_result
 from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.models.head import ClassifierHead
 from covidxr.search.grid import apply_params, grid_points
 from covidxr.search.job import search
 from covidxr.search.leaderboard import run_row
+from covidxr.training.feature_cache import CachedFeatures
 from covidxr.training.job import train
+from covidxr.training.module import classification_loss, make_optimizer
 
 GRID = {
     "lr": [0.001, 0.0003, 0.0001],
@@ -30,6 +41,28 @@ GRID = {
     "optimizer": ["adam", "sgd"],
     "dropout": [0.3, 0.5],
 }
+
+
+def bare_trial(cached: CachedFeatures, params: dict, base: TrainConfig, epochs: int, seed: int = 0) -> float:
+    """Seconds for the bare loop: the head trained on the cached tensors for `epochs`, a val pass each epoch."""
+    torch.manual_seed(seed)
+    x, y = cached.select("train", with_copies=True)
+    xv, yv = cached.select("val", with_copies=False)
+    head = ClassifierHead(x.shape[1], 2, base.hidden, params["dropout"])
+    optimizer = make_optimizer(head, params["optimizer"], params["lr"], base.weight_decay, base.momentum)
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # as the trainer does for pooled features
+    for _ in range(epochs):
+        head.train()
+        for batch in torch.randperm(len(y)).split(params["batch_size"]):
+            loss = classification_loss(head(x[batch]), y[batch], "binary", None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            classification_loss(head(xv), yv, "binary", None)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -45,6 +78,18 @@ def main() -> None:
         cached = search(cfg, GRID, root / "cached", n_resamples=200)
         cached_s = time.perf_counter() - start
         by_point = {(r["lr"], r["batch_size"], r["optimizer"], r["dropout"]): r for r in cached.rows}
+        trial_seconds = _trial_seconds(root / "cached")
+        key = json.loads((cached.winner / "state.json").read_text())["cache_key"]
+        entry = root / "cache" / key
+        features = CachedFeatures(
+            np.load(entry / "features.npy"), json.loads((entry / "meta.json").read_text())["rows"], key, True
+        )
+        threads = torch.get_num_threads()
+        bare_s = sum(
+            bare_trial(features, p, cfg.train.resolved(), int(by_point[tuple(p[k] for k in GRID)]["epochs_run"]))
+            for p in points
+        )
+        torch.set_num_threads(threads)
 
         recompute_s, same = [], []
         for i, params in enumerate(points[: args.measure]):
@@ -66,6 +111,7 @@ def main() -> None:
             timings[workers] = time.perf_counter() - start
     per_trial = sum(recompute_s) / len(recompute_s)
     extrapolated = per_trial * len(points)
+    cached_trials_s = sum(trial_seconds)
     write_result(
         "search",
         {
@@ -79,6 +125,12 @@ def main() -> None:
             "speedup_target": 20,
             "same_val_f1_as_cached_twin": all(same),
             "note": "cached_search_s includes the one feature extraction and the winner's test evaluation",
+            "cached_trial_s_median": round(statistics.median(trial_seconds), 3),
+            "cached_trials_s": round(cached_trials_s, 1),
+            "trial_speedup": round(per_trial / statistics.median(trial_seconds), 1),
+            "bare_loop_trials_s": round(bare_s, 1),
+            "trials_vs_bare_loop": round(cached_trials_s / bare_s, 2),
+            "trials_vs_bare_loop_target": 1.25,
             "workers_1_s": round(timings[1], 1),
             "workers_2_s": round(timings[2], 1),
             "workers_2_vs_1_speedup": round(timings[1] / timings[2], 2),
@@ -88,6 +140,16 @@ def main() -> None:
             ],
         },
     )
+
+
+def _trial_seconds(out: Path) -> list[float]:
+    """Wall seconds of each cached trial (train() call: run files, training, probe comparison, weights)."""
+    import optuna
+
+    from covidxr.search.job import storage_for
+
+    study = optuna.load_study(study_name="covidxr-search", storage=storage_for(out, None))
+    return [float(t.user_attrs["wall_seconds"]) for t in study.trials if "wall_seconds" in t.user_attrs]
 
 
 if __name__ == "__main__":
