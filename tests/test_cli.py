@@ -148,3 +148,23 @@ def test_multiclass_training_and_external_evaluation_need_no_yaml(tmp_path: Path
     assert refused.returncode == 2 and "--out and --label-map go with --data" in refused.stderr
     bad = covidxr("evaluate", str(run), "--threshold", "foo")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "'foo' is not one of" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("blocked", "command", "extra"),
+    [
+        ("optuna", ["search", "--data", "d", "--grid", "g.yaml"], "search"),
+        ("fastapi", ["serve", "some-run"], "serve"),
+        ("onnxruntime", ["predict", "some-run", "x.png", "--engine", "onnx"], "export"),
+    ],
+)
+def test_a_missing_optional_package_is_one_error_with_the_install_line(
+    blocked: str, command: list[str], extra: str, tmp_path: Path
+) -> None:
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None; sys.argv = ['covidxr', *{command!r}]\n"
+        "from covidxr.cli import main; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"pip install 'covidxr[{extra}]'" in out.stderr and blocked in out.stderr

@@ -12,6 +12,7 @@ from covidxr.config import DataConfig
 from covidxr.data.formats import FORMATS
 from covidxr.data.prepare import REPORT_FILE, inspect_data, prepare
 from covidxr.data.synth import generate
+from covidxr.rundir import RunDir
 
 data_app = typer.Typer(help="Inspect, split and generate data sets.", no_args_is_help=True)
 
@@ -53,7 +54,7 @@ def split_cmd(
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))
     verb = "reused" if prepared.split_reused else "written"
-    typer.echo(f"splits.csv {verb}: {out / 'splits.csv'}")
+    typer.echo(f"{RunDir.splits} {verb}: {RunDir(out).splits}")
 
 
 @data_app.command("formats")

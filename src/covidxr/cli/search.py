@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from covidxr.cli.options import load_config, with_config_options
+from covidxr.rundir import RunDir
 
 
 @with_config_options("data", "train")
@@ -40,7 +41,7 @@ def search_cmd(
     typer.echo(format_table(result.rows, top=10))
     test = result.metrics["test"]["metrics"]
     typer.echo(f"winner: {result.winner} (test F1 {test['f1']:.3f}, AUC {test['roc_auc']:.3f})")
-    typer.echo(f"leaderboard: {result.out / 'leaderboard.csv'}")
+    typer.echo(f"leaderboard: {RunDir(result.out).leaderboard}")
     typer.echo(f"report: {result.report}")
 
 
@@ -52,7 +53,7 @@ def compare_cmd(
     from covidxr.errors import CovidxrError
     from covidxr.search.leaderboard import format_table, run_row, sort_rows, write_leaderboard
 
-    missing = [str(r) for r in runs if not (r / "state.json").is_file()]
+    missing = [str(r) for r in runs if not (r / RunDir.state).is_file()]
     if missing:
         raise CovidxrError(f"not finished covidxr runs: {', '.join(missing)}")
     rows = sort_rows([run_row(r) for r in runs])

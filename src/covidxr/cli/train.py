@@ -11,6 +11,8 @@ from covidxr.cli.options import load_config, with_config_options
 from covidxr.config import Config
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.threshold import ThresholdMethod
+from covidxr.extras import require
+from covidxr.rundir import RunDir
 
 augment_app = typer.Typer(help="Augmentation previews.", no_args_is_help=True)
 
@@ -45,7 +47,7 @@ def _execute(
     from covidxr.training.job import train
 
     if resume is not None:
-        cfg, run_dir = Config.from_yaml(Path(resume) / "config.yaml"), resume
+        cfg, run_dir = Config.from_yaml(Path(resume) / RunDir.config), resume
     else:
         cfg = load_config(config, options)
         run_dir = out or Path("runs") / f"{cfg.train.backbone}-{cfg.data.seed}"
@@ -118,7 +120,7 @@ def ensemble_cmd(
         f"ensemble of {len(runs)} runs: test "
         + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "f1", "roc_auc") if k in m)
     )
-    typer.echo(f"report: {out / 'report.html'}")
+    typer.echo(f"report: {RunDir(out).report}")
 
 
 @augment_app.command("preview")
@@ -169,13 +171,13 @@ def filters_cmd(run_dir: Path = typer.Argument(..., help="a trained run director
             )
     for note in result["notes"]:
         typer.echo(f"note: {note}")
-    typer.echo(f"written {run_dir / 'filters.json'} and {run_dir / 'plots' / 'filters.png'}")
+    typer.echo(f"written {RunDir(run_dir).filters} and {RunDir(run_dir).plots / 'filters.png'}")
 
 
 def predict_cmd(
     run_dir: Path = typer.Argument(..., help="a trained (and evaluated) run directory"),
     paths: list[Path] = typer.Argument(..., help="images, DICOM files or folders (searched recursively)"),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", help="predictions.csv or predictions.json"),
+    out: Path = typer.Option(Path(RunDir.predictions), "--out", help="predictions.csv or predictions.json"),
     engine: str = typer.Option("torch", "--engine", help="torch | onnx (INT8 if exported, else fp32) | onnx-fp32"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     mc: int = typer.Option(0, "--mc", min=0, help="MC-dropout passes for an uncertainty column (torch engine)"),
@@ -230,6 +232,7 @@ def serve_cmd(
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="allow browser calls from this origin (repeat)"),
 ) -> None:
     """Web service and upload page for a run (research use only)."""
+    require("serve")
     import uvicorn
 
     from covidxr.serve.app import Limits, create_app

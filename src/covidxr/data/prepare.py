@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from covidxr.config import DataConfig
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest
 from covidxr.data.sources import load_data
 from covidxr.data.split import SPLITS_FILE, Split, load_or_make_split, read_split
 from covidxr.data.validate import DataReport, inspect
 from covidxr.errors import DataError
+from covidxr.rundir import RunDir
 
-REPORT_FILE = "data_report.json"
+if TYPE_CHECKING:  # the config layer sits above data (it names data's choices); data only reads its fields
+    from covidxr.config import DataConfig
+
+REPORT_FILE = RunDir.data_report
 
 
 @dataclass

@@ -17,12 +17,13 @@ import numpy as np
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import OFFICIAL_SPLIT, Manifest, Record
 from covidxr.errors import DataError
+from covidxr.rundir import RunDir
 
 SPLITS = ("train", "val", "test")
 SplitMethod = Literal["patient", "official"]
 SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
-SPLITS_FILE = "splits.csv"
+SPLITS_FILE = RunDir.splits
 
 
 @dataclass(frozen=True)

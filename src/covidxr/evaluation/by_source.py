@@ -24,9 +24,10 @@ from covidxr.errors import CovidxrError
 from covidxr.evaluation.calibration import fit_temperature
 from covidxr.evaluation.metrics import roc_auc
 from covidxr.evaluation.threshold import choose_threshold
+from covidxr.rundir import RunDir
 
-BY_SOURCE_FILE = "by_source.json"
-BY_SOURCE_DIR = "by_source"
+BY_SOURCE_FILE = RunDir.by_source
+BY_SOURCE_DIR = RunDir.by_source_dir
 
 
 @dataclass
@@ -49,7 +50,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
     from covidxr.training.job import train
 
     run_dir = Path(run_dir)
-    cfg = Config.from_yaml(run_dir / "config.yaml")
+    cfg = Config.from_yaml(run_dir / RunDir.config)
     manifest, report = inspect_data(cfg.data)
     table = label_by_source(manifest.records)
     if not any(sum(label in counts for counts in table.values()) >= 2 for label in manifest.label_counts()):
@@ -74,7 +75,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
         split = _train_val(rest, label_map, report.duplicate_links(), cfg)
         fold_dir = run_dir / BY_SOURCE_DIR / _slug(short_source(source))
         trained = train(
-            cfg, fold_dir, resume=(fold_dir / "state.json").is_file(),
+            cfg, fold_dir, resume=(fold_dir / RunDir.state).is_file(),
             prepared=PreparedData(rest, report, label_map, split, False),
         )  # fmt: skip
         ctx = EvalContext.load(trained.run_dir)

@@ -1,13 +1,15 @@
 """`evaluate`: score a trained run on its test split (threshold from val), audit it for shortcuts, and score it
 on external data sets with the same threshold.
 
-Writes into the run: metrics.json, predictions.csv, plots/*.png; external data go to external/<name>/.
+Writes into the run: metrics.json, predictions.csv (the report stage draws the figures from them); external data
+go to external/<name>/.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -42,10 +44,12 @@ from covidxr.evaluation.threshold import choose_threshold, threshold_for_specifi
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
+from covidxr.rundir import RunDir
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
-EXTERNAL_DIR = "external"
+log = logging.getLogger(__name__)
+METRICS_FILE = RunDir.metrics
+PREDICTIONS_FILE = RunDir.predictions
+EXTERNAL_DIR = RunDir.external
 
 
 @dataclass
@@ -77,7 +81,7 @@ class EvalContext:
     def load(cls, run_dir: Path | str) -> EvalContext:
         run_dir = Path(run_dir)
         net, spec = load_model(run_dir)
-        cfg = Config.from_yaml(run_dir / "config.yaml")
+        cfg = Config.from_yaml(run_dir / RunDir.config)
         label_map = LabelMap(spec.task, tuple(spec.classes), spec.positive)  # type: ignore[arg-type]
         return cls(run_dir, net, spec, cfg, label_map)
 
@@ -264,9 +268,6 @@ def evaluate_run(
     if audit:
         result["audit"] = shortcut_audit(ctx, manifest, split, test, n_resamples)
     _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
-    from covidxr.report.plots import evaluation_plots
-
-    evaluation_plots(ctx.run_dir, result, {"val": val, "test": test}, manifest)
     _write_json(ctx.run_dir / METRICS_FILE, result)  # last: its presence means the evaluation is complete
     return result
 
@@ -380,9 +381,10 @@ def _with_ci(value: float, ci: list[float] | None) -> str:
 def _usable(data_cfg: DataConfig) -> Manifest:
     manifest, report = inspect_data(data_cfg)
     if report.skipped:
-        print(
-            f"note: {len(report.skipped)} unreadable file(s) in {' + '.join(data_cfg.paths)} skipped "
-            "(see covidxr data inspect)"
+        log.warning(
+            "note: %d unreadable file(s) in %s skipped (see covidxr data inspect)",
+            len(report.skipped),
+            " + ".join(data_cfg.paths),
         )
     return manifest
 
@@ -403,6 +405,18 @@ def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalCon
                     [split_name, r.path, r.patient_id or "", r.label, int(t), *(f"{v:.6f}" for v in s), pred]
                 )
     tmp.replace(path)
+
+
+def read_predictions(run_dir: Path, split: str, manifest: Manifest) -> Scored:
+    """One split's rows of predictions.csv back as Scored (calibrated scores; the raw logits are not stored)."""
+    by_path = {r.path: r for r in manifest.records}
+    spec = ModelSpec.read(run_dir)
+    with (run_dir / PREDICTIONS_FILE).open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == split]
+    records = [by_path.get(r["path"]) or Record(r["path"], r["label"], r["patient_id"] or None) for r in rows]
+    scores = np.array([[float(r[f"score_{c}"]) for c in spec.classes] for r in rows]).reshape(-1, spec.num_outputs)
+    targets = np.array([int(r["target"]) for r in rows], dtype=int)
+    return Scored(records, np.full_like(scores, np.nan), targets, scores)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix
+
+from covidxr.training.metrics import roc_auc
 
 BINARY_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
@@ -34,16 +35,6 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[s
         "roc_auc": roc_auc(y, score) if both else float("nan"),
         "pr_auc": average_precision(y, score) if both else float("nan"),
     }
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney U / (n_pos * n_neg), ties counted half (= sklearn's roc_auc_score)."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def average_precision(y: np.ndarray, score: np.ndarray) -> float:

@@ -21,8 +21,9 @@ from covidxr.explain.uncertainty import mc_dropout, referral_curve
 from covidxr.models.ensemble import is_ensemble
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
+from covidxr.rundir import RunDir
 
-EXPLAIN_FILE = "explain.json"
+EXPLAIN_FILE = RunDir.explain
 MANY_DEAD = 0.5
 
 
@@ -94,7 +95,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
             }
         )
     summary = {"run": str(run_dir), "mc_passes": mc_passes, "images": results, "skipped": skipped}
-    (out / "uncertainty.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / RunDir.uncertainty).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -110,11 +111,11 @@ def _sample_batches(run_dir: Path, spec: ModelSpec, n: int = 32, split: str = "v
     from covidxr.data.prepare import list_data
     from covidxr.data.split import read_split
 
-    cfg = Config.from_yaml(run_dir / "config.yaml")
+    cfg = Config.from_yaml(run_dir / RunDir.config)
     manifest = list_data(cfg.data)
-    rows = {r["path"]: r["split"] for r in csv.DictReader((run_dir / "splits.csv").open())}
+    rows = {r["path"]: r["split"] for r in csv.DictReader((run_dir / RunDir.splits).open())}
     manifest = manifest.subset([r for r in manifest.records if r.path in rows])
-    records = read_split(run_dir / "splits.csv", manifest).records(manifest, split)[:n]
+    records = read_split(run_dir / RunDir.splits, manifest).records(manifest, split)[:n]
     x = torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records])
     return [(manifest, r) for r in records], x
 
@@ -123,7 +124,7 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
     """First-layer kernels (PNG), per-layer weight statistics, and the dead-filter table over sample images."""
     run_dir = Path(run_dir)
     net, spec = load_model(run_dir)
-    out = run_dir / "plots"
+    out = RunDir(run_dir).plots
     out.mkdir(exist_ok=True)
     conv = first_conv(net)
     kernels = conv.weight.detach()
@@ -147,7 +148,7 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
         if r["fraction"] >= MANY_DEAD
     ]
     result = {"first_layer": list(kernels.shape), "weights": weight_stats(net), "dead": table, "notes": notes}
-    (run_dir / "filters.json").write_text(json.dumps(result, indent=2) + "\n")
+    (run_dir / RunDir.filters).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -176,8 +177,8 @@ def explain_run(run_dir: Path | str, mc_passes: int = 30, gallery: int = 4) -> d
         ],
     }
     result["localisation"] = _localisation(net, spec, pairs, x, targets, preds)
-    _cam_gallery(pairs, cams, correct, preds, spec, run_dir / "plots" / "cam_gallery.png", gallery)
-    _referral_plot(result["referral"], run_dir / "plots" / "referral.png")
+    _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
+    _referral_plot(result["referral"], RunDir(run_dir).plots / "referral.png")
     result["filters"] = filters_report(run_dir)
     tmp = run_dir / f"{EXPLAIN_FILE}.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")

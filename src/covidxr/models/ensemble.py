@@ -17,9 +17,10 @@ from torch import nn
 
 from covidxr.errors import CovidxrError
 from covidxr.models.spec import ModelSpec
+from covidxr.rundir import RunDir
 
-ENSEMBLE_FILE = "ensemble.json"
-SHARED_FILES = ("config.yaml", "splits.csv", "data_report.json")
+ENSEMBLE_FILE = RunDir.ensemble
+SHARED_FILES = (RunDir.config, RunDir.splits, RunDir.data_report)
 INPUT_FACTS = (
     "task", "classes", "positive", "input_size", "mean", "std", "resize", "border_crop", "equalize", "lung_box",
 )  # fmt: skip
@@ -67,7 +68,7 @@ def create_ensemble(runs: list[Path], out: Path) -> Path:
         differ = [f for f in INPUT_FACTS if getattr(spec, f) != getattr(first, f)]
         if differ:
             raise CovidxrError(f"{run}: differs from {runs[0]} in {', '.join(differ)}; ensemble members must match")
-        if (run / "splits.csv").read_bytes() != (runs[0] / "splits.csv").read_bytes():
+        if (run / RunDir.splits).read_bytes() != (runs[0] / RunDir.splits).read_bytes():
             raise CovidxrError(f"{run}: another split than {runs[0]}: its training images may be the ensemble's test")
     out.mkdir(parents=True, exist_ok=True)
     for name in SHARED_FILES:
@@ -76,5 +77,5 @@ def create_ensemble(runs: list[Path], out: Path) -> Path:
     spec.extra = {"members": [f"{s.backbone} ({s.head} head, T {s.temperature:.2f})" for s in specs]}
     spec.write(out)
     (out / ENSEMBLE_FILE).write_text(json.dumps({"members": [str(r.resolve()) for r in runs]}, indent=2) + "\n")
-    (out / "state.json").write_text(json.dumps({"status": "finished", "ensemble": len(runs)}, indent=2) + "\n")
+    (out / RunDir.state).write_text(json.dumps({"status": "finished", "ensemble": len(runs)}, indent=2) + "\n")
     return out

@@ -17,8 +17,9 @@ from covidxr.models.simple_cnn import SimpleCNN
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import stages
 from covidxr.models.weights import apply_weights
+from covidxr.rundir import RunDir
 
-BEST_WEIGHTS = "best.safetensors"
+BEST_WEIGHTS = RunDir.weights
 FREEZE_POLICIES: tuple[str, ...] = get_args(FreezePolicy)
 
 

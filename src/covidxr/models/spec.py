@@ -16,8 +16,9 @@ import torch
 from covidxr.data.dataset import Preprocess
 from covidxr.errors import CovidxrError
 from covidxr.models.head import positive_scores
+from covidxr.rundir import RunDir
 
-SPEC_FILE = "model.json"
+SPEC_FILE = RunDir.spec
 
 
 @dataclass

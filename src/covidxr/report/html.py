@@ -23,9 +23,10 @@ from markupsafe import Markup, escape
 from covidxr import __version__
 from covidxr.data.validate import short_source
 from covidxr.evaluation.by_source import read_by_source
-from covidxr.report.plots import PLOTS_DIR
+from covidxr.report.plots import PLOTS_DIR, run_plots
+from covidxr.rundir import RunDir
 
-REPORT_FILE = "report.html"
+REPORT_FILE = RunDir.report
 
 
 @dataclass
@@ -57,15 +58,15 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def configuration(run: Path) -> Section | None:
-    if not (run / "config.yaml").is_file():
+    if not (run / RunDir.config).is_file():
         return None
-    spec = _json(run / "model.json")
+    spec = _json(run / RunDir.spec)
     facts = [
         [k, spec[k]]
         for k in ("backbone", "weights", "task", "classes", "input_size", "freeze", "threshold", "temperature")
         if k in spec
     ]
-    text = (run / "config.yaml").read_text()
+    text = (run / RunDir.config).read_text()
     train = (yaml.safe_load(text) or {}).get("train") or {}
     if "recipe" in train:
         recipe = f"{train['recipe']} (lr {train.get('lr')}, up to {train.get('epochs')} epochs, "
@@ -76,7 +77,7 @@ def configuration(run: Path) -> Section | None:
 
 
 def data_section(run: Path) -> Section | None:
-    report = _json(run / "data_report.json")
+    report = _json(run / RunDir.data_report)
     if not report:
         return None
     raw = report.get("raw_labels", {})
@@ -94,8 +95,8 @@ def data_section(run: Path) -> Section | None:
     if report["skipped"]:
         html += table(["skipped file", "problem"], [[s["path"], s["problem"]] for s in report["skipped"]])
     html += "".join(f'<p class="note">Data warning: {escape(w)}</p>' for w in report["warnings"])
-    if (run / "splits.csv").is_file():
-        with (run / "splits.csv").open() as fh:
+    if (run / RunDir.splits).is_file():
+        with (run / RunDir.splits).open() as fh:
             counts = Counter((r["split"], r["label"]) for r in csv.DictReader(fh))
         labels = sorted({label for _, label in counts})
         split_rows = [[s, *(counts[(s, label)] for label in labels)] for s in ("train", "val", "test")]
@@ -108,7 +109,7 @@ def training_section(run: Path) -> Section | None:
     plots = run / PLOTS_DIR
     if not (plots / "loss.png").is_file():
         return None
-    state = _json(run / "state.json")
+    state = _json(run / RunDir.state)
     text = (
         f"<p>Best epoch (lowest validation loss): {state.get('best_epoch')}; epochs run: {state.get('epochs_run')}.</p>"
     )
@@ -124,7 +125,7 @@ def training_section(run: Path) -> Section | None:
 
 
 def metrics_section(run: Path) -> Section | None:
-    metrics = _json(run / "metrics.json")
+    metrics = _json(run / RunDir.metrics)
     if not metrics:
         return None
     test = metrics["test"]
@@ -162,10 +163,10 @@ def metrics_section(run: Path) -> Section | None:
 
 def probe_section(run: Path) -> Section | None:
     """The linear-probe baseline beside the model, chosen and compared on validation only."""
-    probe = _json(run / "linear_probe.json")
+    probe = _json(run / RunDir.linear_probe)
     if not probe:
         return None
-    spec = _json(run / "model.json")
+    spec = _json(run / RunDir.spec)
     html = (
         "<p>A linear baseline on the same frozen features: standardised, L2 logistic regression, its C "
         f"({probe['C']:g}) chosen by validation log-loss.</p>"
@@ -187,7 +188,7 @@ def probe_section(run: Path) -> Section | None:
 
 
 def audit_section(run: Path) -> Section | None:
-    audit = _json(run / "metrics.json").get("audit")
+    audit = _json(run / RunDir.metrics).get("audit")
     if not audit:
         return None
     meta, occ = audit["metadata_baseline"], audit["lung_occlusion"]
@@ -211,7 +212,7 @@ def audit_section(run: Path) -> Section | None:
         f"with an ellipse over both lung fields replaced by the image mean (95% CI {occ['auc_occluded_ci'][0]:.2f}-"
         f"{occ['auc_occluded_ci'][1]:.2f}); it warns at 0.8.</p>"
     )
-    explain = _json(run / "explain.json")
+    explain = _json(run / RunDir.explain)
     if explain:
         html += (
             f"<p><b>Grad-CAM outside the lungs</b>: {explain['cam_energy_outside_lungs']:.0%} of the CAM energy on "
@@ -224,7 +225,7 @@ def audit_section(run: Path) -> Section | None:
         html += table(
             ["source", *labels], [[short_source(s), *(c.get(lab, 0) for lab in labels)] for s, c in by_source.items()]
         )
-    per_source = _json(run / "metrics.json").get("test_by_source", {})
+    per_source = _json(run / RunDir.metrics).get("test_by_source", {})
     if len(per_source) > 1:
         rows = [
             [short_source(s), v["n_images"], ", ".join(f"{lab} {r:.0%}" for lab, r in v["rate_called"].items()),
@@ -254,7 +255,7 @@ def audit_section(run: Path) -> Section | None:
 
 
 def explanations_section(run: Path) -> Section | None:
-    data = _json(run / "explain.json")
+    data = _json(run / RunDir.explain)
     if not data:
         return None
     plots = run / PLOTS_DIR
@@ -306,8 +307,8 @@ def augmentation_section(run: Path) -> Section | None:
 
 
 def external_section(run: Path) -> Section | None:
-    folder = run / "external"
-    results = sorted(folder.glob("*/metrics.json")) if folder.is_dir() else []
+    folder = RunDir(run).external
+    results = sorted(folder.glob(f"*/{RunDir.metrics}")) if folder.is_dir() else []
     if not results:
         return None
     html = ""
@@ -343,12 +344,11 @@ def external_section(run: Path) -> Section | None:
 
 def comparison_section(run: Path) -> Section | None:
     """Written by a search into its winner's run: every trial's settings and validation metrics."""
-    from covidxr.search.leaderboard import LEADERBOARD_FILE, read_leaderboard
-
-    path = run / LEADERBOARD_FILE
+    path = RunDir(run).leaderboard
     if not path.is_file():
         return None
-    rows = read_leaderboard(path)
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
     columns = [c for c in ("backbone", "weights", "lr", "batch_size", "optimizer", "dropout", "freeze", "augment")
                if len({r.get(c) for r in rows}) > 1 or c == "backbone"]  # fmt: skip
     metrics = ["val_f1", "val_auc", "val_precision", "val_recall", "epochs_run", "train_seconds"]
@@ -377,7 +377,7 @@ def _num(value: str | None) -> Any:
 
 
 def credits_section(run: Path) -> Section | None:
-    report = _json(run / "data_report.json")
+    report = _json(run / RunDir.data_report)
     sources = _sources(run)
     if not sources:
         return None
@@ -394,7 +394,7 @@ def _sources(run: Path) -> list[tuple[str, str]]:
     from covidxr.data.prepare import list_data
 
     try:
-        manifest = list_data(Config.from_yaml(run / "config.yaml").data)
+        manifest = list_data(Config.from_yaml(run / RunDir.config).data)
     except Exception:  # the data may have moved since training; credits then come from elsewhere
         return []
     return sorted({(r.source, r.meta.get("license", "")) for r in manifest.records if r.source})
@@ -417,8 +417,10 @@ SECTIONS: list[Callable[[Path], Section | None]] = [
 
 
 def write_report(run_dir: Path | str) -> Path:
+    """Draw the run's figures from its files, then write the self-contained report.html."""
     run = Path(run_dir)
-    metrics = _json(run / "metrics.json")
+    run_plots(run)
+    metrics = _json(run / RunDir.metrics)
     audit = metrics.get("audit") or {}
     sections = [s for s in (build(run) for build in SECTIONS) if s is not None]
     env = Environment(loader=PackageLoader("covidxr.report", "templates"), autoescape=select_autoescape())

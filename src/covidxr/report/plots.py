@@ -1,4 +1,5 @@
-"""Evaluation plots as PNG files in the run's plots/ folder (matplotlib's Figure API: no global state)."""
+"""The report's figures as PNG files in the run's plots/ folder, drawn from the run's files (history, metrics,
+predictions), so that evaluation computes and the report draws (matplotlib's Figure API: no global state)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Manifest
 from covidxr.data.readers import read_image
 from covidxr.models.spec import ModelSpec
+from covidxr.rundir import RunDir
 from covidxr.training.callbacks import read_history
 
 if TYPE_CHECKING:
     from covidxr.evaluation.job import Scored
 
-PLOTS_DIR = "plots"
+PLOTS_DIR = RunDir.plots
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -30,10 +32,10 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def training_curves(run_dir: Path, out: Path) -> list[Path]:
     """Loss and accuracy per epoch, train and val, with the best epoch and the early-stopping point marked."""
-    rows = read_history(run_dir / "history.csv")
+    rows = read_history(run_dir / RunDir.history)
     if not rows:
         return []
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+    state = json.loads((run_dir / RunDir.state).read_text()) if (run_dir / RunDir.state).is_file() else {}
     epochs = [int(r["epoch"]) for r in rows]
     max_epochs = _max_epochs(run_dir)
     paths = []
@@ -58,7 +60,7 @@ def training_curves(run_dir: Path, out: Path) -> list[Path]:
 def _max_epochs(run_dir: Path) -> int | None:
     import yaml
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = yaml.safe_load((run_dir / RunDir.config).read_text()) if (run_dir / RunDir.config).is_file() else {}
     return (cfg.get("train") or {}).get("epochs")
 
 
@@ -151,18 +153,27 @@ def occlusion_example(scored: Scored, manifest: Manifest, size: int, out: Path) 
     return _save(fig, out / "occlusion.png")
 
 
-def evaluation_plots(run_dir: Path, result: dict[str, Any], scored: dict[str, Scored], manifest: Manifest) -> Path:
-    """Every plot of the report; returns the plots folder."""
+def run_plots(run_dir: Path) -> Path:
+    """Every figure of the report, drawn from the run's files: the training curves of any trained run, and the
+    evaluation's figures once metrics.json and predictions.csv exist. Returns the plots folder."""
     from covidxr.augment.presets import preset
     from covidxr.augment.preview import preview_grid
     from covidxr.config import Config
+    from covidxr.data.prepare import list_data
+    from covidxr.evaluation.job import read_predictions
 
-    out = run_dir / PLOTS_DIR
+    run = RunDir(run_dir)
+    out = run.plots
     out.mkdir(exist_ok=True)
+    if run.history.is_file():
+        training_curves(run_dir, out)
+    if not (run.metrics.is_file() and run.predictions.is_file()):
+        return out
     spec = ModelSpec.read(run_dir)
-    cfg = Config.from_yaml(run_dir / "config.yaml")
-    test, metrics = scored["test"], result["test"]
-    training_curves(run_dir, out)
+    cfg = Config.from_yaml(run.config)
+    result = json.loads(run.metrics.read_text())
+    manifest = list_data(cfg.data)
+    test, metrics = read_predictions(run_dir, "test", manifest), result["test"]
     if spec.task == "binary":
         roc_pr(test.targets, test.positive, metrics["metrics"]["roc_auc"], metrics["metrics"]["pr_auc"], out)
     calibration = result["calibration"]

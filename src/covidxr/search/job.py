@@ -28,6 +28,7 @@ from covidxr.data.prepare import PreparedData, prepare
 from covidxr.errors import CovidxrError
 from covidxr.models.registry import get_backbone
 from covidxr.models.weights import check_weights
+from covidxr.rundir import RunDir
 from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
 from covidxr.search.leaderboard import LEADERBOARD_FILE, run_row, search_plots, sort_rows, write_leaderboard
 from covidxr.search.samplers import make_pruner, make_sampler, pruning_reporter, suggest
@@ -35,7 +36,7 @@ from covidxr.search.samplers import make_pruner, make_sampler, pruning_reporter,
 HEARTBEAT_S = 2
 GRACE_S = 8
 MAX_RETRIES = 1
-TRIALS_DIR = "trials"
+TRIALS_DIR = RunDir.trials
 DRAW_LIMIT = 3  # a drawing sampler stops after this many times --trials started trials (all failing, say)
 
 
@@ -49,7 +50,7 @@ class SearchResult:
 
 
 def storage_for(out: Path, url: str | None) -> optuna.storages.RDBStorage:
-    url = url or f"sqlite:///{(out / 'search.db').resolve()}"
+    url = url or f"sqlite:///{RunDir(out).search_db.resolve()}"
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.x
@@ -258,7 +259,7 @@ def search(
     _preflight(grid, cfg)
     out.mkdir(parents=True, exist_ok=True)
     prepare(out, cfg.data)
-    (out / "grid.json").write_text(json.dumps(grid, indent=2, default=vars))
+    (out / RunDir.grid).write_text(json.dumps(grid, indent=2, default=vars))
     name = study_name or "covidxr-search"
     _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
     if workers > 1:
@@ -283,21 +284,21 @@ def search(
         if run_dir in seen:  # a drawing sampler may draw a point twice: one row per run
             continue
         seen.add(run_dir)
-        if (run_dir / "state.json").is_file():
+        if (run_dir / RunDir.state).is_file():
             rows.append(run_row(run_dir, {"trial": t.number, **t.params}))
         else:  # trained on another machine: keep its numbers from the storage
             rows.append({"trial": t.number, "run": str(run_dir), **t.params, "val_f1": t.value, **t.user_attrs})
     if not rows:
-        raise CovidxrError(f"no trial finished; see the failed trials in {storage_url or out / 'search.db'}")
+        raise CovidxrError(f"no trial finished; see the failed trials in {storage_url or RunDir(out).search_db}")
     rows = sort_rows(rows)
     winner = Path(rows[0]["run"])
-    if not (winner / "best.safetensors").is_file():  # the winner ran elsewhere: retrain it here
+    if not (winner / RunDir.weights).is_file():  # the winner ran elsewhere: retrain it here
         winner = out / TRIALS_DIR / point_key({k: rows[0][k] for k in grid})
         winner.mkdir(parents=True, exist_ok=True)
-        (winner / "splits.csv").write_bytes((out / "splits.csv").read_bytes())
+        (winner / RunDir.splits).write_bytes((out / RunDir.splits).read_bytes())
         train(apply_params(cfg, {k: rows[0][k] for k in grid}), winner)
     write_leaderboard(rows, out / LEADERBOARD_FILE)
     write_leaderboard(rows, winner / LEADERBOARD_FILE)
     metrics = evaluate_run(winner, n_resamples=n_resamples)  # the one and only look at the test split
-    search_plots(rows, winner / "plots")
+    search_plots(rows, RunDir(winner).plots)
     return SearchResult(out, rows, winner, metrics, write_report(winner))

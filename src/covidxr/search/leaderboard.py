@@ -10,9 +10,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from covidxr.atomic import write_csv
+from covidxr.rundir import RunDir
 from covidxr.training.callbacks import read_history
 
-LEADERBOARD_FILE = "leaderboard.csv"
+LEADERBOARD_FILE = RunDir.leaderboard
 DIMENSIONS = ("backbone", "weights", "lr", "batch_size", "optimizer", "dropout", "freeze", "epochs", "augment")
 METRICS = ("val_f1", "val_precision", "val_recall", "val_auc", "val_acc", "val_loss")
 
@@ -21,9 +22,9 @@ def run_row(run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any
     """Settings from config.yaml, validation metrics at the best epoch, time and epochs from the history."""
     import yaml
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
-    state = json.loads((run_dir / "state.json").read_text())
-    history = read_history(run_dir / "history.csv")
+    cfg = yaml.safe_load((run_dir / RunDir.config).read_text())["train"]
+    state = json.loads((run_dir / RunDir.state).read_text())
+    history = read_history(run_dir / RunDir.history)
     best = next(r for r in history if int(r["epoch"]) == state["best_epoch"])
     row: dict[str, Any] = {"run": str(run_dir)}
     row |= {d: cfg.get(d) for d in DIMENSIONS}

@@ -30,16 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from torch import nn
 
 from covidxr import __version__
+from covidxr.extras import missing_extra
+
+try:
+    import python_multipart  # noqa: F401  (FastAPI's uploads need it, and say so only at the first request)
+    from fastapi import FastAPI, HTTPException, Query, Request, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse
+except ImportError as exc:  # the optional [serve] packages
+    raise missing_extra("serve", exc.name) from None
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, Problem, read_image
 from covidxr.errors import ImageReadError
 from covidxr.models.factory import load_model
 from covidxr.models.spec import ModelSpec
+from covidxr.rundir import RunDir
 from covidxr.serve.engine import Engine, load_engine
 
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -228,11 +235,11 @@ def create_app(
             "classes": spec.classes, "input_size": spec.input_size, "threshold": spec.threshold, "engine": engine,
             "temperature": spec.temperature, "head": spec.head,
         }  # fmt: skip
-        report = run_dir / "data_report.json"
+        report = run_dir / RunDir.data_report
         if report.is_file():
             data = json.loads(report.read_text())
             info["training_data"] = {k: data[k] for k in ("source", "usable", "patients", "per_label")}
-        metrics = run_dir / "metrics.json"
+        metrics = run_dir / RunDir.metrics
         if metrics.is_file():
             m = json.loads(metrics.read_text())
             info["test_metrics"] = m["test"]["metrics"]

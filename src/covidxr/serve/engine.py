@@ -14,12 +14,14 @@ import numpy as np
 import torch
 
 from covidxr.errors import CovidxrError
+from covidxr.extras import require
 from covidxr.models.factory import load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
+from covidxr.rundir import RunDir
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
+ONNX_FILE = RunDir.onnx
+INT8_FILE = RunDir.onnx_int8
 ENGINES = ("torch", "onnx", "onnx-fp32")
 
 
@@ -44,6 +46,7 @@ def physical_cores() -> int:
 
 def onnx_session(path: Path, threads: int | None = None):  # type: ignore[no-untyped-def]
     """A CPU session with every graph optimisation and one intra-op thread per physical core."""
+    require("export", "onnxruntime")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -75,6 +78,7 @@ class TorchEngine(Engine):
 
 class OnnxEngine(Engine):
     def __init__(self, run_dir: Path, int8: bool = True) -> None:
+        require("export", "onnxruntime")
         path = run_dir / ONNX_FILE
         if not path.is_file():
             raise CovidxrError(f"{path}: not found; run `covidxr export {run_dir} --format onnx` first")

@@ -16,11 +16,13 @@ from covidxr.config import Config
 from covidxr.data.prepare import list_data
 from covidxr.data.readers import read_image
 from covidxr.errors import CovidxrError
+from covidxr.extras import require
 from covidxr.models.factory import load_model
 from covidxr.models.tta import scoring_net
+from covidxr.rundir import RunDir
 from covidxr.serve.engine import INT8_FILE, ONNX_FILE
 
-TORCHSCRIPT_FILE = "model.torchscript.pt"
+TORCHSCRIPT_FILE = RunDir.torchscript
 PARITY_TOLERANCE = 1e-4
 FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8",)
@@ -29,7 +31,7 @@ QUANTIZATIONS = ("int8",)
 def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
     """A few real images of the run's own data, preprocessed exactly as for inference."""
     _, spec = load_model(run_dir)
-    cfg = Config.from_yaml(run_dir / "config.yaml")
+    cfg = Config.from_yaml(run_dir / RunDir.config)
     manifest = list_data(cfg.data)
     records = manifest.records[:: max(1, len(manifest.records) // n)][:n]
     return torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records]).numpy()
@@ -48,6 +50,7 @@ class Calibrated(torch.nn.Module):
 
 def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Normalised batch in ("image"), logits out ("logits"), dynamic batch size."""
+    require("export", "onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter; callers check parity
         torch.onnx.export(

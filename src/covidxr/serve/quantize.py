@@ -25,7 +25,9 @@ from covidxr.data.prepare import list_data
 from covidxr.data.split import SPLITS_FILE, read_split
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.metrics import roc_auc
+from covidxr.extras import require
 from covidxr.models.spec import ModelSpec
+from covidxr.rundir import RunDir
 from covidxr.serve.engine import INT8_FILE, ONNX_FILE, onnx_session
 
 MAX_AUC_DROP = 0.005
@@ -54,7 +56,7 @@ class QuantizeResult:
 
 def _batches(run_dir: Path, spec: ModelSpec, split_name: str, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
     """Preprocessed images of one split of the run's own data, as the engines take them, with their targets."""
-    cfg = Config.from_yaml(run_dir / "config.yaml")
+    cfg = Config.from_yaml(run_dir / RunDir.config)
     manifest = list_data(cfg.data)
     records = read_split(run_dir / SPLITS_FILE, manifest).records(manifest, split_name)[:limit]
     if not records:
@@ -77,6 +79,7 @@ def quantize_int8(
     run_dir: Path, max_auc_drop: float = MAX_AUC_DROP, min_agreement: float = MIN_AGREEMENT
 ) -> QuantizeResult:
     """Write `model.int8.onnx` beside the fp32 `model.onnx` if it passes the gate, else refuse with the numbers."""
+    require("export", "onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

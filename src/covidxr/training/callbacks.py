@@ -15,8 +15,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from covidxr.atomic import write_csv
+from covidxr.rundir import RunDir
 
-HISTORY_FILE = "history.csv"
+HISTORY_FILE = RunDir.history
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",

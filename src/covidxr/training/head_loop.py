@@ -26,6 +26,7 @@ from torch import nn
 
 from covidxr.config import TrainConfig
 from covidxr.models.head import positive_scores
+from covidxr.rundir import RunDir
 from covidxr.training.callbacks import write_history_row
 from covidxr.training.module import classification_loss, epoch_log, make_optimizer, make_schedule, per_sample_loss
 from covidxr.training.sampling import EpochSampler
@@ -120,7 +121,7 @@ def fit_on_tensors(
                 wait += 1
             if schedule is not None:
                 schedule.step(val_loss)
-            write_history_row(run_dir / "history.csv", epoch, logged, time.perf_counter() - started)
+            write_history_row(run_dir / RunDir.history, epoch, logged, time.perf_counter() - started)
             if time.monotonic() - saved_at > SAVE_EVERY_S:
                 _save(last, net, optimizer, schedule, epoch, best_loss, best_epoch, best_state, wait)
                 saved_at = time.monotonic()

@@ -33,6 +33,7 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import check_weights
+from covidxr.rundir import RunDir
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
@@ -42,10 +43,10 @@ from covidxr.training.metrics import epoch_metrics
 from covidxr.training.module import ClassifierModule
 from covidxr.training.sampling import EpochSampler, Indexed, class_weights
 
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.json"
-LAST_CKPT = "last.ckpt"
-BEST_CKPT = "best.ckpt"
+CONFIG_FILE = RunDir.config
+STATE_FILE = RunDir.state
+LAST_CKPT = RunDir.last_ckpt
+BEST_CKPT = RunDir.best_ckpt
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrainResult:
     cache_hit: bool | None  # None when the feature cache was not used
 
     def summary(self) -> str:
-        best = next((r for r in read_history(self.run_dir / "history.csv") if int(r["epoch"]) == self.best_epoch), {})
+        best = next((r for r in read_history(self.run_dir / RunDir.history) if int(r["epoch"]) == self.best_epoch), {})
         metrics = ", ".join(f"{k} {float(best[k]):.3f}" for k in ("val_loss", "val_acc", "val_f1", "val_auc") if best)
         cache = "" if self.cache_hit is None else f"; feature cache {'hit' if self.cache_hit else 'computed'}"
         if self.spec.head == "linear":

@@ -19,10 +19,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from covidxr.rundir import RunDir
 from covidxr.training.metrics import epoch_metrics
 
 C_GRID = tuple(10.0**k for k in range(-4, 3))
-PROBE_FILE = "linear_probe.json"
+PROBE_FILE = RunDir.linear_probe
 
 
 @dataclass
