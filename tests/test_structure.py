@@ -64,3 +64,19 @@ def test_run_file_names_are_spelled_only_in_the_run_module() -> None:
     assert spelled == []
     run = RunDir("some/run")
     assert run.metrics == Path("some/run/metrics.json") and RunDir.metrics == "metrics.json"
+
+
+def test_train_state_round_trips_and_reads_older_files(tmp_path: Path) -> None:
+    import json
+
+    from covidxr.rundir import TrainState
+
+    run = RunDir(tmp_path)
+    assert run.read_state() is None
+    state = TrainState("finished", best_epoch=7, best_val_loss=0.25, epochs_run=12, cache_hit=True, cache_key="k")
+    run.write_state(state)
+    assert run.read_state() == state and run.read_state().finished  # type: ignore[union-attr]
+    assert "head" not in json.loads(run.state.read_text())  # unset facts are left out, not written as null
+    run.state.write_text(json.dumps({"status": "running", "written_by": "a later version"}))
+    assert run.read_state() == TrainState("running")
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -4,8 +4,11 @@ its path (`RunDir(run).metrics`). No other module spells a run file's name."""
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 
 class _Entry:
@@ -64,3 +67,38 @@ class RunDir:
 
     def export_record(self, fmt: str) -> Path:
         return self.root / f"export_{fmt}.json"
+
+    def read_state(self) -> TrainState | None:
+        """The training state, or None before training started."""
+        return TrainState.from_json(json.loads(self.state.read_text())) if self.state.is_file() else None
+
+    def write_state(self, state: TrainState) -> None:
+        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
+        tmp.replace(self.state)
+
+
+@dataclass
+class TrainState:
+    """state.json: whether training finished, and what it found (an ensemble trains nothing: `ensemble` members)."""
+
+    status: Literal["running", "finished"]
+    best_epoch: int = -1
+    best_val_loss: float = float("nan")
+    epochs_run: int = 0
+    cache_hit: bool | None = None  # None: the feature cache was not used
+    cache_key: str | None = None
+    head: str | None = None  # "linear probe, C = ..." when the probe is the model
+    ensemble: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})

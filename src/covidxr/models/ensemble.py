@@ -17,7 +17,7 @@ from torch import nn
 
 from covidxr.errors import CovidxrError
 from covidxr.models.spec import ModelSpec
-from covidxr.rundir import RunDir
+from covidxr.rundir import RunDir, TrainState
 
 ENSEMBLE_FILE = RunDir.ensemble
 SHARED_FILES = (RunDir.config, RunDir.splits, RunDir.data_report)
@@ -77,5 +77,5 @@ def create_ensemble(runs: list[Path], out: Path) -> Path:
     spec.extra = {"members": [f"{s.backbone} ({s.head} head, T {s.temperature:.2f})" for s in specs]}
     spec.write(out)
     (out / ENSEMBLE_FILE).write_text(json.dumps({"members": [str(r.resolve()) for r in runs]}, indent=2) + "\n")
-    (out / RunDir.state).write_text(json.dumps({"status": "finished", "ensemble": len(runs)}, indent=2) + "\n")
+    RunDir(out).write_state(TrainState("finished", ensemble=len(runs)))
     return out

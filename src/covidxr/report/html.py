@@ -109,9 +109,11 @@ def training_section(run: Path) -> Section | None:
     plots = run / PLOTS_DIR
     if not (plots / "loss.png").is_file():
         return None
-    state = _json(run / RunDir.state)
+    state = RunDir(run).read_state()
     text = (
-        f"<p>Best epoch (lowest validation loss): {state.get('best_epoch')}; epochs run: {state.get('epochs_run')}.</p>"
+        f"<p>Best epoch (lowest validation loss): {state.best_epoch}; epochs run: {state.epochs_run}.</p>"
+        if state is not None and state.finished
+        else "<p>Training has not finished: the curves show the epochs run so far.</p>"
     )
     return Section(
         "Training curves",

@@ -35,7 +35,7 @@ def training_curves(run_dir: Path, out: Path) -> list[Path]:
     rows = read_history(run_dir / RunDir.history)
     if not rows:
         return []
-    state = json.loads((run_dir / RunDir.state).read_text()) if (run_dir / RunDir.state).is_file() else {}
+    state = RunDir(run_dir).read_state()
     epochs = [int(r["epoch"]) for r in rows]
     max_epochs = _max_epochs(run_dir)
     paths = []
@@ -44,7 +44,7 @@ def training_curves(run_dir: Path, out: Path) -> list[Path]:
         ax = fig.subplots()
         for split, style in (("train", "-o"), ("val", "-s")):
             ax.plot(epochs, [float(r[f"{split}_{metric}"]) for r in rows], style, ms=3, label=split)
-        best = state.get("best_epoch")
+        best = state.best_epoch if state is not None and state.finished else None
         if best is not None:
             ax.axvline(best, color="green", ls="--", lw=1, label=f"best epoch ({best})")
         if max_epochs and len(epochs) < max_epochs:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from covidxr.atomic import write_csv
+from covidxr.errors import CovidxrError
 from covidxr.rundir import RunDir
 from covidxr.training.callbacks import read_history
 
@@ -23,13 +23,15 @@ def run_row(run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any
     import yaml
 
     cfg = yaml.safe_load((run_dir / RunDir.config).read_text())["train"]
-    state = json.loads((run_dir / RunDir.state).read_text())
+    state = RunDir(run_dir).read_state()
+    if state is None:
+        raise CovidxrError(f"{run_dir}: no {RunDir.state}; not a trained covidxr run")
     history = read_history(run_dir / RunDir.history)
-    best = next(r for r in history if int(r["epoch"]) == state["best_epoch"])
+    best = next(r for r in history if int(r["epoch"]) == state.best_epoch)
     row: dict[str, Any] = {"run": str(run_dir)}
     row |= {d: cfg.get(d) for d in DIMENSIONS}
     row |= {m: float(best[m]) for m in METRICS if best.get(m, "") != ""}
-    row |= {"best_epoch": state["best_epoch"], "epochs_run": state["epochs_run"]}
+    row |= {"best_epoch": state.best_epoch, "epochs_run": state.epochs_run}
     row["train_seconds"] = round(sum(float(r["seconds"]) for r in history), 2)
     return row | (extra or {})
 

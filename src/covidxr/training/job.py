@@ -6,7 +6,6 @@ last.ckpt, history.csv, state.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import check_weights
-from covidxr.rundir import RunDir
+from covidxr.rundir import RunDir, TrainState
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
@@ -44,7 +43,6 @@ from covidxr.training.module import ClassifierModule
 from covidxr.training.sampling import EpochSampler, Indexed, class_weights
 
 CONFIG_FILE = RunDir.config
-STATE_FILE = RunDir.state
 LAST_CKPT = RunDir.last_ckpt
 BEST_CKPT = RunDir.best_ckpt
 
@@ -89,8 +87,8 @@ def train(
         if not (run_dir / CONFIG_FILE).is_file():
             raise CovidxrError(f"{run_dir}: no {CONFIG_FILE}; not a covidxr run to resume")
         cfg = Config.from_yaml(run_dir / CONFIG_FILE)
-        state = _read_state(run_dir)
-        if state.get("status") == "finished":
+        state = RunDir(run_dir).read_state()
+        if state is not None and state.finished:
             return _result(run_dir, ModelSpec.read(run_dir), state)
     elif (run_dir / LAST_CKPT).exists():
         raise CovidxrError(f"{run_dir} already holds a run; resume it with --resume or choose another --out")
@@ -124,7 +122,7 @@ def train(
     if main:
         cfg.write_yaml(run_dir / CONFIG_FILE)
         spec.write(run_dir)
-        _write_state(run_dir, {"status": "running"})
+        RunDir(run_dir).write_state(TrainState("running"))
 
     cut = split_trunk(net.backbone, tc.last_k, spec.input_size) if tc.freeze == "last-k" and tc.feature_cache else None
     cached: CachedFeatures | None = None
@@ -184,21 +182,21 @@ def train(
         )
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
     if not trainer.is_global_zero:
-        return _result(run_dir, spec, {})
+        return _result(run_dir, spec, TrainState("running"))
     best = torch.load(run_dir / BEST_CKPT, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     save_weights(net, run_dir)
     if probe is not None:
         _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
-    state = {
-        "status": "finished",
-        "best_epoch": int(best["epoch"]),
-        "best_val_loss": float(checkpoint.best_model_score or float("nan")),
-        "epochs_run": int(trainer.current_epoch),
-        "cache_hit": cached.hit if cached is not None else None,
-        "cache_key": cached.key if cached is not None else None,
-    }
-    _write_state(run_dir, state)
+    state = TrainState(
+        "finished",
+        best_epoch=int(best["epoch"]),
+        best_val_loss=float(checkpoint.best_model_score or float("nan")),
+        epochs_run=int(trainer.current_epoch),
+        cache_hit=cached.hit if cached is not None else None,
+        cache_key=cached.key if cached is not None else None,
+    )
+    RunDir(run_dir).write_state(state)
     return _result(run_dir, spec, state)
 
 
@@ -242,11 +240,10 @@ def _loop_run(
     save_weights(net, run_dir)
     if probe is not None and probe_splits is not None:
         _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
-    state = {
-        "status": "finished", "best_epoch": loop.best_epoch, "best_val_loss": loop.best_val_loss,
-        "epochs_run": loop.epochs_run, "cache_hit": cached.hit, "cache_key": cached.key,
-    }  # fmt: skip
-    _write_state(run_dir, state)
+    state = TrainState(
+        "finished", loop.best_epoch, loop.best_val_loss, loop.epochs_run, cached.hit, cached.key
+    )  # fmt: skip
+    RunDir(run_dir).write_state(state)
     return _result(run_dir, spec, state)
 
 
@@ -277,11 +274,10 @@ def _linear_head_run(
     save_weights(net, run_dir)
     result = probe_result(probe, splits)
     result.write(run_dir)
-    state = {
-        "status": "finished", "best_epoch": 0, "best_val_loss": result.val_nll, "epochs_run": 0,
-        "cache_hit": cached.hit, "cache_key": cached.key, "head": f"linear probe, C = {result.C:g}",
-    }  # fmt: skip
-    _write_state(run_dir, state)
+    state = TrainState(
+        "finished", 0, result.val_nll, 0, cached.hit, cached.key, head=f"linear probe, C = {result.C:g}"
+    )  # fmt: skip
+    RunDir(run_dir).write_state(state)
     return _result(run_dir, spec, state)
 
 
@@ -376,26 +372,8 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     return train, val
 
 
-def _read_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    tmp = run_dir / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(run_dir / STATE_FILE)
-
-
-def _result(run_dir: Path, spec: ModelSpec, state: dict[str, Any]) -> TrainResult:
-    return TrainResult(
-        run_dir,
-        spec,
-        int(state.get("best_epoch", -1)),
-        float(state.get("best_val_loss", float("nan"))),
-        int(state.get("epochs_run", 0)),
-        state.get("cache_hit"),
-    )
+def _result(run_dir: Path, spec: ModelSpec, state: TrainState) -> TrainResult:
+    return TrainResult(run_dir, spec, state.best_epoch, state.best_val_loss, state.epochs_run, state.cache_hit)
 
 
 @contextmanager
