@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from covidxr.config import Config
-from covidxr.evaluation.job import METRICS_FILE, evaluate_run
+from covidxr.data.prepare import prepare
+from covidxr.evaluation.job import METRICS_FILE, EvalContext, evaluate_run
 from covidxr.report.html import write_report
 from covidxr.training.distributed import is_main_process
 from covidxr.training.job import LAST_CKPT, TrainResult, train
@@ -56,14 +57,19 @@ def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool
     from covidxr.explain.job import EXPLAIN_FILE, explain_run
 
     run_dir = Path(run_dir)
-    trained = train(cfg, run_dir, resume=(run_dir / LAST_CKPT).exists())
+    resume = (run_dir / LAST_CKPT).exists()
+    # The data are inspected (decoded, hashed) and the model loaded once for every stage of a fresh run.
+    prepared = prepare(run_dir, cfg.data, write=is_main_process()) if cfg.data.paths and not resume else None
+    trained = train(cfg, run_dir, resume=resume, prepared=prepared)
     if not is_main_process():
         return None
     metrics_file = run_dir / METRICS_FILE
+    ctx = EvalContext.load(run_dir)
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
     else:
-        metrics = evaluate_run(run_dir, n_resamples=n_resamples)
+        manifest = prepared.manifest if prepared else None
+        metrics = evaluate_run(run_dir, n_resamples=n_resamples, ctx=ctx, manifest=manifest)
     if explain and not (run_dir / EXPLAIN_FILE).is_file():
-        explain_run(run_dir)
+        explain_run(run_dir, model=(ctx.net, ctx.spec))
     return RunResult(trained, metrics, write_report(run_dir))

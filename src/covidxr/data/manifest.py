@@ -24,6 +24,12 @@ class Record:
     source: str = ""
     meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
+    @property
+    def group(self) -> str:
+        """The unit of independence: the patient, or the image itself when no patient is known (the split's,
+        the counts' and the bootstrap's one key)."""
+        return self.patient_id or f"image:{self.path}"
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -61,7 +67,7 @@ class Manifest:
         return all(r.patient_id for r in self.records)
 
     def patient_count(self) -> int:
-        return len({r.patient_id or f"image:{r.path}" for r in self.records})
+        return len({r.group for r in self.records})
 
     def fingerprint(self) -> str:
         """Content key of the listing (paths, labels, patients): changes when the data set changes."""

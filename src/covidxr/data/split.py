@@ -64,7 +64,7 @@ def group_ids(records: list[Record], duplicate_links: list[list[str]]) -> dict[s
             x = parent[x]
         return x
 
-    key_of = {r.path: (f"patient:{r.patient_id}" if r.patient_id else f"image:{r.path}") for r in records}
+    key_of = {r.path: r.group for r in records}
     for key in key_of.values():
         find(key)
     for link in duplicate_links:

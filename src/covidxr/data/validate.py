@@ -236,7 +236,7 @@ def _per_label(records: list[Record]) -> dict[str, dict[str, int]]:
     images = Counter(r.label for r in records)
     patients: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        patients[r.label].add(r.patient_id or f"image:{r.path}")
+        patients[r.label].add(r.group)
     return {label: {"images": images[label], "patients": len(patients[label])} for label in sorted(images)}
 
 
@@ -321,7 +321,7 @@ def _usability_problem(usable: Manifest, label_map: LabelMap) -> str | None:
         return "no readable images"
     groups: dict[str, set[str]] = defaultdict(set)
     for r in usable.records:
-        groups[label_map.class_name(r.label)].add(r.patient_id or f"image:{r.path}")
+        groups[label_map.class_name(r.label)].add(r.group)
     present = [c for c in label_map.classes if groups[c]]
     if len(present) < 2:
         return f"only one class has readable images ({', '.join(present)}); a classifier needs at least two"

@@ -66,7 +66,7 @@ class Scored:
         return self.scores[:, 1]
 
     def groups(self) -> np.ndarray:
-        return np.array([r.patient_id or f"image:{r.path}" for r in self.records])
+        return np.array([r.group for r in self.records])
 
 
 @dataclass
@@ -222,15 +222,18 @@ def evaluate_run(
     threshold_method: str = "f1",
     audit: bool = True,
     tta: bool | None = None,
+    ctx: EvalContext | None = None,
+    manifest: Manifest | None = None,
 ) -> dict[str, Any]:
     """Internal evaluation of a finished run. Returns (and writes) metrics.json; sets the threshold in model.json.
-    `tta` switches test-time augmentation on or off for this and every later use of the run (None: as it is)."""
-    ctx = EvalContext.load(run_dir)
+    `tta` switches test-time augmentation on or off for this and every later use of the run (None: as it is).
+    `ctx` and `manifest`: the run's model and usable images when the caller has them already (`covidxr run`)."""
+    ctx = ctx or EvalContext.load(run_dir)
     if tta is not None:
         ctx.spec.tta = tta
     if not ctx.cfg.data.paths:
         raise CovidxrError(f"{run_dir}: config.yaml names no data set")
-    manifest = _usable(ctx.cfg.data)
+    manifest = manifest or _usable(ctx.cfg.data)
     split = read_split(ctx.run_dir / SPLITS_FILE, manifest)
     val = ctx.score(manifest, split.records(manifest, "val"))
     test = ctx.score(manifest, split.records(manifest, "test"))

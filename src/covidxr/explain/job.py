@@ -40,6 +40,7 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)  # explanations may come before the report's figures
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     return path
@@ -102,6 +103,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
 def _save_rgb(rgb: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path)
     return path
 
@@ -152,13 +154,16 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
     return result
 
 
-def explain_run(run_dir: Path | str, mc_passes: int = 30, gallery: int = 4) -> dict[str, Any]:
+def explain_run(
+    run_dir: Path | str, mc_passes: int = 30, gallery: int = 4, model: tuple[CovidxrNet, ModelSpec] | None = None
+) -> dict[str, Any]:
     """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
-    with lesion masks, CAM energy outside the lung ellipse, MC-dropout referral curve; plus filters."""
+    with lesion masks, CAM energy outside the lung ellipse, MC-dropout referral curve; plus filters. `model`:
+    the run's network and spec when the caller has loaded them already."""
     from covidxr.data.lungs import LungEllipse
 
     run_dir = Path(run_dir)
-    net, spec = load_model(run_dir)
+    net, spec = model or load_model(run_dir)
     pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
     u = mc_dropout(net, x, spec, mc_passes)
     targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
