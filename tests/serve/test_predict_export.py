@@ -43,7 +43,7 @@ def test_predict_folder_with_broken_files_csv_and_json(run_dir: Path, folder: Pa
     assert by_name["broken.png"]["error"].startswith("corrupt or truncated")
     assert by_name["scan.dcm"]["label"] in ("COVID-19", "not COVID-19") and not by_name["scan.dcm"]["error"]
     ok = [r for r in rows if not r["error"]]
-    assert all(0 <= float(r["score_COVID-19"]) <= 1 for r in ok)
+    assert len({round(float(r["score_COVID-19"]), 4) for r in ok}) > 1  # scores depend on the image
     assert all(r["label"] == ("COVID-19" if float(r["score_COVID-19"]) >= 0.5 else "not COVID-19") for r in ok)
     in_process = predict_to_file(run_dir, [folder], tmp_path / "p0.csv", batch_size=4, workers=0)
     assert in_process == counts  # decoding in worker processes (the default) or here: the same rows

@@ -30,10 +30,13 @@ def test_binary_loss_is_bce_on_one_hot_targets() -> None:
 def test_class_weights_upweight_the_rare_class() -> None:
     weights = class_weights([0] * 90 + [1] * 10, 2)
     assert weights[1] / weights[0] == pytest.approx(9.0)
-    logits = torch.zeros(2, 2)
-    plain = classification_loss(logits, torch.tensor([0, 1]), "binary")
-    weighted = classification_loss(logits, torch.tensor([0, 1]), "binary", weights)
-    assert weighted == pytest.approx(plain.item())  # equal logits: weighting changes nothing here
+    logits = torch.tensor([[2.0, -2.0], [2.0, -2.0]])  # both called class 0: right on the first, wrong on the rare one
+    targets = torch.tensor([0, 1])
+    per_item = [classification_loss(logits[i : i + 1], targets[i : i + 1], "binary").item() for i in range(2)]
+    weighted = classification_loss(logits, targets, "binary", weights)
+    expected = (weights[0] * per_item[0] + weights[1] * per_item[1]) / weights.sum()
+    assert weighted == pytest.approx(expected.item())  # the weighted mean, dominated by the rare class's error
+    assert weighted > classification_loss(logits, targets, "binary") > per_item[0]
 
 
 def test_epoch_sampler_is_reproducible_per_epoch_and_can_balance() -> None:
