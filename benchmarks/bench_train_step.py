@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import write_result
+from covidxr.config import TrainConfig
 from covidxr.models.factory import apply_freeze, build_model, spec_for
 from covidxr.training.job import quiet_lightning
 from covidxr.training.module import ClassifierModule
@@ -69,7 +70,7 @@ class _Stamps(L.Callback):
 
 def covidxr_loop(name: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     net, _ = make_net(name)
-    module = ClassifierModule(net, "binary", "adam", 1e-4)
+    module = ClassifierModule(net, "binary", TrainConfig(optimizer="adam", lr=1e-4, lr_schedule="none"))
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     loader = DataLoader(TensorDataset(x, y), batch_size=len(batches[0][1]), shuffle=False)

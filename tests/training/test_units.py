@@ -71,7 +71,7 @@ def test_sharded_sampler_covers_the_epoch_once_with_equal_shards_and_a_new_draw_
 
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(CovidxrError, match="unknown optimizer"):
-        ClassifierModule(torch.nn.Linear(2, 2), "binary", optimizer="lbfgs")
+        ClassifierModule(torch.nn.Linear(2, 2), "binary", TrainConfig(optimizer="lbfgs"))  # type: ignore[arg-type]
 
 
 def test_config_yaml_roundtrip_and_unknown_fields(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def predict_cmd(
     mc: int = typer.Option(0, "--mc", min=0, help="MC-dropout passes for an uncertainty column (torch engine)"),
     resume: bool = typer.Option(False, "--resume", help="keep the rows an interrupted run wrote to --out (CSV)"),
     workers: int | None = typer.Option(
-        None, "--workers", min=0, help="decoding processes beside inference (default: half the cores; 0: none)"
+        None, "--workers", min=0, help="decoding processes beside inference (default: a quarter of the cores; 0: none)"
     ),
 ) -> None:
     """Predict files and folders in batches, streaming to CSV/JSON; unreadable files are listed with the reason."""

@@ -8,7 +8,8 @@ from typing import get_args
 import torch
 from torch import nn
 
-from covidxr.config import FreezePolicy
+from covidxr.config import FreezePolicy, TrainConfig
+from covidxr.data.labels import LabelMap
 from covidxr.errors import CovidxrError
 from covidxr.models.ensemble import is_ensemble, load_ensemble
 from covidxr.models.head import ClassifierHead
@@ -71,6 +72,18 @@ def spec_for(
     return ModelSpec(
         backbone, weights, task, classes, positive, input_size or size, mean, std, hidden, dropout, freeze, head=head
     )
+
+
+def spec_from_config(tc: TrainConfig, label_map: LabelMap) -> ModelSpec:
+    """The spec a training config asks for: the backbone's facts and every model and preprocessing choice."""
+    spec = spec_for(
+        tc.backbone, list(label_map.classes), label_map.task, label_map.positive, tc.weights, tc.hidden,
+        tc.dropout, tc.freeze, tc.input_size, tc.head,
+    )  # fmt: skip
+    spec.resize, spec.border_crop, spec.equalize = tc.resize, tc.border_crop, tc.equalize
+    if tc.backbone == "simple_cnn":
+        spec.extra["cnn_widths"] = list(tc.cnn_widths)
+    return spec
 
 
 def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:

@@ -29,7 +29,7 @@ from covidxr.models.head import positive_scores
 from covidxr.rundir import RunDir
 from covidxr.training.callbacks import write_history_row
 from covidxr.training.module import classification_loss, epoch_log, make_optimizer, make_schedule, per_sample_loss
-from covidxr.training.sampling import EpochSampler
+from covidxr.training.sampling import EpochSampler, once_per_item
 
 LOOP_KEY = "head_loop"  # marks a last.ckpt written by this loop (a Lightning one resumes through Lightning)
 SAVE_EVERY_S = 2.0  # seconds between last.ckpt writes: a kill loses at most that much work
@@ -136,8 +136,7 @@ def _unique_items(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores, targets and losses once per item, in item order (a balanced draw repeats items)."""
     scores, targets, losses, index = (torch.cat([s[k] for s in seen]).numpy() for k in range(4))
-    _, first = np.unique(index, return_index=True)
-    return scores[first], targets[first], losses[first]
+    return once_per_item(index, scores, targets, losses)  # type: ignore[return-value]
 
 
 def _save(

@@ -26,7 +26,7 @@ from covidxr.data.lungs import lung_box
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.errors import CovidxrError
-from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_for
+from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_from_config
 from covidxr.models.head import positive_scores
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
@@ -108,15 +108,9 @@ def train(
     lm = prepared.label_map
     if tc.head == "linear" and not (tc.freeze == "head" and tc.feature_cache):
         raise CovidxrError("--head linear fits on cached frozen features: it needs --freeze head and the feature cache")
-    spec = spec_for(
-        tc.backbone, list(lm.classes), lm.task, lm.positive, tc.weights, tc.hidden, tc.dropout, tc.freeze,
-        tc.input_size, tc.head,
-    )  # fmt: skip
-    spec.resize, spec.border_crop, spec.equalize = tc.resize, tc.border_crop, tc.equalize
-    if tc.lung_crop:
+    spec = spec_from_config(tc, lm)
+    if tc.lung_crop:  # from the training split's masks: the one model choice that depends on the data
         spec.lung_box = lung_box(prepared.manifest.root, prepared.split.records(prepared.manifest, "train"))
-    if tc.backbone == "simple_cnn":
-        spec.extra["cnn_widths"] = list(tc.cnn_widths)
     net = build_model(spec, tc.weights)
     apply_freeze(net, tc.freeze, tc.last_k)
     if main:
@@ -150,9 +144,7 @@ def train(
     if cached is not None and _one_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
         splits = probe_splits if probe else None
         return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, splits, on_epoch)
-    module = ClassifierModule(
-        trainable, lm.task, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, weights, tc.lr_schedule
-    )
+    module = ClassifierModule(trainable, lm.task, tc, weights)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
         enable_version_counter=False,

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covidxr.config import OptimizerName
+from covidxr.config import OptimizerName, TrainConfig
 from covidxr.errors import CovidxrError
 from covidxr.models.head import positive_scores
 from covidxr.training.metrics import epoch_metrics
+from covidxr.training.sampling import once_per_item
 
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
@@ -55,21 +56,14 @@ class ClassifierModule(L.LightningModule):
         self,
         net: nn.Module,
         task: str,
-        optimizer: str = "adam",
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
+        tc: TrainConfig,
         class_weights: torch.Tensor | None = None,
-        lr_schedule: str = "none",
     ) -> None:
+        """`tc`: a resolved training config (optimizer, lr, weight decay, momentum, schedule)."""
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise CovidxrError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        self.net = net
-        self.task = task
-        self.optimizer_name, self.lr, self.weight_decay, self.momentum = optimizer, lr, weight_decay, momentum
-        self.class_weights = class_weights
-        self.lr_schedule = lr_schedule
+        if tc.optimizer not in OPTIMIZERS:
+            raise CovidxrError(f"unknown optimizer {tc.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        self.net, self.task, self.tc, self.class_weights = net, task, tc, class_weights
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,12 +109,12 @@ class ClassifierModule(L.LightningModule):
         if self.trainer.world_size > 1:  # equal shard lengths (EpochSampler): a plain all-gather
             parts = [_all_gather(p.to(self.device), self.trainer.world_size).cpu() for p in parts]
         scores, targets, losses, index = (p.numpy() for p in parts)
-        _, first = np.unique(index, return_index=True)
-        return scores[first], targets[first], losses[first]
+        return once_per_item(index, scores, targets, losses)  # type: ignore[return-value]
 
     def configure_optimizers(self) -> Any:
-        optimizer = make_optimizer(self.net, self.optimizer_name, self.lr, self.weight_decay, self.momentum)
-        schedule = make_schedule(optimizer, self.lr_schedule)
+        tc = self.tc
+        optimizer = make_optimizer(self.net, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)  # type: ignore[arg-type]
+        schedule = make_schedule(optimizer, tc.lr_schedule)  # type: ignore[arg-type]
         if schedule is not None:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "monitor": "val_loss"}}
         return optimizer

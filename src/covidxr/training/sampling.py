@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -89,3 +90,10 @@ def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
     counts = torch.bincount(torch.tensor(list(targets)), minlength=num_classes).float().clamp(min=1)
     weights = len(targets) / (num_classes * counts)
     return weights
+
+
+def once_per_item(index: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows of `columns` once per data-set item, in item order: a balanced draw repeats items, and shards of a
+    distributed epoch are padded with repeats, but epoch metrics count every item once."""
+    _, first = np.unique(index, return_index=True)
+    return tuple(c[first] for c in columns)
