@@ -22,7 +22,9 @@ from markupsafe import Markup, escape
 
 from covidxr import __version__
 from covidxr.data.validate import short_source
+from covidxr.evaluation.audit import METADATA_WARN_AUC, OCCLUSION_WARN_AUC
 from covidxr.evaluation.by_source import read_by_source
+from covidxr.explain.localisation import TOLERANCE
 from covidxr.report.plots import PLOTS_DIR, run_plots
 from covidxr.rundir import RunDir
 
@@ -199,7 +201,7 @@ def audit_section(run: Path) -> Section | None:
         "<i>Nat. Mach. Intell.</i> 2021). Two checks:</p>"
         f"<p><b>Metadata-only baseline</b>: a random forest on image size, aspect, format, bit depth, global intensity "
         f"and border strips, trained on train, reaches test AUC <b>{meta['auc']:.3f}</b> (95% CI {meta['ci'][0]:.2f}-"
-        f"{meta['ci'][1]:.2f}); it warns at 0.8. Most used facts: "
+        f"{meta['ci'][1]:.2f}); it warns at {METADATA_WARN_AUC}. Most used facts: "
         + ", ".join(f"{escape(n)} ({v:.2f})" for n, v in meta["top_features"])
         + ".</p>"
         + (
@@ -212,7 +214,7 @@ def audit_section(run: Path) -> Section | None:
         + f"<p><b>Lung occlusion</b>: test AUC {occ['auc_full']:.3f} with the image as is, "
         f"<b>{occ['auc_occluded']:.3f}</b> "
         f"with an ellipse over both lung fields replaced by the image mean (95% CI {occ['auc_occluded_ci'][0]:.2f}-"
-        f"{occ['auc_occluded_ci'][1]:.2f}); it warns at 0.8.</p>"
+        f"{occ['auc_occluded_ci'][1]:.2f}); it warns at {OCCLUSION_WARN_AUC}.</p>"
     )
     explain = _json(run / RunDir.explain)
     if explain:
@@ -271,7 +273,8 @@ def explanations_section(run: Path) -> Section | None:
     if loc:
         html += (
             f"<p>Localisation on {loc['true_positives']} true positives with lesion masks: pointing-game hit rate "
-            f"<b>{loc['pointing_game']:.2f}</b> (within 15 px; a random point: {loc['chance']:.3f}); CAM energy inside "
+            f"<b>{loc['pointing_game']:.2f}</b> (within {TOLERANCE * 224:.0f} px at 224; a random point: "
+            f"{loc['chance']:.3f}); CAM energy inside "
             f"the lesion {loc['energy_inside_mask']:.3f} (lesion area {loc.get('mask_area', 0):.3f}).</p>"
         )
     wrong, right = data["uncertainty_wrong_vs_right"]
