@@ -67,6 +67,7 @@ def _fmt(value: Any) -> str:
 
 def search_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Val F1 against learning rate per backbone, and against batch size per optimizer."""
+    out.mkdir(parents=True, exist_ok=True)  # the winner's plots folder: the report adds its figures after
     paths = []
     for x, by, name in (("lr", "backbone", "search_lr.png"), ("batch_size", "optimizer", "search_batch.png")):
         if len({r.get(x) for r in rows}) < 2:
