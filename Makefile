@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_demo
 	$(BIN)/python -m benchmarks.bench_search
 	$(BIN)/python -m benchmarks.bench_serve
+	$(BIN)/python -m benchmarks.bench_inference
 	$(BIN)/python -m benchmarks.bench_quality --deconfounded
 	$(BIN)/python -m benchmarks.bench_preprocess
 
