@@ -197,22 +197,22 @@ def test_tpe_runs_its_trials_once_prunes_on_val_loss_and_keeps_its_sampler(
     phantoms: Path, cache: Path, tmp_path: Path
 ) -> None:
     space = {"lr": Range(1e-5, 1e-1, log=True), "batch_size": [16, 32]}
-    cfg = Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=6, cache_dir=str(cache)))
-    result = search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=6)
+    cfg = Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=5, cache_dir=str(cache)))
+    result = search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=5)
     study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
     states = Counter(t.state for t in study.trials)
-    assert len(study.trials) == 6 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert len(study.trials) == 5 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     assert all(1e-5 <= t.params["lr"] <= 1e-1 for t in study.trials)
     for t in study.trials:  # every trial reported its validation loss per epoch, the pruned ones stopped early
         history = read_history(tmp_path / "s" / "trials" / t.user_attrs["key"] / "history.csv")
         assert [-float(r["val_loss"]) for r in history] == pytest.approx(list(t.intermediate_values.values()), abs=1e-5)
-        assert t.state == optuna.trial.TrialState.COMPLETE or len(history) < 6
+        assert t.state == optuna.trial.TrialState.COMPLETE or len(history) < 5
     assert len(result.rows) == states[optuna.trial.TrialState.COMPLETE]
     assert list((tmp_path / "s" / "trials").glob("*/metrics.json")) == [result.winner / "metrics.json"]
-    search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=6)  # resumed: nothing left to run
-    assert len(optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None)).trials) == 6
+    search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=5)  # resumed: nothing left to run
+    assert len(optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None)).trials) == 5
     with pytest.raises(CovidxrError, match="started with --sampler tpe"):
-        search(cfg, space, tmp_path / "s", n_resamples=20, sampler="random", trials=6)
+        search(cfg, space, tmp_path / "s", n_resamples=20, sampler="random", trials=5)
 
 
 def test_a_drawing_sampler_retries_a_failed_trial_once_and_stops_when_all_fail(
