@@ -64,12 +64,14 @@ def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool
     if not is_main_process():
         return None
     metrics_file = run_dir / METRICS_FILE
-    ctx = EvalContext.load(run_dir)
-    if metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-    else:
+    to_evaluate = not metrics_file.is_file()
+    to_explain = explain and not (run_dir / EXPLAIN_FILE).is_file()
+    ctx = EvalContext.load(run_dir) if to_evaluate or to_explain else None  # a finished run loads nothing
+    if ctx is not None and to_evaluate:
         manifest = prepared.manifest if prepared else None
         metrics = evaluate_run(run_dir, n_resamples=n_resamples, ctx=ctx, manifest=manifest)
-    if explain and not (run_dir / EXPLAIN_FILE).is_file():
+    else:
+        metrics = json.loads(metrics_file.read_text())
+    if ctx is not None and to_explain:
         explain_run(run_dir, model=(ctx.net, ctx.spec))
     return RunResult(trained, metrics, write_report(run_dir))

@@ -10,25 +10,25 @@ gate fails, the weights are quantised again with 7-bit range (`reduce_range`) be
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from covidxr.config import Config
 from covidxr.data.dataset import XrayDataset
 from covidxr.data.labels import LabelMap
 from covidxr.data.prepare import list_data
-from covidxr.data.split import SPLITS_FILE, read_split
+from covidxr.data.split import read_split
 from covidxr.errors import CovidxrError
-from covidxr.evaluation.metrics import roc_auc
 from covidxr.extras import require
 from covidxr.models.spec import ModelSpec
 from covidxr.rundir import RunDir
 from covidxr.serve.engine import INT8_FILE, ONNX_FILE, onnx_session
+from covidxr.training.metrics import epoch_metrics
 
 MAX_AUC_DROP = 0.005
 MIN_AGREEMENT = 0.99
@@ -54,25 +54,30 @@ class QuantizeResult:
         return asdict(self) | {"auc_drop": self.auc_drop}
 
 
-def _batches(run_dir: Path, spec: ModelSpec, split_name: str, limit: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """Preprocessed images of one split of the run's own data, as the engines take them, with their targets."""
-    cfg = Config.from_yaml(run_dir / RunDir.config)
+def _split_sets(run_dir: Path, spec: ModelSpec) -> dict[str, XrayDataset]:
+    """The run's val (calibration, at most CALIBRATION_IMAGES) and test images, preprocessed as the engines
+    take them; the data set is listed and the split read once."""
+    cfg = Config.from_yaml(RunDir(run_dir).config)
     manifest = list_data(cfg.data)
-    records = read_split(run_dir / SPLITS_FILE, manifest).records(manifest, split_name)[:limit]
-    if not records:
-        raise CovidxrError(f"{run_dir}: no {split_name} images to quantise with")
+    split = read_split(RunDir(run_dir).splits, manifest)
     label_map = LabelMap(spec.task, tuple(spec.classes), spec.positive)  # type: ignore[arg-type]
-    dataset = XrayDataset(manifest.root, records, label_map, spec.preprocess, max_pixels=cfg.data.max_pixels)
-    for x, y in DataLoader(dataset, batch_size=BATCH):
-        yield x.numpy(), y.numpy()
+    sets = {}
+    for name, limit in (("val", CALIBRATION_IMAGES), ("test", None)):
+        records = split.records(manifest, name)[:limit]
+        if not records:
+            raise CovidxrError(f"{run_dir}: no {name} images to quantise with")
+        sets[name] = XrayDataset(manifest.root, records, label_map, spec.preprocess, max_pixels=cfg.data.max_pixels)
+    return sets
 
 
-def macro_auc(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Binary: the positive score's AUC; multiclass: the mean one-vs-rest AUC over classes present."""
-    if scores.shape[1] == 2:
-        return roc_auc(targets == 1, scores[:, 1])
-    per_class = [roc_auc(targets == k, scores[:, k]) for k in range(scores.shape[1])]
-    return float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else float("nan")
+def _scored(session: Any, spec: ModelSpec, images: XrayDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, targets) of one ONNX model over a set, streamed in batches (the graph holds the temperature)."""
+    unit = replace(spec, temperature=1.0)
+    scores, targets = [], []
+    for x, y in DataLoader(images, batch_size=BATCH):
+        scores.append(unit.scores(torch.from_numpy(session.run(None, {"image": x.numpy()})[0])).numpy())
+        targets.append(y.numpy())
+    return np.concatenate(scores), np.concatenate(targets)
 
 
 def quantize_int8(
@@ -85,7 +90,12 @@ def quantize_int8(
 
     spec = ModelSpec.read(run_dir)
     fp32, target = run_dir / ONNX_FILE, run_dir / INT8_FILE
-    calibration = [x for x, _ in _batches(run_dir, spec, "val", CALIBRATION_IMAGES)]
+    sets = _split_sets(run_dir, spec)
+    calibration = [x.numpy() for x, _ in DataLoader(sets["val"], batch_size=BATCH)]
+    fp32_scores, targets = _scored(onnx_session(fp32), spec, sets["test"])  # once, whatever the attempts
+    fp32_auc = epoch_metrics(fp32_scores, targets, spec.task)["auc"]
+    if np.isnan(fp32_auc):
+        raise CovidxrError(f"{run_dir}: the test split holds one class; the INT8 AUC gate cannot be checked")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -110,7 +120,12 @@ def quantize_int8(
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
                     op_types_to_quantize=["Conv"],
                 )  # fmt: skip
-            result = _compare(run_dir, spec, fp32, candidate, len(np.concatenate(calibration)), reduce_range)
+            int8_scores, _ = _scored(onnx_session(candidate), spec, sets["test"])
+            result = QuantizeResult(
+                str(candidate), len(sets["val"]), len(targets), fp32_auc,
+                epoch_metrics(int8_scores, targets, spec.task)["auc"],
+                float(np.mean(spec.decide(fp32_scores) == spec.decide(int8_scores))), reduce_range,
+            )  # fmt: skip
             tried.append(result)
             if result.auc_drop <= max_auc_drop and result.agreement >= min_agreement:
                 candidate.replace(target)
@@ -127,33 +142,3 @@ def quantize_int8(
         for r in tried
     )
     raise CovidxrError(f"INT8 model refused, the fp32 {fp32.name} is kept: {numbers}")
-
-
-def _compare(
-    run_dir: Path, spec: ModelSpec, fp32: Path, int8: Path, calibrated_on: int, reduce_range: bool
-) -> QuantizeResult:
-    """Both models over the test split, streamed: AUC of each and the share of images given the same label."""
-    sessions = [onnx_session(fp32), onnx_session(int8)]
-    scores: list[list[np.ndarray]] = [[], []]
-    targets = []
-    for x, y in _batches(run_dir, spec, "test"):
-        targets.append(y)
-        for k, session in enumerate(sessions):
-            logits = session.run(None, {"image": x})[0]
-            scores[k].append(_scores(spec, logits))
-    y_all = np.concatenate(targets)
-    s32, s8 = np.concatenate(scores[0]), np.concatenate(scores[1])
-    auc32, auc8 = macro_auc(y_all, s32), macro_auc(y_all, s8)
-    if np.isnan(auc32):
-        raise CovidxrError(f"{run_dir}: the test split holds one class; the INT8 AUC gate cannot be checked")
-    agreement = float(np.mean(spec.decide(s32) == spec.decide(s8)))
-    return QuantizeResult(str(int8), calibrated_on, len(y_all), auc32, auc8, agreement, reduce_range)
-
-
-def _scores(spec: ModelSpec, logits: np.ndarray) -> np.ndarray:
-    """Scores from exported logits (the graph divides by the temperature already)."""
-    import torch
-
-    from covidxr.models.head import positive_scores
-
-    return positive_scores(torch.from_numpy(logits), spec.task).numpy()
