@@ -41,7 +41,7 @@ def timed_run(data: Path, out: Path, accelerator: str, precision: str, epochs: i
     }
     if accelerator == "gpu":
         metrics = evaluate_run(out, n_resamples=100, audit=False)
-        row["test_auc"] = round(metrics["test"]["metrics"]["roc_auc"], 4)
+        row["test_auc"] = round(metrics.test.metrics["roc_auc"], 4)
     return row
 
 

@@ -46,15 +46,16 @@ def main() -> None:
             train(cfg, run_dir)
             metrics = evaluate_run(run_dir, n_resamples=200)
             external = evaluate_external(run_dir, args.ext, n_resamples=0)
-            audit = metrics["audit"]
+            audit = metrics.audit
+            assert audit is not None
             results[name] = {
                 "options": options,
-                "test_auc": metrics["test"]["metrics"]["roc_auc"],
-                "file_facts_auc": audit["metadata_baseline"]["auc"],
-                "input_facts_auc": audit["input_baseline"]["auc"],
-                "lungs_hidden_auc": audit["lung_occlusion"]["auc_occluded"],
-                "ext_normal_called_covid": external["per_label"]["normal"]["rate_called"],
-                "ext_pneumonia_called_covid": external["per_label"]["pneumonia"]["rate_called"],
+                "test_auc": metrics.test.metrics["roc_auc"],
+                "file_facts_auc": audit.metadata_baseline.auc,
+                "input_facts_auc": audit.input_baseline.auc,
+                "lungs_hidden_auc": audit.lung_occlusion.auc_occluded,
+                "ext_normal_called_covid": external.per_label["normal"].rate_called,
+                "ext_pneumonia_called_covid": external.per_label["pneumonia"].rate_called,
             }
             print(name, results[name], flush=True)
     print(write_result("preprocess", {"data": "cxr-dev, binary, one patient-level split", "options": results}))

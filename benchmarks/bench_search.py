@@ -79,7 +79,7 @@ def main() -> None:
         start = time.perf_counter()
         cached = search(cfg, GRID, root / "cached", n_resamples=200)
         cached_s = time.perf_counter() - start
-        by_point = {(r["lr"], r["batch_size"], r["optimizer"], r["dropout"]): r for r in cached.rows}
+        by_point = {tuple(r.value(k) for k in GRID): r for r in cached.rows}
         trial_seconds = _trial_seconds(root / "cached")
         key = json.loads((cached.winner / "state.json").read_text())["cache_key"]
         entry = root / "cache" / key
@@ -88,7 +88,7 @@ def main() -> None:
         )
         threads = torch.get_num_threads()
         bare_s = sum(
-            bare_trial(features, p, cfg.train.resolved(), int(by_point[tuple(p[k] for k in GRID)]["epochs_run"]))
+            bare_trial(features, p, cfg.train.resolved(), by_point[tuple(p[k] for k in GRID)].epochs_run)
             for p in points
         )
         torch.set_num_threads(threads)
@@ -103,8 +103,8 @@ def main() -> None:
             start = time.perf_counter()
             train(fresh, run_dir)
             recompute_s.append(time.perf_counter() - start)
-            twin = by_point[tuple(params[k] for k in ("lr", "batch_size", "optimizer", "dropout"))]
-            same.append(abs(run_row(run_dir)["val_f1"] - twin["val_f1"]) < 1e-9)
+            twin = by_point[tuple(params[k] for k in GRID)]
+            same.append(abs(run_row(run_dir).metrics["val_f1"] - twin.metrics["val_f1"]) < 1e-9)
 
         timings = {}
         for workers in (1, 2):
@@ -137,7 +137,7 @@ def main() -> None:
             "workers_2_s": round(timings[2], 1),
             "workers_2_vs_1_speedup": round(timings[1] / timings[2], 2),
             "top_of_leaderboard": [
-                {k: r[k] for k in ("lr", "batch_size", "optimizer", "dropout", "val_f1", "val_auc")}
+                {k: r.value(k) for k in ("lr", "batch_size", "optimizer", "dropout", "val_f1", "val_auc")}
                 for r in cached.rows[:5]
             ],
         },

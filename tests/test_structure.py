@@ -11,7 +11,7 @@ from covidxr.rundir import RunDir, _Entry
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidxr"
 # Lowest first: a module may import from its own layer and the layers before it, never from a later one.
 LAYERS = (
-    "errors", "atomic", "rundir", "extras", "data", "config", "augment", "models", "training", "evaluation",
+    "errors", "atomic", "results", "rundir", "extras", "data", "config", "augment", "models", "training", "evaluation",
     "explain", "report", "pipeline", "serve", "search", "cli",
 )  # fmt: skip
 
@@ -69,7 +69,7 @@ def test_run_file_names_are_spelled_only_in_the_run_module() -> None:
 def test_train_state_round_trips_and_reads_older_files(tmp_path: Path) -> None:
     import json
 
-    from covidxr.rundir import TrainState
+    from covidxr.results import TrainState
 
     run = RunDir(tmp_path)
     assert run.read_state() is None

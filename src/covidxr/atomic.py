@@ -4,16 +4,35 @@ leaves either the old file or the new one, never half of one."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+
+def write_with(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> Path:
+    """`write(fh)` into a temporary beside `path` (per process: two writers never share one), then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
+        write(fh)
+    tmp.replace(path)
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_with(path, lambda fh: fh.write(text))
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Indented JSON; numpy scalars and other numbers become floats."""
+    return write_text(path, json.dumps(payload, indent=2, default=float) + "\n")
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
+    def write(fh: IO[str]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
-    return path
+
+    return write_with(path, write)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from covidxr.config import Config
 from covidxr.data.prepare import prepare
-from covidxr.evaluation.job import METRICS_FILE, EvalContext, evaluate_run
+from covidxr.evaluation.job import EvalContext, evaluate_run
 from covidxr.report.html import write_report
+from covidxr.results import Evaluation
+from covidxr.rundir import RunDir
 from covidxr.training.distributed import is_main_process
 from covidxr.training.job import LAST_CKPT, TrainResult, train
 
@@ -18,30 +18,29 @@ from covidxr.training.job import LAST_CKPT, TrainResult, train
 @dataclass
 class RunResult:
     train: TrainResult
-    metrics: dict[str, Any]
+    metrics: Evaluation
     report: Path
 
     def summary(self) -> str:
-        m = self.metrics["test"]["metrics"]
-        ci = self.metrics["test"]["ci95"]
+        m, ci = self.metrics.test.metrics, self.metrics.test.ci95
         lines = [self.train.summary(), "", "test split (95% CI by patient bootstrap):"]
         for name in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
             if name in m:
                 lo, hi = ci.get(name, [float("nan")] * 2)
                 lines.append(f"  {name:<12}{m[name]:.3f}  [{lo:.3f}, {hi:.3f}]")
-        for warning in (self.metrics.get("audit") or {}).get("warnings", []):
+        for warning in self.metrics.warnings:
             lines.append(f"WARNING: {warning}")
         lines.append(f"report: {self.report}")
         return "\n".join(lines)
 
 
-def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> dict[str, Any]:
+def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> Evaluation:
     """Average several finished runs' calibrated scores into a run directory, then evaluate and report it.
     Members not yet evaluated are evaluated first (that fits their temperature on their validation split)."""
     from covidxr.models.ensemble import create_ensemble
 
     for member in runs:
-        if not (Path(member) / METRICS_FILE).is_file():
+        if RunDir(member).read_evaluation() is None:
             evaluate_run(member, n_resamples)
     out = create_ensemble([Path(r) for r in runs], Path(out))
     metrics = evaluate_run(out, n_resamples)
@@ -63,15 +62,14 @@ def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool
     trained = train(cfg, run_dir, resume=resume, prepared=prepared)
     if not is_main_process():
         return None
-    metrics_file = run_dir / METRICS_FILE
-    to_evaluate = not metrics_file.is_file()
+    metrics = RunDir(run_dir).read_evaluation()
+    to_evaluate = metrics is None
     to_explain = explain and not (run_dir / EXPLAIN_FILE).is_file()
     ctx = EvalContext.load(run_dir) if to_evaluate or to_explain else None  # a finished run loads nothing
-    if ctx is not None and to_evaluate:
+    if ctx is not None and metrics is None:
         manifest = prepared.manifest if prepared else None
         metrics = evaluate_run(run_dir, n_resamples=n_resamples, ctx=ctx, manifest=manifest)
-    else:
-        metrics = json.loads(metrics_file.read_text())
     if ctx is not None and to_explain:
         explain_run(run_dir, model=(ctx.net, ctx.spec))
+    assert metrics is not None  # evaluated above, or before
     return RunResult(trained, metrics, write_report(run_dir))

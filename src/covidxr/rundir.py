@@ -5,10 +5,13 @@ its path (`RunDir(run).metrics`). No other module spells a run file's name."""
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, TypeVar, overload
+
+from covidxr.atomic import write_json
+from covidxr.results import Evaluation, Explanation, ExternalEvaluation, Filters, JsonRecord, TrainState
+
+R = TypeVar("R", bound=JsonRecord)
 
 
 class _Entry:
@@ -70,35 +73,27 @@ class RunDir:
 
     def read_state(self) -> TrainState | None:
         """The training state, or None before training started."""
-        return TrainState.from_json(json.loads(self.state.read_text())) if self.state.is_file() else None
+        return _read(self.state, TrainState)
 
     def write_state(self, state: TrainState) -> None:
-        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
-        tmp.replace(self.state)
+        write_json(self.state, state.to_json())
+
+    def read_evaluation(self) -> Evaluation | None:
+        """metrics.json, or None before the run was evaluated (it is written last, whole)."""
+        return _read(self.metrics, Evaluation)
+
+    def read_explanation(self) -> Explanation | None:
+        return _read(self.explain, Explanation)
+
+    def read_filters(self) -> Filters | None:
+        return _read(self.filters, Filters)
+
+    def external_results(self) -> list[ExternalEvaluation]:
+        """Every external data set this run was scored on, by folder name."""
+        folder = self.external
+        paths = sorted(folder.glob(f"*/{RunDir.metrics}")) if folder.is_dir() else []
+        return [ExternalEvaluation.from_json(json.loads(p.read_text())) for p in paths]
 
 
-@dataclass
-class TrainState:
-    """state.json: whether training finished, and what it found (an ensemble trains nothing: `ensemble` members)."""
-
-    status: Literal["running", "finished"]
-    best_epoch: int = -1
-    best_val_loss: float = float("nan")
-    epochs_run: int = 0
-    cache_hit: bool | None = None  # None: the feature cache was not used
-    cache_key: str | None = None
-    head: str | None = None  # "linear probe, C = ..." when the probe is the model
-    ensemble: int | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TrainState:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+def _read(path: Path, kind: type[R]) -> R | None:
+    return kind.from_json(json.loads(path.read_text())) if path.is_file() else None

@@ -30,10 +30,10 @@ def test_baseline_warns_when_metadata_predicts_the_label_and_not_otherwise() -> 
     x = rng.normal(size=(n, len(FEATURE_NAMES)))
     groups = np.arange(n)
     quiet = metadata_baseline(x[:120], y[:120], x[120:], y[120:], groups[120:], 200)
-    assert not quiet["warning"] and 0.3 < quiet["auc"] < 0.7
+    assert not quiet.warning and 0.3 < quiet.auc < 0.7
     x[:, 0] += y * 3  # "width" gives the label away
     loud = metadata_baseline(x[:120], y[:120], x[120:], y[120:], groups[120:], 200)
-    assert loud["warning"] and loud["auc"] > 0.9 and loud["top_features"][0][0] == "width"
+    assert loud.warning and loud.auc > 0.9 and loud.top_features[0][0] == "width"
 
 
 def test_lung_occlusion_replaces_the_ellipse_by_the_mean() -> None:
@@ -49,6 +49,6 @@ def test_lung_occlusion_replaces_the_ellipse_by_the_mean() -> None:
 def test_auc_with_ci_without_resamples_gives_the_auc_and_no_interval() -> None:
     y, score, groups = np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), np.array(["a", "b", "c", "d"])
     result = auc_with_ci(y, score, groups, n_resamples=0, seed=0)  # `--bootstrap 0` with the audit on
-    assert result["auc"] == 0.75 and all(np.isnan(v) for v in result["ci"])  # type: ignore[attr-defined]
-    lo, hi = auc_with_ci(y, score, groups, n_resamples=200, seed=0)["ci"]  # type: ignore[misc]
+    assert result.auc == 0.75 and all(np.isnan(v) for v in result.ci)
+    lo, hi = auc_with_ci(y, score, groups, n_resamples=200, seed=0).ci
     assert 0 <= lo <= 0.75 <= hi <= 1

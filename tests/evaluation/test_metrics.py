@@ -44,14 +44,19 @@ def test_multiclass_macro_metrics_agree_with_sklearn() -> None:
     y = rng.integers(0, 3, 300)
     logits = rng.normal(size=(300, 3)) + np.eye(3)[y] * 1.2
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    ours = multiclass_metrics(y, probs, ["a", "b", "c"])
+    result = multiclass_metrics(y, probs, ["a", "b", "c"])
+    ours = result.macro
     pred = probs.argmax(axis=1)
     assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert ours["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert ours["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"))
     assert ours["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro"))
     assert ours["roc_auc"] == pytest.approx(skm.roc_auc_score(y, probs, multi_class="ovr", average="macro"))
-    assert set(ours["per_class"]) == {"a", "b", "c"}
+    for k, name in enumerate("abc"):  # one-vs-rest rows, every count at the argmax (accuracy included)
+        row = result.per_class[name]
+        assert row["accuracy"] == pytest.approx(skm.accuracy_score(y == k, pred == k))
+        assert row["precision"] == pytest.approx(skm.precision_score(y == k, pred == k))
+        assert row["specificity"] == pytest.approx(skm.recall_score(y != k, pred != k))
 
 
 def test_patient_bootstrap_is_wider_than_image_bootstrap_for_clustered_images() -> None:
@@ -90,9 +95,9 @@ def test_calibration_error() -> None:
     rng = np.random.default_rng(0)
     score = rng.random(20000)
     calibrated = (rng.random(20000) < score).astype(int)
-    assert reliability(calibrated, score)["ece"] < 0.02
+    assert reliability(calibrated, score).ece < 0.02
     overconfident = np.full(1000, 0.9)
-    assert reliability(np.tile([0, 1], 500), overconfident)["ece"] == pytest.approx(0.4)
+    assert reliability(np.tile([0, 1], 500), overconfident).ece == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])

@@ -17,6 +17,8 @@ from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.data.synth import generate
 from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run
 from covidxr.pipeline import RunResult, run
+from covidxr.results import Evaluation
+from covidxr.rundir import RunDir
 from tests.imagefiles import flip_test_labels
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
@@ -44,29 +46,33 @@ def test_phantom_report_is_complete_and_the_audit_stays_quiet(phantom_run: RunRe
     for plot in PLOTS:
         assert (run_dir / "plots" / f"{plot}.png").is_file(), plot
     metrics = phantom_run.metrics
-    assert metrics["test"]["metrics"]["roc_auc"] > 0.85
-    audit = metrics["audit"]
-    assert audit["warnings"] == [] and "Warning:" not in html
-    assert audit["metadata_baseline"]["auc"] < 0.8 and audit["lung_occlusion"]["auc_occluded"] < 0.8
-    assert json.loads((run_dir / "model.json").read_text())["threshold"] == metrics["threshold"]["value"]
+    assert metrics.test.metrics["roc_auc"] > 0.85
+    audit = metrics.audit
+    assert audit is not None and audit.warnings == [] and "Warning:" not in html
+    assert audit.metadata_baseline.auc < 0.8 and audit.lung_occlusion.auc_occluded < 0.8
+    assert metrics.threshold is not None
+    assert json.loads((run_dir / "model.json").read_text())["threshold"] == metrics.threshold.value
+    saved = json.loads((run_dir / "metrics.json").read_text())  # the file is the result, and reads back whole
+    assert json.dumps(Evaluation.from_json(saved).to_json()) == json.dumps(saved) == json.dumps(metrics.to_json())
     with (run_dir / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == metrics["val"]["n_images"] + metrics["test"]["n_images"]
+    assert len(rows) == metrics.val.n_images + metrics.test.n_images
     assert {"path", "patient_id", "label", "score_COVID-19", "predicted"} <= set(rows[0])
-    lo, hi = metrics["test"]["ci95"]["roc_auc"]
-    assert lo <= metrics["test"]["metrics"]["roc_auc"] <= hi
+    lo, hi = metrics.test.ci95["roc_auc"]
+    assert lo <= metrics.test.metrics["roc_auc"] <= hi
 
 
 def test_trained_phantom_model_points_at_its_lesions(phantom_run: RunResult) -> None:
-    explain = json.loads((phantom_run.report.parent / "explain.json").read_text())
-    loc = explain["localisation"]
-    assert loc["true_positives"] >= 5
-    assert loc["pointing_game"] > max(0.3, 3 * loc["chance"]), loc  # hit within 15 px vs a random point
-    assert loc["energy_inside_mask"] > 1.5 * loc["mask_area"], loc
+    explain = RunDir(phantom_run.report.parent).read_explanation()
+    assert explain is not None and explain.localisation is not None
+    loc = explain.localisation
+    assert loc.true_positives >= 5
+    assert loc.pointing_game > max(0.3, 3 * loc.chance), loc  # hit within 15 px vs a random point
+    assert loc.energy_inside_mask > 1.5 * loc.mask_area, loc
     from covidxr.data.lungs import LungEllipse
 
     outside_share = 1 - float(LungEllipse().mask(224, 224).float().mean())  # a CAM spread evenly: this much outside
-    assert explain["cam_energy_outside_lungs"] < outside_share  # phantom lesions sit inside the lungs: the CAM too
+    assert explain.cam_energy_outside_lungs < outside_share  # phantom lesions sit inside the lungs: the CAM too
 
 
 def test_explain_and_filters_commands(phantom_run: RunResult, tmp_path: Path) -> None:
@@ -101,17 +107,17 @@ def test_threshold_does_not_change_when_test_labels_do(phantom_run: RunResult, t
     cfg["data"]["paths"] = [str(data)]
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     flipped = evaluate_run(copy, n_resamples=50, audit=False)
-    assert flipped["threshold"] == phantom_run.metrics["threshold"]
-    assert flipped["val"]["metrics"] == phantom_run.metrics["val"]["metrics"]
-    assert flipped["test"]["metrics"]["roc_auc"] < 0.5 < phantom_run.metrics["test"]["metrics"]["roc_auc"]
+    assert flipped.threshold == phantom_run.metrics.threshold
+    assert flipped.val.metrics == phantom_run.metrics.val.metrics
+    assert flipped.test.metrics["roc_auc"] < 0.5 < phantom_run.metrics.test.metrics["roc_auc"]
 
 
 def test_external_validation_on_a_second_data_set(phantom_run: RunResult, tmp_path: Path) -> None:
     generate(tmp_path / "other", n=60, seed=99)
     run_dir = phantom_run.report.parent
     result = evaluate_external(run_dir, tmp_path / "other", n_resamples=100)
-    assert result["external"]["n_images"] == 60
-    assert result["threshold"] == phantom_run.metrics["threshold"]["value"]
+    assert result.external.n_images == 60 and phantom_run.metrics.threshold is not None
+    assert result.threshold == phantom_run.metrics.threshold.value
     table = comparison_table(result)
     assert "internal test" in table and "roc_auc" in table
     command = [sys.executable, "-m", "covidxr", "evaluate", str(run_dir), "--data", str(tmp_path / "other")]

@@ -21,9 +21,9 @@ def test_cxr_dev_run_raises_the_shortcut_warnings(cxr_dev: Path, tmp_path: Path)
         DataConfig(paths=(str(cxr_dev),)), TrainConfig(epochs=5, augment_copies=0, cache_dir=str(tmp_path / "cache"))
     )
     result = run(cfg, tmp_path / "run", n_resamples=200, explain=False)  # the audit is the point here
-    audit = result.metrics["audit"]
-    assert audit["metadata_baseline"]["warning"] and audit["metadata_baseline"]["auc"] >= 0.8
-    assert {name for name, _ in audit["metadata_baseline"]["top_features"][:3]} & {
+    audit = result.metrics.audit
+    assert audit is not None and audit.metadata_baseline.warning and audit.metadata_baseline.auc >= 0.8
+    assert {name for name, _ in audit.metadata_baseline.top_features[:3]} & {
         "width",
         "height",
         "pixels",

@@ -43,10 +43,10 @@ def test_a_layer_forced_dead_is_reported_dead() -> None:
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.fill_(-1.0)  # nothing can pass the ReLU after it
-    rows = {(r["layer"], r["kind"]): r for r in dead_filters(net, [torch.rand(4, 3, 64, 64)])}
-    assert rows[("blocks.1.1", "activation")]["fraction"] == 1.0
-    assert rows[("blocks.1.0", "weights")]["fraction"] == 1.0
-    assert rows[("blocks.0.1", "activation")]["fraction"] < 0.5
+    rows = {(r.layer, r.kind): r for r in dead_filters(net, [torch.rand(4, 3, 64, 64)])}
+    assert rows[("blocks.1.1", "activation")].fraction == 1.0
+    assert rows[("blocks.1.0", "weights")].fraction == 1.0
+    assert rows[("blocks.0.1", "activation")].fraction < 0.5
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,9 @@ import yaml
 
 from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.errors import CovidxrError
+from covidxr.results import LeaderboardRow
 from covidxr.search.grid import Range, grid_points, load_grid, point_key
 from covidxr.search.job import search, storage_for
-from covidxr.search.leaderboard import read_leaderboard
 from covidxr.training.callbacks import read_history
 from tests.imagefiles import flip_test_labels
 
@@ -59,11 +59,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_point_once_ordered_leaderboard_winner_tested_once(phantoms: Path, cache: Path, tmp_path: Path) -> None:
     result = search(_cfg(phantoms, cache), GRID, tmp_path / "s", n_resamples=50)
     assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(GRID)}
-    board = read_leaderboard(tmp_path / "s" / "leaderboard.csv")
-    assert len(board) == 4 and {(float(r["lr"]), int(r["batch_size"])) for r in board} == {
+    board = LeaderboardRow.read_all(tmp_path / "s" / "leaderboard.csv")
+    assert len(board) == 4 and {(r.value("lr"), r.value("batch_size")) for r in board} == {
         (p["lr"], p["batch_size"]) for p in grid_points(GRID)
     }
-    keys = [(float(r["val_f1"]), float(r["val_auc"])) for r in board]
+    keys = [(r.metrics["val_f1"], r.metrics["val_auc"]) for r in board]
     assert keys == sorted(keys, reverse=True)
     assert list((tmp_path / "s" / "trials").glob("*/metrics.json")) == [result.winner / "metrics.json"]
     html = result.report.read_text()
@@ -76,7 +76,7 @@ def test_a_failing_point_is_retried_once_and_the_rest_finish(phantoms: Path, cac
     study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
     failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 2 and all(t.params["last_k"] == 0 for t in failed)  # first try + one retry
-    assert [r["last_k"] for r in result.rows] == [1]
+    assert [r.value("last_k") for r in result.rows] == [1]
     with pytest.raises(CovidxrError, match="optimizer = 'lbfgs' is not one of"):  # a bad choice: before any trial
         search(_cfg(phantoms, cache), {"optimizer": ["adam", "lbfgs"]}, tmp_path / "bad", n_resamples=20)
     assert not (tmp_path / "bad" / "trials").exists()
@@ -126,9 +126,11 @@ def test_shuffled_test_labels_leave_the_ranking_unchanged(phantoms: Path, cache:
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "splits.csv", tmp_path / "b" / "splits.csv")  # the same patients in test
     second = search(_cfg(data, cache), GRID, tmp_path / "b", n_resamples=20)
-    ranking = [(r["lr"], r["batch_size"], r["val_f1"], r["val_auc"]) for r in first.rows]
-    assert ranking == [(r["lr"], r["batch_size"], r["val_f1"], r["val_auc"]) for r in second.rows]
-    assert second.metrics["test"]["metrics"]["roc_auc"] < 0.5 < first.metrics["test"]["metrics"]["roc_auc"]
+    ranking = [(r.value("lr"), r.value("batch_size"), r.value("val_f1"), r.value("val_auc")) for r in first.rows]
+    assert ranking == [
+        (r.value("lr"), r.value("batch_size"), r.value("val_f1"), r.value("val_auc")) for r in second.rows
+    ]
+    assert second.metrics.test.metrics["roc_auc"] < 0.5 < first.metrics.test.metrics["roc_auc"]
 
 
 def test_grid_files_are_checked_and_offline_weights_stop_before_any_trial(phantoms: Path, tmp_path: Path) -> None:
@@ -186,8 +188,8 @@ def test_two_machines_on_postgresql_one_killed_finish_the_grid_once(
     assert complete == {point_key(p): 1 for p in grid_points(grid)}  # every point once, none twice
     assert any(t.state == optuna.trial.TrialState.FAIL for t in trials_done)  # the killed trial, failed by heartbeat
     for out in (tmp_path / "a", tmp_path / "b"):
-        board = read_leaderboard(out / "leaderboard.csv")
-        assert {(float(r["lr"]), int(r["batch_size"])) for r in board} == {
+        board = LeaderboardRow.read_all(out / "leaderboard.csv")
+        assert {(r.value("lr"), r.value("batch_size")) for r in board} == {
             (p["lr"], p["batch_size"]) for p in grid_points(grid)
         }
     assert "winner:" in again.stdout and "winner:" in out_b

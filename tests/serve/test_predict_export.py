@@ -152,7 +152,7 @@ def test_test_time_augmentation_is_chosen_once_and_used_everywhere(run_dir: Path
     tta_run = Path(shutil.copytree(run_dir, tmp_path / "tta-run"))
     plain = load_engine(tta_run).scores(x.numpy())
     metrics = evaluate_run(tta_run, n_resamples=0, audit=False, tta=True)
-    assert metrics["tta"] and json.loads((tta_run / "model.json").read_text())["tta"] is True
+    assert metrics.tta and json.loads((tta_run / "model.json").read_text())["tta"] is True
     engine = load_engine(tta_run)
     assert isinstance(engine.scoring, TestTimeAugmented)
     assert not np.allclose(engine.scores(x.numpy()), plain, atol=1e-4)

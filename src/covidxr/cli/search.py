@@ -39,7 +39,7 @@ def search_cmd(
         typer.echo(f"{sampler}: {trials} trials over {', '.join(the_grid)}, pruned on validation loss")
     result = search(cfg, the_grid, out, storage, study, workers, bootstrap, sampler, trials)
     typer.echo(format_table(result.rows, top=10))
-    test = result.metrics["test"]["metrics"]
+    test = result.metrics.test.metrics
     typer.echo(f"winner: {result.winner} (test F1 {test['f1']:.3f}, AUC {test['roc_auc']:.3f})")
     typer.echo(f"leaderboard: {RunDir(result.out).leaderboard}")
     typer.echo(f"report: {result.report}")

@@ -90,7 +90,7 @@ def evaluate_cmd(
                 "--out and --label-map go with --data (an external set); the run's own results stay in it"
             )
         metrics = evaluate_run(run_dir, bootstrap, threshold, tta=tta)
-        for warning in (metrics.get("audit") or {}).get("warnings", []):
+        for warning in metrics.warnings:
             typer.echo(f"WARNING: {warning}")
         if by_source:
             from covidxr.evaluation.by_source import by_source_table, leave_one_source_out
@@ -98,11 +98,11 @@ def evaluate_cmd(
             typer.echo(by_source_table(leave_one_source_out(run_dir, threshold)))
     else:
         result = evaluate_external(run_dir, data, bootstrap, out, parse_label_map(label_map))
-        typer.echo(f"internal test vs external ({data}), threshold {result['threshold']:.3f} from the run's val split:")
+        typer.echo(f"internal test vs external ({data}), threshold {result.threshold:.3f} from the run's val split:")
         typer.echo(comparison_table(result))
         typer.echo("")
         typer.echo(per_label_table(result))
-        typer.echo(f"external results: {result['out']}")
+        typer.echo(f"external results: {result.out}")
     typer.echo(f"report: {write_report(run_dir)}")
 
 
@@ -115,7 +115,7 @@ def ensemble_cmd(
     from covidxr.pipeline import ensemble
 
     metrics = ensemble(runs, out, bootstrap)
-    m = metrics["test"]["metrics"]
+    m = metrics.test.metrics
     typer.echo(
         f"ensemble of {len(runs)} runs: test "
         + ", ".join(f"{k} {m[k]:.3f}" for k in ("accuracy", "f1", "roc_auc") if k in m)
@@ -164,12 +164,10 @@ def filters_cmd(run_dir: Path = typer.Argument(..., help="a trained run director
 
     result = filters_report(run_dir)
     typer.echo(f"{'layer':<40}{'kind':>12}{'channels':>10}{'dead':>8}{'share':>8}")
-    for row in result["dead"]:
-        if row["dead"]:
-            typer.echo(
-                f"{row['layer']:<40}{row['kind']:>12}{row['channels']:>10}{row['dead']:>8}{row['fraction']:>8.0%}"
-            )
-    for note in result["notes"]:
+    for row in result.dead:
+        if row.dead:
+            typer.echo(f"{row.layer:<40}{row.kind:>12}{row.channels:>10}{row.dead:>8}{row.fraction:>8.0%}")
+    for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"written {RunDir(run_dir).filters} and {RunDir(run_dir).plots / 'filters.png'}")
 

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from covidxr.atomic import write_csv
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import OFFICIAL_SPLIT, Manifest, Record
 from covidxr.errors import DataError
@@ -162,15 +163,12 @@ def assert_no_leak(manifest: Manifest, split: Split) -> None:
 
 
 def write_split(split: Split, manifest: Manifest, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "patient_id", "group", "split", "method"])
-        for r in manifest.records:
-            writer.writerow(
-                [r.path, r.label, r.patient_id or "", split.groups[r.path], split.assignment[r.path], split.method]
-            )
-    tmp.replace(path)
+    rows = [
+        {"path": r.path, "label": r.label, "patient_id": r.patient_id or "", "group": split.groups[r.path],
+         "split": split.assignment[r.path], "method": split.method}
+        for r in manifest.records
+    ]  # fmt: skip
+    write_csv(path, ["path", "label", "patient_id", "group", "split", "method"], rows)
 
 
 def read_split(path: Path, manifest: Manifest) -> Split:

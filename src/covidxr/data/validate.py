@@ -12,11 +12,13 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
 
+from covidxr.atomic import write_json
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
 from covidxr.data.manifest import RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
@@ -91,8 +93,24 @@ class DataReport:
             "problem": self.problem,
         }
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DataReport:
+        """The report as `to_dict` wrote it (data_report.json)."""
+        return cls(
+            raw["source"], raw["layout"], raw["task"], raw["classes"], raw["listed"], raw["usable"], raw["per_label"],
+            raw["patients"], [Skipped(**s) for s in raw["skipped"]], raw["ignored"], raw["excluded_by_filter"],
+            raw["exact_duplicates"], [(d["a"], d["b"], d["distance"]) for d in raw["near_duplicates"]],
+            raw["geometry"], raw.get("raw_labels", {}), raw.get("label_by_source", {}), raw.get("split"),
+            [(n["path"], n["note"]) for n in raw.get("notes", [])], raw.get("warnings", []), raw.get("problem"),
+        )  # fmt: skip
+
     def write_json(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
+
+
+def read_data_report(path: Path) -> DataReport | None:
+    """data_report.json of a run, or None where the run has none (an ensemble borrows its first member's)."""
+    return DataReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
     def format_table(self) -> str:
         lines = [

@@ -20,6 +20,7 @@ from covidxr.data.manifest import Record
 from covidxr.data.readers import read_image
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.metrics import roc_auc
+from covidxr.results import AucCI, Baseline
 
 METADATA_WARN_AUC = 0.8
 OCCLUSION_WARN_AUC = 0.8
@@ -54,7 +55,7 @@ def intensity_facts(px: np.ndarray) -> list[float]:
     return [float(px.mean()), float(px.std()), *(float(s.mean()) for s in strips), border]
 
 
-def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resamples: int, seed: int) -> dict[str, object]:
+def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resamples: int, seed: int) -> AucCI:
     auc = roc_auc(y, score)
 
     def metric(idx: np.ndarray) -> dict[str, float]:
@@ -63,7 +64,7 @@ def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resample
 
     no_resamples = (float("nan"), float("nan"))
     lo, hi = patient_bootstrap(metric, groups, n_resamples, seed).get("auc", no_resamples)
-    return {"auc": auc, "ci": [lo, hi]}
+    return AucCI(auc, [lo, hi])
 
 
 INPUT_FEATURE_NAMES = FEATURE_NAMES[FEATURE_NAMES.index("mean") :]  # intensity_facts, without size and format
@@ -88,7 +89,7 @@ def metadata_baseline(
     n_resamples: int = 1000,
     seed: int = 0,
     names: Sequence[str] = FEATURE_NAMES,
-) -> dict[str, object]:
+) -> Baseline:
     """Binary targets (positive vs rest). Returns test AUC with CI, the most used features, and the verdict."""
     forest = RandomForestClassifier(n_estimators=300, min_samples_leaf=3, random_state=seed, n_jobs=1)
     forest.fit(x_train, y_train)
@@ -97,8 +98,7 @@ def metadata_baseline(
         if 1 in forest.classes_
         else np.zeros(len(y_test))
     )
-    result = auc_with_ci(y_test, score, groups_test, n_resamples, seed)
+    auc = auc_with_ci(y_test, score, groups_test, n_resamples, seed)
     order = np.argsort(forest.feature_importances_)[::-1][:5]
-    result["top_features"] = [[names[i], round(float(forest.feature_importances_[i]), 3)] for i in order]
-    result["warning"] = bool(result["auc"] >= METADATA_WARN_AUC)
-    return result
+    top = [(names[i], round(float(forest.feature_importances_[i]), 3)) for i in order]
+    return Baseline(auc.auc, auc.ci, top, bool(auc.auc >= METADATA_WARN_AUC))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidxr.atomic import write_json
 from covidxr.config import Config
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest
@@ -46,7 +47,7 @@ class HeldOutSource:
 def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> list[HeldOutSource]:
     """Retrain the run's configuration once per source with that source held out; score each held-out source
     at a threshold chosen (after temperature scaling) on the fold's own validation split."""
-    from covidxr.evaluation.job import EvalContext, _audit_class
+    from covidxr.evaluation.job import EvalContext
     from covidxr.training.job import train
 
     run_dir = Path(run_dir)
@@ -86,7 +87,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
             ctx.spec.threshold = choose_threshold(val.targets, val.positive, threshold_method)
         ctx.spec.write(ctx.run_dir)
         scored = ctx.score(manifest.subset(held), held)
-        k = _audit_class(ctx.spec)
+        k = ctx.spec.audit_class
         called = ctx.spec.decide(scored.scores) == k
         labels = np.array([r.label for r in held])
         fold.called = ctx.spec.classes[k]
@@ -94,10 +95,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
         y = scored.targets == k
         fold.auc = roc_auc(y, scored.scores[:, k]) if 0 < y.sum() < len(y) else None
         folds.append(fold)
-    path = run_dir / BY_SOURCE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([vars(f) for f in folds], indent=2) + "\n")
-    tmp.replace(path)
+    write_json(run_dir / BY_SOURCE_FILE, [vars(f) for f in folds])
     return folds
 
 

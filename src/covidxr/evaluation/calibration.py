@@ -6,8 +6,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit, log_softmax
 
+from covidxr.results import Reliability
 
-def reliability(y: np.ndarray, score: np.ndarray, bins: int = 10) -> dict[str, object]:
+
+def reliability(y: np.ndarray, score: np.ndarray, bins: int = 10) -> Reliability:
     """Equal-width bins over [0, 1]: mean score, observed positive rate and count per bin; ECE weighs the gaps."""
     y = np.asarray(y, dtype=float)
     score = np.clip(np.asarray(score, dtype=float), 0, 1)
@@ -23,13 +25,7 @@ def reliability(y: np.ndarray, score: np.ndarray, bins: int = 10) -> dict[str, o
         observed.append(float(y[mask].mean()) if n else float("nan"))
         if n:
             ece += n / len(y) * abs(observed[-1] - mean_score[-1])
-    return {
-        "ece": float(ece),
-        "edges": edges.tolist(),
-        "mean_score": mean_score,
-        "observed": observed,
-        "counts": counts,
-    }
+    return Reliability(float(ece), edges.tolist(), mean_score, observed, counts)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:

@@ -8,7 +8,6 @@ go to external/<name>/.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from collections import Counter
@@ -19,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidxr.atomic import write_csv, write_json
 from covidxr.config import Config, DataConfig
 from covidxr.data.formats import AUTO
-from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap
+from covidxr.data.labels import LabelMap
 from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import inspect_data
@@ -44,6 +44,18 @@ from covidxr.evaluation.threshold import choose_threshold, threshold_for_specifi
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
+from covidxr.results import (
+    AtSpecificity,
+    Audit,
+    Calibration,
+    Evaluation,
+    ExternalEvaluation,
+    LabelRates,
+    Occlusion,
+    SourceRates,
+    SplitMetrics,
+    Threshold,
+)
 from covidxr.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -96,51 +108,37 @@ class EvalContext:
         return Scored(scored.records, scored.logits, scored.targets, scores)
 
 
-def summarise(scored: Scored, spec: ModelSpec, threshold: float, n_resamples: int, seed: int) -> dict[str, Any]:
-    """Metrics at the threshold with patient-bootstrap 95% CIs, confusion matrix, calibration."""
+def summarise(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> SplitMetrics:
+    """Metrics at the run's decision rule with patient-bootstrap 95% CIs, confusion matrix, calibration."""
     y, groups = scored.targets, scored.groups()
-    out: dict[str, Any] = {"n_images": len(y), "n_patients": len(set(groups.tolist()))}
+    predicted = spec.decide(scored.scores)
+    counts = {"n_images": len(y), "n_patients": len(set(groups.tolist()))}
     if spec.task == "binary":
-        score = scored.positive
-        out["metrics"] = binary_metrics(y, score, threshold)
+        score, threshold = scored.positive, spec.threshold
         ci = patient_bootstrap(lambda i: binary_metrics(y[i], score[i], threshold), groups, n_resamples, seed)
-        out["confusion"] = confusion(y, (score >= threshold).astype(int), 2)
-        out["calibration"] = reliability(y, score)
-    else:
-        full = multiclass_metrics(y, scored.scores, spec.classes)
-        out["per_class"] = full.pop("per_class")
-        out["metrics"] = full
-
-        def macro(i: np.ndarray) -> dict[str, float]:
-            m = multiclass_metrics(y[i], scored.scores[i], spec.classes)
-            m.pop("per_class")
-            return m  # type: ignore[return-value]
-
-        ci = patient_bootstrap(macro, groups, n_resamples, seed)
-        out["confusion"] = confusion(y, scored.scores.argmax(axis=1), len(spec.classes))
-    out["ci95"] = {k: list(v) for k, v in ci.items()}
-    return out
-
-
-def _audit_class(spec: ModelSpec) -> int:
-    """The class the audit treats as positive: the positive class, or COVID-19 (else the last) in multiclass."""
-    if spec.task == "binary":
-        return 1
-    return spec.classes.index(DEFAULT_POSITIVE) if DEFAULT_POSITIVE in spec.classes else len(spec.classes) - 1
+        return SplitMetrics(
+            **counts, metrics=binary_metrics(y, score, threshold), ci95={k: list(v) for k, v in ci.items()},
+            confusion=confusion(y, predicted, 2), calibration=reliability(y, score),
+        )  # fmt: skip
+    full = multiclass_metrics(y, scored.scores, spec.classes)
+    ci = patient_bootstrap(lambda i: multiclass_metrics(y[i], scored.scores[i], spec.classes).macro, groups,
+                           n_resamples, seed)  # fmt: skip
+    return SplitMetrics(
+        **counts, metrics=full.macro, ci95={k: list(v) for k, v in ci.items()},
+        confusion=confusion(y, predicted, len(spec.classes)), per_class=full.per_class,
+    )  # fmt: skip
 
 
 def _audit_target(spec: ModelSpec, scored: Scored) -> tuple[np.ndarray, np.ndarray]:
     """Binary view for the audit: audit class vs rest, and its score."""
-    k = _audit_class(spec)
+    k = spec.audit_class
     return (scored.targets == k).astype(int), scored.scores[:, k]
 
 
-def shortcut_audit(
-    ctx: EvalContext, manifest: Manifest, split: Split, test: Scored, n_resamples: int
-) -> dict[str, Any]:
+def shortcut_audit(ctx: EvalContext, manifest: Manifest, split: Split, test: Scored, n_resamples: int) -> Audit:
     seed = ctx.cfg.data.seed
     train = split.records(manifest, "train")
-    k = _audit_class(ctx.spec)
+    k = ctx.spec.audit_class
     y_train = np.array([int(ctx.label_map.encode(r.label) == k) for r in train])
     y_test, score_full = _audit_target(ctx.spec, test)
     x_train = metadata_features(manifest.root, train, ctx.cfg.data.max_pixels)
@@ -157,25 +155,18 @@ def shortcut_audit(
     _, score_occ = _audit_target(ctx.spec, occluded)
     full = auc_with_ci(y_test, score_full, test.groups(), n_resamples, seed)
     occ = auc_with_ci(y_test, score_occ, test.groups(), n_resamples, seed)
-    occlusion = {
-        "auc_full": full["auc"],
-        "auc_full_ci": full["ci"],
-        "auc_occluded": occ["auc"],
-        "auc_occluded_ci": occ["ci"],
-        "ellipse": vars(ellipse),
-        "warning": bool(occ["auc"] >= OCCLUSION_WARN_AUC),  # type: ignore[operator]
-    }
+    occlusion = Occlusion(full.auc, full.ci, occ.auc, occ.ci, vars(ellipse), bool(occ.auc >= OCCLUSION_WARN_AUC))
     warnings = []
-    if meta["warning"]:
+    if meta.warning:
         warnings.append(
             f"Labels are predictable without looking at the lungs: a classifier on image metadata alone (size, "
-            f"format, intensity, borders) reaches test AUC {meta['auc']:.2f} (95% CI {meta['ci'][0]:.2f}-"  # type: ignore[index]
-            f"{meta['ci'][1]:.2f}). High scores on this data set may measure acquisition, not disease."  # type: ignore[index]
+            f"format, intensity, borders) reaches test AUC {meta.auc:.2f} (95% CI {meta.ci[0]:.2f}-"
+            f"{meta.ci[1]:.2f}). High scores on this data set may measure acquisition, not disease."
         )
-    if occlusion["warning"]:
+    if occlusion.warning:
         warnings.append(
             f"The model does not need the lungs: with both lung fields hidden it still reaches test AUC "
-            f"{occ['auc']:.2f} (vs {full['auc']:.2f} with them). It is using something outside the lungs."
+            f"{occ.auc:.2f} (vs {full.auc:.2f} with them). It is using something outside the lungs."
         )
     by_source = label_by_source(manifest.records)
     for label, source in confounded_labels(by_source).items():
@@ -185,34 +176,25 @@ def shortcut_audit(
             f"hospitals {label!r} at rates no test split here can show. Score it on outside data (covidxr evaluate "
             f"RUN --data OTHER) before any use, and train with {label!r}-negative images from that source."
         )
-    return {
-        "metadata_baseline": meta,
-        "input_baseline": seen,
-        "lung_occlusion": occlusion,
-        "label_by_source": by_source,
-        "warnings": warnings,
-    }
+    return Audit(meta, seen, occlusion, by_source, warnings)
 
 
-def per_source(scored: Scored, spec: ModelSpec) -> dict[str, Any]:
+def per_source(scored: Scored, spec: ModelSpec) -> dict[str, SourceRates]:
     """Per source of the scored images: images, share called the audit class per label, and the AUC where the
     source holds both sides (a model that only separates sources shows up as AUCs that vanish within one)."""
-    k = _audit_class(spec)
+    k = spec.audit_class
     called = spec.decide(scored.scores) == k
-    out: dict[str, Any] = {}
+    out = {}
     for source in sorted({r.source for r in scored.records}):
         rows = np.array([r.source == source for r in scored.records])
         labels = [r.label for r, keep in zip(scored.records, rows, strict=True) if keep]
         y = scored.targets[rows] == k
-        out[source] = {
-            "n_images": int(rows.sum()),
-            "called": spec.classes[k],
-            "rate_called": {
-                label: float(np.mean([c for c, lab in zip(called[rows], labels, strict=True) if lab == label]))
-                for label in sorted(set(labels))
-            },
-            "auc": roc_auc(y, scored.scores[rows, k]) if 0 < y.sum() < len(y) else None,
+        rates = {
+            label: float(np.mean([c for c, lab in zip(called[rows], labels, strict=True) if lab == label]))
+            for label in sorted(set(labels))
         }
+        auc = roc_auc(y, scored.scores[rows, k]) if 0 < y.sum() < len(y) else None
+        out[source] = SourceRates(int(rows.sum()), spec.classes[k], rates, auc)
     return out
 
 
@@ -224,7 +206,7 @@ def evaluate_run(
     tta: bool | None = None,
     ctx: EvalContext | None = None,
     manifest: Manifest | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Internal evaluation of a finished run. Returns (and writes) metrics.json; sets the threshold in model.json.
     `tta` switches test-time augmentation on or off for this and every later use of the run (None: as it is).
     `ctx` and `manifest`: the run's model and usable images when the caller has them already (`covidxr run`)."""
@@ -238,40 +220,35 @@ def evaluate_run(
     val = ctx.score(manifest, split.records(manifest, "val"))
     test = ctx.score(manifest, split.records(manifest, "test"))
     seed = ctx.cfg.data.seed
-    result: dict[str, Any] = {"task": ctx.spec.task, "classes": ctx.spec.classes, "tta": ctx.spec.tta}
     ctx.spec.temperature = 1.0
     uncalibrated = ctx.rescore(test)
     ctx.spec.temperature = fit_temperature(val.logits, val.targets, ctx.spec.task)
     val, test = ctx.rescore(val), ctx.rescore(test)
-    k = _audit_class(ctx.spec)
-    result["calibration"] = {
-        "method": "temperature scaling",
-        "temperature": ctx.spec.temperature,
-        "fitted_on": "val",
-        "test_before": reliability(test.targets == k, uncalibrated.scores[:, k]),
-        "test_after": reliability(test.targets == k, test.scores[:, k]),
-    }
-    threshold = 0.5
+    k = ctx.spec.audit_class
+    calibration = Calibration(
+        "temperature scaling", ctx.spec.temperature, "val",
+        test_before=reliability(test.targets == k, uncalibrated.scores[:, k]),
+        test_after=reliability(test.targets == k, test.scores[:, k]),
+    )  # fmt: skip
+    chosen = at95 = None
     if ctx.spec.task == "binary":
-        threshold = choose_threshold(val.targets, val.positive, threshold_method)
+        ctx.spec.threshold = choose_threshold(val.targets, val.positive, threshold_method)
+        chosen = Threshold(ctx.spec.threshold, threshold_method, "val")
         t95 = threshold_for_specificity(val.targets, val.positive, 0.95)
-        at95 = binary_metrics(test.targets, test.positive, t95)
-        result["threshold"] = {"value": threshold, "method": threshold_method, "chosen_on": "val"}
-        result["sensitivity_at_95_specificity"] = {
-            "threshold": t95,
-            "chosen_on": "val",
-            "test_sensitivity": at95["recall"],
-            "test_specificity": at95["specificity"],
-        }
-        ctx.spec.threshold = threshold
+        m95 = binary_metrics(test.targets, test.positive, t95)
+        at95 = AtSpecificity(t95, "val", m95["recall"], m95["specificity"])
     ctx.spec.write(ctx.run_dir)
-    result["val"] = summarise(val, ctx.spec, threshold, 0, seed) | {"ci95": {}}
-    result["test"] = summarise(test, ctx.spec, threshold, n_resamples, seed)
-    result["test_by_source"] = per_source(test, ctx.spec)
-    if audit:
-        result["audit"] = shortcut_audit(ctx, manifest, split, test, n_resamples)
+    result = Evaluation(
+        ctx.spec.task, ctx.spec.classes, ctx.spec.tta, calibration,
+        val=summarise(val, ctx.spec, 0, seed),
+        test=summarise(test, ctx.spec, n_resamples, seed),
+        test_by_source=per_source(test, ctx.spec),
+        threshold=chosen, sensitivity_at_95_specificity=at95,
+        audit=shortcut_audit(ctx, manifest, split, test, n_resamples) if audit else None,
+    )  # fmt: skip
+    result.val.ci95 = {}
     _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
-    _write_json(ctx.run_dir / METRICS_FILE, result)  # last: its presence means the evaluation is complete
+    write_json(ctx.run_dir / METRICS_FILE, result.to_json())  # last: its presence means the evaluation is complete
     return result
 
 
@@ -281,15 +258,16 @@ def evaluate_external(
     n_resamples: int = 1000,
     out: Path | str | None = None,
     label_map: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ExternalEvaluation:
     """Score a run on another data set with the run's label mapping and validated threshold.
 
     Labels the run cannot score (a class it never learned) are dropped and counted; `label_map` maps the
     external set's labels first. A set holding one class only gets what it allows: per-label rates, no AUC.
     """
     ctx = EvalContext.load(run_dir)
-    if not (ctx.run_dir / METRICS_FILE).is_file():
-        evaluate_run(run_dir, n_resamples)
+    internal = RunDir(ctx.run_dir).read_evaluation()
+    if internal is None:
+        internal = evaluate_run(run_dir, n_resamples)
         ctx = EvalContext.load(run_dir)
     rules = dict(ctx.cfg.data.label_rules.rename) | (label_map or {})
     data_cfg = replace(ctx.cfg.data, paths=(str(data),), label_map=rules, format=AUTO)
@@ -299,80 +277,73 @@ def evaluate_external(
     if not manifest.records:
         raise CovidxrError(f"{data}: none of its labels {sorted(dropped)} is a class of the run {ctx.spec.classes}")
     scored = ctx.score(manifest, manifest.records)
-    external = summarise(scored, ctx.spec, ctx.spec.threshold, n_resamples, ctx.cfg.data.seed)
-    external["data"] = str(data)
-    external["classes_present"] = sorted({ctx.spec.classes[t] for t in scored.targets.tolist()})
+    external = summarise(scored, ctx.spec, n_resamples, ctx.cfg.data.seed)
+    external.data = str(data)
+    external.classes_present = sorted({ctx.spec.classes[t] for t in scored.targets.tolist()})
     out_dir = Path(out) if out else ctx.run_dir / EXTERNAL_DIR / _slug(data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], ctx)
-    internal = json.loads((ctx.run_dir / METRICS_FILE).read_text())["test"]
-    result = {
-        "internal": internal,
-        "external": external,
-        "threshold": ctx.spec.threshold,
-        "per_label": per_label_rates(scored, ctx.spec, n_resamples, ctx.cfg.data.seed),
-        "dropped_labels": dropped,
-    }
-    _write_json(out_dir / METRICS_FILE, result)
-    result["out"] = str(out_dir)
+    result = ExternalEvaluation(
+        internal.test, external, ctx.spec.threshold,
+        per_label_rates(scored, ctx.spec, n_resamples, ctx.cfg.data.seed), dropped, str(out_dir),
+    )  # fmt: skip
+    write_json(out_dir / METRICS_FILE, result.to_json())
     return result
 
 
-def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> dict[str, Any]:
+def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> dict[str, LabelRates]:
     """Per data-set label: predicted-class counts, the share called the audit class (the false-positive rate
     where that is not the label) with a patient-bootstrap CI, and the distribution of that class's score."""
-    k = _audit_class(spec)
+    k = spec.audit_class
     predicted = spec.decide(scored.scores)
     called = (predicted == k).astype(float)
     groups = scored.groups()
     labels = np.array([r.label for r in scored.records])
-    out: dict[str, Any] = {}
+    out = {}
     for label in sorted(set(labels.tolist())):
         rows = labels == label
         ci = patient_bootstrap(
             lambda i, rows=rows: {"rate": float(called[rows][i].mean())}, groups[rows], n_resamples, seed
         )
         score = scored.scores[rows, k]
-        out[label] = {
-            "n_images": int(rows.sum()),
-            "called": spec.classes[k],
-            "rate_called": float(called[rows].mean()),
-            "rate_called_ci95": list(ci.get("rate", (float("nan"), float("nan")))),
-            "predicted": {c: int(np.sum(predicted[rows] == j)) for j, c in enumerate(spec.classes)},
-            "score_quantiles": {q: float(np.quantile(score, float(q))) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
-        }
+        out[label] = LabelRates(
+            n_images=int(rows.sum()), called=spec.classes[k], rate_called=float(called[rows].mean()),
+            rate_called_ci95=list(ci.get("rate", (float("nan"), float("nan")))),
+            predicted={c: int(np.sum(predicted[rows] == j)) for j, c in enumerate(spec.classes)},
+            score_quantiles={q: float(np.quantile(score, float(q))) for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
+        )  # fmt: skip
     return out
 
 
-def comparison_table(result: dict[str, Any]) -> str:
-    internal, external = result["internal"], result["external"]
+def comparison_table(result: ExternalEvaluation) -> str:
+    internal, external = result.internal, result.external
     lines = [
         f"{'metric':<14}{'internal test':>22}{'external':>22}{'gap':>9}",
-        f"{'images':<14}{internal['n_images']:>22}{external['n_images']:>22}",
+        f"{'images':<14}{internal.n_images:>22}{external.n_images:>22}",
     ]
     for name in BINARY_METRICS:
-        if name not in internal["metrics"]:
+        if name not in internal.metrics:
             continue
-        a, b = internal["metrics"][name], external["metrics"][name]
-        ext = _with_ci(b, external["ci95"].get(name)) if np.isfinite(b) else "not defined"
+        a, b = internal.metrics[name], external.metrics[name]
+        ext = _with_ci(b, external.ci95.get(name)) if np.isfinite(b) else "not defined"
         gap = f"{b - a:>+9.3f}" if np.isfinite(b) else ""
-        lines.append(f"{name:<14}{_with_ci(a, internal['ci95'].get(name)):>22}{ext:>22}{gap}")
-    if len(external.get("classes_present", [])) == 1:
-        lines.append(f"external set holds one class only ({external['classes_present'][0]}): AUCs are not defined")
+        lines.append(f"{name:<14}{_with_ci(a, internal.ci95.get(name)):>22}{ext:>22}{gap}")
+    if external.classes_present and len(external.classes_present) == 1:
+        lines.append(f"external set holds one class only ({external.classes_present[0]}): AUCs are not defined")
     return "\n".join(lines)
 
 
-def per_label_table(result: dict[str, Any]) -> str:
-    rows = result["per_label"]
-    called = next(iter(rows.values()))["called"] if rows else ""
+def per_label_table(result: ExternalEvaluation) -> str:
+    rows = result.per_label
+    called = next(iter(rows.values())).called if rows else ""
     lines = [f"{'external label':<20}{'images':>8}{f'called {called}':>22}{'95% CI':>16}{'median score':>14}"]
     for label, r in rows.items():
-        lo, hi = r["rate_called_ci95"]
+        lo, hi = r.rate_called_ci95
         lines.append(
-            f"{label:<20}{r['n_images']:>8}{r['rate_called']:>22.1%}{f'[{lo:.0%}, {hi:.0%}]':>16}"
-            f"{r['score_quantiles']['0.5']:>14.3f}"
+            f"{label:<20}{r.n_images:>8}{r.rate_called:>22.1%}{f'[{lo:.0%}, {hi:.0%}]':>16}"
+            f"{r.score_quantiles['0.5']:>14.3f}"
         )
-    for label, n in result.get("dropped_labels", {}).items():
+    for label, n in result.dropped_labels.items():
         lines.append(f"dropped {n} image(s) labelled {label!r}: not a class of this run (map it with --label-map)")
     return "\n".join(lines)
 
@@ -394,20 +365,15 @@ def _usable(data_cfg: DataConfig) -> Manifest:
 
 def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalContext) -> None:
     """Every image with its calibrated scores and the run's decision (ModelSpec.decide)."""
-    classes = ctx.spec.classes
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(
-            ["split", "path", "patient_id", "label", "target", *(f"score_{c}" for c in classes), "predicted"]
-        )
-        for split_name, scored in parts:
-            decisions = ctx.spec.decide(scored.scores)
-            for r, s, t, pred in zip(scored.records, scored.scores, scored.targets, decisions, strict=True):
-                writer.writerow(
-                    [split_name, r.path, r.patient_id or "", r.label, int(t), *(f"{v:.6f}" for v in s), pred]
-                )
-    tmp.replace(path)
+    columns = ["split", "path", "patient_id", "label", "target", *(f"score_{c}" for c in ctx.spec.classes)]
+    rows = [
+        dict(zip(columns, [name, r.path, r.patient_id or "", r.label, int(t), *(f"{v:.6f}" for v in s)], strict=True))
+        | {"predicted": pred}
+        for name, scored in parts
+        for r, s, t, pred in zip(scored.records, scored.scores, scored.targets, ctx.spec.decide(scored.scores),
+                                 strict=True)
+    ]  # fmt: skip
+    write_csv(path, [*columns, "predicted"], rows)
 
 
 def read_predictions(run_dir: Path, split: str, manifest: Manifest) -> Scored:
@@ -420,12 +386,6 @@ def read_predictions(run_dir: Path, split: str, manifest: Manifest) -> Scored:
     scores = np.array([[float(r[f"score_{c}"]) for c in spec.classes] for r in rows]).reshape(-1, spec.num_outputs)
     targets = np.array([int(r["target"]) for r in rows], dtype=int)
     return Scored(records, np.full_like(scores, np.nan), targets, scores)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    tmp.replace(path)
 
 
 def _slug(path: Path | str) -> str:

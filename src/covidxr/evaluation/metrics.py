@@ -8,6 +8,7 @@ more than the arithmetic on a few hundred scores.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import confusion_matrix
@@ -51,24 +52,26 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum(recall_step * precision))
 
 
-def multiclass_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, object]:
-    """Argmax predictions; per-class one-vs-rest metrics and their macro averages."""
+@dataclass
+class MulticlassMetrics:
+    macro: dict[str, float]  # accuracy, and the per-class rows' macro averages
+    per_class: dict[str, dict[str, float]]  # one-vs-rest, every row at the argmax decision
+
+
+def multiclass_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> MulticlassMetrics:
+    """Argmax predictions; per-class one-vs-rest metrics (counts from the argmax, AUCs from the class score)
+    and their macro averages."""
     y = np.asarray(y).astype(int)
     pred = probs.argmax(axis=1)
     per_class = {}
     for k, name in enumerate(classes):
-        one = binary_metrics((y == k).astype(int), probs[:, k], threshold=0.5)
-        tp = np.sum((pred == k) & (y == k))
-        denominator = np.sum(pred == k) + np.sum(y == k)
-        one["f1"] = float(2 * tp / denominator) if denominator else 0.0
-        one["precision"] = float(tp / max(np.sum(pred == k), 1))
-        one["recall"] = float(tp / max(np.sum(y == k), 1))
-        one["specificity"] = float(np.sum((pred != k) & (y != k)) / max(np.sum(y != k), 1))
-        per_class[name] = one
+        one = binary_metrics((y == k).astype(int), (pred == k).astype(float), threshold=0.5)
+        aucs = binary_metrics((y == k).astype(int), probs[:, k], threshold=0.5)
+        per_class[name] = one | {"roc_auc": aucs["roc_auc"], "pr_auc": aucs["pr_auc"]}
     with warnings.catch_warnings():  # a class absent from a bootstrap resample: its AUC is NaN, and so the mean
         warnings.simplefilter("ignore", RuntimeWarning)
         macro = {m: float(np.nanmean([per_class[c][m] for c in classes])) for m in BINARY_METRICS if m != "accuracy"}
-    return {"accuracy": float(np.mean(pred == y)), **macro, "per_class": per_class}
+    return MulticlassMetrics({"accuracy": float(np.mean(pred == y)), **macro}, per_class)
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:

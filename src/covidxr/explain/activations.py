@@ -11,6 +11,7 @@ from torch import nn
 
 from covidxr.models.factory import CovidxrNet
 from covidxr.models.simple_cnn import SimpleCNN
+from covidxr.results import DeadFilters, WeightStats
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU)
 DEAD_EPS = 1e-6
@@ -52,7 +53,7 @@ def feature_maps(net: CovidxrNet, x: torch.Tensor, layers: list[str] | None = No
 
 
 @torch.no_grad()
-def dead_filters(net: CovidxrNet, batches: list[torch.Tensor]) -> list[dict[str, object]]:
+def dead_filters(net: CovidxrNet, batches: list[torch.Tensor]) -> list[DeadFilters]:
     """Per activation layer: channels whose output stays (almost) zero on every image and position; and per
     convolution: filters with near-zero weight norm. Pruning candidates, in the study's sense."""
     net.eval()
@@ -66,27 +67,24 @@ def dead_filters(net: CovidxrNet, batches: list[torch.Tensor]) -> list[dict[str,
                 if out.dim() == 4:
                     m = out.abs().amax(dim=(0, 2, 3))
                     peak[name] = torch.maximum(peak[name], m) if name in peak else m
-    rows: list[dict[str, object]] = []
+    rows = []
     for name, m in peak.items():
         dead = int((m <= DEAD_EPS).sum())
-        rows.append({"layer": name, "kind": "activation", "channels": len(m), "dead": dead, "fraction": dead / len(m)})
+        rows.append(DeadFilters(name, "activation", len(m), dead, dead / len(m)))
     for name, conv in net.backbone.named_modules():
         if isinstance(conv, nn.Conv2d):
             norms = conv.weight.flatten(1).norm(dim=1)
             weak = int((norms <= 1e-3 * max(float(norms.max()), 1e-12)).sum()) if float(norms.max()) > 0 else len(norms)
-            rows.append(
-                {"layer": name, "kind": "weights", "channels": len(norms), "dead": weak, "fraction": weak / len(norms)}
-            )
+            rows.append(DeadFilters(name, "weights", len(norms), weak, weak / len(norms)))
     return rows
 
 
-def weight_stats(net: CovidxrNet) -> list[dict[str, object]]:
+def weight_stats(net: CovidxrNet) -> list[WeightStats]:
     rows = []
     for name, conv in net.backbone.named_modules():
         if isinstance(conv, nn.Conv2d):
             w = conv.weight.detach()
-            rows.append({"layer": name, "shape": list(w.shape), "mean": float(w.mean()), "std": float(w.std()),
-                         "abs_max": float(w.abs().max())})  # fmt: skip
+            rows.append(WeightStats(name, list(w.shape), float(w.mean()), float(w.std()), float(w.abs().max())))
     return rows
 
 

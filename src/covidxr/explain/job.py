@@ -4,7 +4,6 @@ section: CAM gallery, localisation on phantoms, CAM energy outside the lungs, MC
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from covidxr.atomic import write_json
 from covidxr.data.readers import is_candidate_image, read_image
 from covidxr.errors import CovidxrError, ImageReadError
 from covidxr.explain.activations import dead_filters, feature_maps, first_conv, top_channels, weight_stats
@@ -21,6 +21,7 @@ from covidxr.explain.uncertainty import mc_dropout, referral_curve
 from covidxr.models.ensemble import is_ensemble
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
+from covidxr.results import Explanation, Filters, Localisation
 from covidxr.rundir import RunDir
 
 EXPLAIN_FILE = RunDir.explain
@@ -96,7 +97,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
             }
         )
     summary = {"run": str(run_dir), "mc_passes": mc_passes, "images": results, "skipped": skipped}
-    (out / RunDir.uncertainty).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / RunDir.uncertainty, summary)
     return summary
 
 
@@ -122,7 +123,7 @@ def _sample_batches(run_dir: Path, spec: ModelSpec, n: int = 32, split: str = "v
     return [(manifest, r) for r in records], x
 
 
-def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
+def filters_report(run_dir: Path | str, n_images: int = 32) -> Filters:
     """First-layer kernels (PNG), per-layer weight statistics, and the dead-filter table over sample images."""
     run_dir = Path(run_dir)
     net, spec = load_model(run_dir)
@@ -144,19 +145,19 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> dict[str, Any]:
     table = dead_filters(net, list(x.split(8)))
     what = {"activation": "channels never activate", "weights": "filters have near-zero weights"}
     notes = [
-        f"{r['layer']}: {r['dead']} of {r['channels']} {what[str(r['kind'])]} on {len(x)} images "
-        f"({r['fraction']:.0%}); candidates for pruning"
+        f"{r.layer}: {r.dead} of {r.channels} {what[r.kind]} on {len(x)} images ({r.fraction:.0%}); candidates "
+        "for pruning"
         for r in table
-        if r["fraction"] >= MANY_DEAD
+        if r.fraction >= MANY_DEAD
     ]
-    result = {"first_layer": list(kernels.shape), "weights": weight_stats(net), "dead": table, "notes": notes}
-    (run_dir / RunDir.filters).write_text(json.dumps(result, indent=2) + "\n")
+    result = Filters(list(kernels.shape), weight_stats(net), table, notes)
+    write_json(RunDir(run_dir).filters, result.to_json())
     return result
 
 
 def explain_run(
     run_dir: Path | str, mc_passes: int = 30, gallery: int = 4, model: tuple[CovidxrNet, ModelSpec] | None = None
-) -> dict[str, Any]:
+) -> Explanation:
     """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
     with lesion masks, CAM energy outside the lung ellipse, MC-dropout referral curve; plus filters. `model`:
     the run's network and spec when the caller has loaded them already."""
@@ -172,22 +173,18 @@ def explain_run(
     cams = np.concatenate([grad_cam(net, spec, chunk, "predicted") for chunk in x.split(16)])
     lungs = LungEllipse().mask(*cams.shape[1:]).numpy()
     outside = float(np.mean([1 - energy_inside(c, lungs) for c in cams]))
-    result: dict[str, Any] = {
-        "mc_passes": mc_passes,
-        "cam_energy_outside_lungs": outside,
-        "referral": referral_curve(correct, u["std"]),
-        "uncertainty_wrong_vs_right": [
+    result = Explanation(
+        mc_passes, outside, referral_curve(correct, u["std"]),
+        uncertainty_wrong_vs_right=[
             float(u["std"][~correct].mean()) if (~correct).any() else None,
             float(u["std"][correct].mean()) if correct.any() else None,
         ],
-    }
-    result["localisation"] = _localisation(net, spec, pairs, x, targets, preds)
+        filters=filters_report(run_dir),
+        localisation=_localisation(net, spec, pairs, x, targets, preds),
+    )  # fmt: skip
     _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
-    _referral_plot(result["referral"], RunDir(run_dir).plots / "referral.png")
-    result["filters"] = filters_report(run_dir)
-    tmp = run_dir / f"{EXPLAIN_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(run_dir / EXPLAIN_FILE)  # last, and whole: its presence means the explanations are complete
+    _referral_plot(result.referral, RunDir(run_dir).plots / "referral.png")
+    write_json(run_dir / EXPLAIN_FILE, result.to_json())  # last: its presence means the explanations are complete
     return result
 
 
@@ -198,7 +195,7 @@ def _class_of(spec: ModelSpec, label: str) -> str:
 
 
 def _localisation(net: CovidxrNet, spec: ModelSpec, pairs: list[Any], x: torch.Tensor, targets: np.ndarray,
-                  preds: np.ndarray) -> dict[str, Any] | None:  # fmt: skip
+                  preds: np.ndarray) -> Localisation | None:  # fmt: skip
     """Pointing game and energy inside the lesion mask for true positives that carry a mask (phantoms)."""
     from PIL import Image
 
@@ -215,9 +212,8 @@ def _localisation(net: CovidxrNet, spec: ModelSpec, pairs: list[Any], x: torch.T
         area.append(float(mask.mean()))
     if not hits:
         return None
-    return {"true_positives": len(hits), "pointing_game": float(np.mean(hits)),
-            "energy_inside_mask": float(np.mean(energy)), "chance": float(np.mean(chance)),
-            "mask_area": float(np.mean(area))}  # fmt: skip
+    return Localisation(len(hits), float(np.mean(hits)), float(np.mean(energy)), float(np.mean(chance)),
+                        float(np.mean(area)))  # fmt: skip
 
 
 def _cam_gallery(pairs: list[Any], cams: np.ndarray, correct: np.ndarray, preds: np.ndarray, spec: ModelSpec,

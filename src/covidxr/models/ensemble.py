@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from covidxr.atomic import write_json
 from covidxr.errors import CovidxrError
 from covidxr.models.spec import ModelSpec
-from covidxr.rundir import RunDir, TrainState
+from covidxr.results import TrainState
+from covidxr.rundir import RunDir
 
 ENSEMBLE_FILE = RunDir.ensemble
 SHARED_FILES = (RunDir.config, RunDir.splits, RunDir.data_report)
@@ -76,6 +78,6 @@ def create_ensemble(runs: list[Path], out: Path) -> Path:
     spec = ModelSpec(**{**first.__dict__, "head": "ensemble", "temperature": 1.0, "threshold": 0.5})
     spec.extra = {"members": [f"{s.backbone} ({s.head} head, T {s.temperature:.2f})" for s in specs]}
     spec.write(out)
-    (out / ENSEMBLE_FILE).write_text(json.dumps({"members": [str(r.resolve()) for r in runs]}, indent=2) + "\n")
+    write_json(out / ENSEMBLE_FILE, {"members": [str(r.resolve()) for r in runs]})
     RunDir(out).write_state(TrainState("finished", ensemble=len(runs)))
     return out

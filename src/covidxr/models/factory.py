@@ -8,6 +8,7 @@ from typing import get_args
 import torch
 from torch import nn
 
+from covidxr.atomic import write_with
 from covidxr.config import FreezePolicy, TrainConfig
 from covidxr.data.labels import LabelMap
 from covidxr.errors import CovidxrError
@@ -137,13 +138,10 @@ def frozen_parameter_names(backbone: nn.Module, last_k: int) -> list[str]:
 
 def save_weights(net: nn.Module, run_dir: Path) -> Path:
     """Atomically write the full network (backbone + head) as safetensors."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(run_dir) / BEST_WEIGHTS
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(path)
-    return path
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    return write_with(Path(run_dir) / BEST_WEIGHTS, lambda fh: fh.write(save(tensors)), binary=True)
 
 
 def load_model(run_dir: Path | str) -> tuple[CovidxrNet, ModelSpec]:

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidxr.atomic import write_json
 from covidxr.data.dataset import Preprocess
+from covidxr.data.labels import DEFAULT_POSITIVE
 from covidxr.errors import CovidxrError
 from covidxr.models.head import positive_scores
 from covidxr.rundir import RunDir
@@ -55,6 +57,14 @@ class ModelSpec:
         return scores.argmax(axis=1)
 
     @property
+    def audit_class(self) -> int:
+        """The class the audit and per-source rates treat as positive: the positive class, else COVID-19 (or the
+        last class) of a multiclass run."""
+        if self.task == "binary":
+            return 1
+        return self.classes.index(DEFAULT_POSITIVE) if DEFAULT_POSITIVE in self.classes else len(self.classes) - 1
+
+    @property
     def num_outputs(self) -> int:
         return len(self.classes)
 
@@ -71,11 +81,7 @@ class ModelSpec:
         )
 
     def write(self, run_dir: Path) -> Path:
-        path = Path(run_dir) / SPEC_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(Path(run_dir) / SPEC_FILE, asdict(self))
 
     @classmethod
     def read(cls, run_dir: Path) -> ModelSpec:

@@ -3,9 +3,8 @@ predictions), so that evaluation computes and the report draws (matplotlib's Fig
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,13 +14,12 @@ from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Manifest
 from covidxr.data.readers import read_image
 from covidxr.models.spec import ModelSpec
+from covidxr.results import Reliability
 from covidxr.rundir import RunDir
 from covidxr.training.callbacks import read_history
 
 if TYPE_CHECKING:
     from covidxr.evaluation.job import Scored
-
-PLOTS_DIR = RunDir.plots
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -98,16 +96,16 @@ def confusion_plot(matrix: list[list[int]], classes: list[str], out: Path) -> Pa
     return _save(fig, out / "confusion.png")
 
 
-def reliability_plot(curves: dict[str, dict[str, Any]], out: Path) -> Path:
+def reliability_plot(curves: dict[str, Reliability], out: Path) -> Path:
     """One reliability curve per named set of bins (before and after temperature scaling)."""
     fig = Figure(figsize=(4.2, 4.0))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
     for name, calibration in curves.items():
-        mean = np.array(calibration["mean_score"], dtype=float)
-        observed = np.array(calibration["observed"], dtype=float)
+        mean = np.array(calibration.mean_score, dtype=float)
+        observed = np.array(calibration.observed, dtype=float)
         ok = ~np.isnan(mean)
-        ax.plot(mean[ok], observed[ok], "-o", label=f"{name} (ECE {calibration['ece']:.3f})")
+        ax.plot(mean[ok], observed[ok], "-o", label=f"{name} (ECE {calibration.ece:.3f})")
     ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Reliability (test)")
     ax.legend(fontsize=8)
     return _save(fig, out / "reliability.png")
@@ -167,18 +165,18 @@ def run_plots(run_dir: Path) -> Path:
     out.mkdir(exist_ok=True)
     if run.history.is_file():
         training_curves(run_dir, out)
-    if not (run.metrics.is_file() and run.predictions.is_file()):
+    evaluation = run.read_evaluation()
+    if evaluation is None or not run.predictions.is_file():
         return out
     spec = ModelSpec.read(run_dir)
     cfg = Config.from_yaml(run.config)
-    result = json.loads(run.metrics.read_text())
     manifest = list_data(cfg.data)
-    test, metrics = read_predictions(run_dir, "test", manifest), result["test"]
+    test, metrics = read_predictions(run_dir, "test", manifest), evaluation.test.metrics
     if spec.task == "binary":
-        roc_pr(test.targets, test.positive, metrics["metrics"]["roc_auc"], metrics["metrics"]["pr_auc"], out)
-    calibration = result["calibration"]
-    reliability_plot({"uncalibrated": calibration["test_before"], "calibrated": calibration["test_after"]}, out)
-    confusion_plot(metrics["confusion"], spec.classes, out)
+        roc_pr(test.targets, test.positive, metrics["roc_auc"], metrics["pr_auc"], out)
+    calibration = evaluation.calibration
+    reliability_plot({"uncalibrated": calibration.test_before, "calibrated": calibration.test_after}, out)
+    confusion_plot(evaluation.test.confusion, spec.classes, out)
     mistakes_gallery(test, manifest, spec, out)
     occlusion_example(test, manifest, spec.input_size, out)
     preview_grid(

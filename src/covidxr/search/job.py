@@ -23,11 +23,13 @@ from typing import Any
 import optuna
 import torch
 
+from covidxr.atomic import write_text
 from covidxr.config import Config
 from covidxr.data.prepare import PreparedData, prepare
 from covidxr.errors import CovidxrError
 from covidxr.models.registry import get_backbone
 from covidxr.models.weights import check_weights
+from covidxr.results import VAL_METRICS, Evaluation, LeaderboardRow
 from covidxr.rundir import RunDir
 from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
 from covidxr.search.leaderboard import LEADERBOARD_FILE, run_row, search_plots, sort_rows, write_leaderboard
@@ -43,9 +45,9 @@ DRAW_LIMIT = 3  # a drawing sampler stops after this many times --trials started
 @dataclass
 class SearchResult:
     out: Path
-    rows: list[dict[str, Any]]
+    rows: list[LeaderboardRow]
     winner: Path
-    metrics: dict[str, Any]
+    metrics: Evaluation
     report: Path
 
 
@@ -151,9 +153,10 @@ def _objective(cfg: Config, space: Space, out: Path, study: optuna.Study, prepar
         row = run_row(run_dir)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 2))
-        for name in ("val_auc", "val_precision", "val_recall", "epochs_run"):
-            trial.set_user_attr(name, row.get(name))
-        return float(row["val_f1"])
+        trial.set_user_attr("epochs_run", row.epochs_run)
+        for name in ("val_auc", "val_precision", "val_recall"):
+            trial.set_user_attr(name, row.metrics.get(name))
+        return row.metrics["val_f1"]
 
     return objective
 
@@ -259,7 +262,7 @@ def search(
     _preflight(grid, cfg)
     out.mkdir(parents=True, exist_ok=True)
     prepare(out, cfg.data)
-    (out / RunDir.grid).write_text(json.dumps(grid, indent=2, default=vars))
+    write_text(out / RunDir.grid, json.dumps(grid, indent=2, default=vars))
     name = study_name or "covidxr-search"
     _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
     if workers > 1:
@@ -287,16 +290,22 @@ def search(
         if (run_dir / RunDir.state).is_file():
             rows.append(run_row(run_dir, {"trial": t.number, **t.params}))
         else:  # trained on another machine: keep its numbers from the storage
-            rows.append({"trial": t.number, "run": str(run_dir), **t.params, "val_f1": t.value, **t.user_attrs})
+            metrics = {m: t.user_attrs[m] for m in VAL_METRICS if t.user_attrs.get(m) is not None}
+            rows.append(LeaderboardRow(
+                str(run_dir), {}, metrics | {"val_f1": float(t.value or 0.0)}, best_epoch=-1,
+                epochs_run=t.user_attrs.get("epochs_run", 0), train_seconds=t.user_attrs.get("wall_seconds", 0.0),
+                params={"trial": t.number, **t.params},
+            ))  # fmt: skip
     if not rows:
         raise CovidxrError(f"no trial finished; see the failed trials in {storage_url or RunDir(out).search_db}")
     rows = sort_rows(rows)
-    winner = Path(rows[0]["run"])
+    winner = Path(rows[0].run)
     if not (winner / RunDir.weights).is_file():  # the winner ran elsewhere: retrain it here
-        winner = out / TRIALS_DIR / point_key({k: rows[0][k] for k in grid})
+        params = {k: rows[0].value(k) for k in grid}
+        winner = out / TRIALS_DIR / point_key(params)
         winner.mkdir(parents=True, exist_ok=True)
         (winner / RunDir.splits).write_bytes((out / RunDir.splits).read_bytes())
-        train(apply_params(cfg, {k: rows[0][k] for k in grid}), winner)
+        train(apply_params(cfg, params), winner)
     write_leaderboard(rows, out / LEADERBOARD_FILE)
     write_leaderboard(rows, winner / LEADERBOARD_FILE)
     metrics = evaluate_run(winner, n_resamples=n_resamples)  # the one and only look at the test split

@@ -16,7 +16,6 @@ import asyncio
 import base64
 import copy
 import io
-import json
 import logging
 import os
 import queue
@@ -43,6 +42,7 @@ try:
 except ImportError as exc:  # the optional [serve] packages
     raise missing_extra("serve", exc.name) from None
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, Problem, read_image
+from covidxr.data.validate import read_data_report
 from covidxr.errors import ImageReadError
 from covidxr.models.factory import load_model
 from covidxr.models.spec import ModelSpec
@@ -235,16 +235,15 @@ def create_app(
             "classes": spec.classes, "input_size": spec.input_size, "threshold": spec.threshold, "engine": engine,
             "temperature": spec.temperature, "head": spec.head,
         }  # fmt: skip
-        report = run_dir / RunDir.data_report
-        if report.is_file():
-            data = json.loads(report.read_text())
-            info["training_data"] = {k: data[k] for k in ("source", "usable", "patients", "per_label")}
-        metrics = run_dir / RunDir.metrics
-        if metrics.is_file():
-            m = json.loads(metrics.read_text())
-            info["test_metrics"] = m["test"]["metrics"]
-            info["test_ci95"] = m["test"]["ci95"]
-            info["shortcut_warnings"] = (m.get("audit") or {}).get("warnings", [])
+        data = read_data_report(RunDir(run_dir).data_report)
+        if data is not None:
+            info["training_data"] = {"source": data.source, "usable": data.usable, "patients": data.patients,
+                                     "per_label": data.per_label}  # fmt: skip
+        evaluation = RunDir(run_dir).read_evaluation()
+        if evaluation is not None:
+            info["test_metrics"] = evaluation.test.metrics
+            info["test_ci95"] = evaluation.test.ci95
+            info["shortcut_warnings"] = evaluation.warnings
         return info
 
     @app.get("/", response_class=HTMLResponse)

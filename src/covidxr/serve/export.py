@@ -4,7 +4,6 @@ ONNX model to INT8 behind an accuracy gate (serve.quantize)."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidxr.atomic import write_json
 from covidxr.config import Config
 from covidxr.data.prepare import list_data
 from covidxr.data.readers import read_image
@@ -98,11 +98,11 @@ def export_run(run_dir: Path | str, fmt: str = "onnx", quantize: str | None = No
     if diff > PARITY_TOLERANCE:
         path.unlink(missing_ok=True)
         raise CovidxrError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}: not kept")
-    record = run_dir / f"export_{fmt}.json"
-    record.write_text(json.dumps(result, indent=2) + "\n")
+    record = RunDir(run_dir).export_record(fmt)
+    write_json(record, result)
     if quantize == "int8":
         from covidxr.serve.quantize import quantize_int8
 
         result["int8"] = quantize_int8(run_dir).to_json()  # refused: raises with the numbers, fp32 kept
-        record.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(record, result)
     return result

@@ -32,7 +32,8 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import check_weights
-from covidxr.rundir import RunDir, TrainState
+from covidxr.results import TrainState
+from covidxr.rundir import RunDir
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from covidxr.atomic import write_json
 from covidxr.rundir import RunDir
 from covidxr.training.metrics import epoch_metrics
 
@@ -44,9 +45,16 @@ class ProbeResult:
         return self.model_val_nll is not None and self.val_nll < self.model_val_nll
 
     def write(self, run_dir: Path) -> Path:
+        return write_json(run_dir / PROBE_FILE, asdict(self) | {"beats_model_on_val": self.beats_model})
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ProbeResult | None:
+        """linear_probe.json of a head-mode run, or None where no probe was fitted."""
         path = run_dir / PROBE_FILE
-        path.write_text(json.dumps(asdict(self) | {"beats_model_on_val": self.beats_model}, indent=2) + "\n")
-        return path
+        if not path.is_file():
+            return None
+        known = {f.name for f in fields(cls)}  # beats_model_on_val is derived, not stored
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 class LinearProbe:

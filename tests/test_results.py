@@ -1,0 +1,42 @@
+"""Typed results read back what they wrote: nested results, optional parts left out, CSV cells as numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from covidxr.results import DeadFilters, Explanation, Filters, LeaderboardRow, Localisation, WeightStats
+from covidxr.search.leaderboard import sort_rows, write_leaderboard
+
+
+def _explanation(localisation: Localisation | None) -> Explanation:
+    filters = Filters([32, 3, 3, 3], [WeightStats("conv", [32, 3, 3, 3], 0.0, 0.1, 0.5)],
+                      [DeadFilters("act", "activation", 32, 4, 0.125)], ["note"])  # fmt: skip
+    return Explanation(30, 0.4, [(0.0, 0.9), (0.5, 1.0)], [0.2, None], filters, localisation)
+
+
+def test_nested_results_round_trip_and_unset_parts_are_left_out() -> None:
+    bare = _explanation(None)
+    raw = json.loads(json.dumps(bare.to_json()))
+    assert "localisation" not in raw and raw["uncertainty_wrong_vs_right"] == [0.2, None]
+    back = Explanation.from_json(raw)
+    assert back.localisation is None and isinstance(back.filters.dead[0], DeadFilters)
+    assert back.filters.dead[0].fraction == 0.125 and back.filters.weights[0].shape == [32, 3, 3, 3]
+    full = _explanation(Localisation(6, 0.8, 0.5, 0.05, 0.1))
+    assert Explanation.from_json(json.loads(json.dumps(full.to_json()))).localisation == full.localisation
+    raw["written_by"] = "a later version"  # unknown keys are ignored, not fatal
+    assert Explanation.from_json(raw).mc_passes == 30
+
+
+def test_leaderboard_rows_read_back_typed_and_sorted(tmp_path: Path) -> None:
+    def row(run: str, f1: float, auc: float, loss: float) -> LeaderboardRow:
+        settings = {"backbone": "simple_cnn", "lr": 0.001, "batch_size": 16, "optimizer": "adam"}
+        metrics = {"val_f1": f1, "val_auc": auc, "val_loss": loss}
+        return LeaderboardRow(run, settings, metrics, 3, 5, 1.5, params={"trial": 2, "last_k": 1})
+
+    rows = sort_rows([row("a", 0.9, 0.95, 0.3), row("b", 0.9, 0.95, 0.2), row("c", 0.95, 0.5, 0.9)])
+    assert [r.run for r in rows] == ["c", "b", "a"]  # F1, then AUC, then the lower loss
+    path = write_leaderboard(rows, tmp_path / "leaderboard.csv")
+    back = LeaderboardRow.read_all(path)
+    assert back == rows
+    assert back[0].value("lr") == 0.001 and back[0].value("batch_size") == 16 and back[0].value("last_k") == 1
