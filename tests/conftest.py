@@ -1,4 +1,5 @@
-"""Shared fixtures: the real cxr-dev set (skipped only where absent) and a small generated phantom set.
+"""Shared fixtures: the real cxr-dev set (skipped only where absent), a small generated phantom set, and one run
+trained, evaluated and explained on it.
 
 Under pytest-xdist (`make test` runs two workers or more, a test file per worker) the CPU threads are split
 between the workers."""
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.data.synth import generate
+from covidxr.pipeline import RunResult, run
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network, even where it exists
@@ -51,3 +54,17 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantoms")
     generate(out, n=120, seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def phantom_run(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """`covidxr run` on the phantoms (default recipe: trained, evaluated, audited, explained, reported), once per
+    test process and shared by the evaluation, explain, serve and CLI tests. A test that changes the run's model or
+    its evaluation works on a copy; adding files (an export, an external score) is fine."""
+    root = tmp_path_factory.mktemp("phantom-run")
+    return run(Config(DataConfig(paths=(str(phantoms),)), TrainConfig(lr=1e-3)), root / "run", n_resamples=200)
+
+
+@pytest.fixture(scope="session")
+def run_dir(phantom_run: RunResult) -> Path:
+    return phantom_run.report.parent

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.config import Config
 from covidxr.data.synth import generate
 from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run
-from covidxr.pipeline import RunResult, run
+from covidxr.pipeline import RunResult
 from covidxr.results import Evaluation
 from covidxr.rundir import RunDir
 from tests.imagefiles import flip_test_labels
@@ -28,14 +28,6 @@ PLOTS = (
     "loss", "accuracy", "roc", "pr", "confusion", "reliability", "mistakes", "occlusion", "augment", "augment_hsv",
     "cam_gallery", "referral", "filters",
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")  # `make test` sends a whole file to one xdist worker: trained once
-def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    root = tmp_path_factory.mktemp("phantom-run")
-    generate(root / "data", n=240, seed=5)
-    cfg = Config(DataConfig(paths=(str(root / "data"),)), TrainConfig(lr=1e-3, cache_dir=str(root / "cache")))
-    return run(cfg, root / "run", n_resamples=200)
 
 
 def test_phantom_report_is_complete_and_the_audit_stays_quiet(phantom_run: RunResult) -> None:

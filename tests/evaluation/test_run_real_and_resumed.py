@@ -17,9 +17,7 @@ pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make tes
 
 
 def test_cxr_dev_run_raises_the_shortcut_warnings(cxr_dev: Path, tmp_path: Path) -> None:
-    cfg = Config(
-        DataConfig(paths=(str(cxr_dev),)), TrainConfig(epochs=5, augment_copies=0, cache_dir=str(tmp_path / "cache"))
-    )
+    cfg = Config(DataConfig(paths=(str(cxr_dev),)), TrainConfig(epochs=5, augment_copies=0))
     result = run(cfg, tmp_path / "run", n_resamples=200, explain=False)  # the audit is the point here
     audit = result.metrics.audit
     assert audit is not None and audit.metadata_baseline.warning and audit.metadata_baseline.auc >= 0.8

@@ -36,8 +36,10 @@ RUN_FILES = {
 }  # fmt: skip
 
 
-def _cfg(data: Path, cache: Path, **train: object) -> Config:
-    return Config(DataConfig(paths=(str(data),)), TrainConfig(cache_dir=str(cache), **train))  # type: ignore[arg-type]
+def _cfg(data: Path, cache: Path | None = None, **train: object) -> Config:
+    """No `cache`: the session's feature cache, shared by every test on the same images and preprocessing."""
+    cache_dir = str(cache) if cache else None
+    return Config(DataConfig(paths=(str(data),)), TrainConfig(cache_dir=cache_dir, **train))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def _best_row(run: Path, epoch: int) -> dict[str, str]:
 
 
 def test_lite0_head_learns_the_phantoms(more_phantoms: Path, tmp_path: Path) -> None:
-    result = train(_cfg(more_phantoms, tmp_path / "cache", epochs=20, lr=1e-3), tmp_path / "run")
+    result = train(_cfg(more_phantoms, epochs=20, lr=1e-3), tmp_path / "run")
     best = _best_row(result.run_dir, result.best_epoch)
     assert float(best["val_auc"]) > 0.9, best
     assert result.spec.weights.startswith("imagenet:bundled:")
@@ -60,7 +62,7 @@ def test_lite0_head_learns_the_phantoms(more_phantoms: Path, tmp_path: Path) -> 
 
 
 def test_cxr_dev_run_is_complete_and_the_best_checkpoint_reproduces_val_metrics(cxr_dev: Path, tmp_path: Path) -> None:
-    result = train(_cfg(cxr_dev, tmp_path / "cache", epochs=3, augment_copies=0), tmp_path / "run")
+    result = train(_cfg(cxr_dev, epochs=3, augment_copies=0), tmp_path / "run")
     run = result.run_dir
     assert set(p.name for p in run.iterdir()) >= RUN_FILES
     assert len(read_history(run / "history.csv")) == 3
@@ -100,7 +102,7 @@ def test_the_head_loop_resumes_after_a_crash_as_if_never_stopped(
     give exactly the history and best epoch of a run that never stopped."""
     import covidxr.training.head_loop as loop
 
-    cfg = _cfg(phantoms, tmp_path / "cache", epochs=8, patience=8, lr=1e-3, balance="sampler")
+    cfg = _cfg(phantoms, epochs=8, patience=8, lr=1e-3, balance="sampler")
     straight = train(cfg, tmp_path / "a")
     assert loop.is_loop_checkpoint(straight.run_dir / "last.ckpt")  # the loop ran, not Lightning
     monkeypatch.setattr(loop, "SAVE_EVERY_S", 0.0)
@@ -129,7 +131,7 @@ def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_p
 
     from covidxr.models.factory import build_model
 
-    cfg = _cfg(phantoms, tmp_path / "cache", epochs=3, lr=1e-3, freeze="last-k", last_k=1, augment="none")
+    cfg = _cfg(phantoms, epochs=3, lr=1e-3, freeze="last-k", last_k=1, augment="none")
     result = train(cfg, tmp_path / "run")
     assert result.best_epoch >= 0
     entry = next(p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
@@ -221,9 +223,9 @@ def test_kill_and_resume_ends_like_an_uninterrupted_run(phantoms: Path, tmp_path
 
 
 def test_existing_run_needs_resume_and_bad_choices_are_explained(phantoms: Path, tmp_path: Path) -> None:
-    train(_cfg(phantoms, tmp_path / "cache", epochs=1), tmp_path / "run")
+    train(_cfg(phantoms, epochs=1), tmp_path / "run")
     with pytest.raises(CovidxrError, match="already holds a run"):
-        train(_cfg(phantoms, tmp_path / "cache", epochs=1), tmp_path / "run")
+        train(_cfg(phantoms, epochs=1), tmp_path / "run")
     assert train(Config(), tmp_path / "run", resume=True).best_epoch == 0  # finished: nothing to redo
     out = subprocess.run(
         _cli("--data", str(phantoms), "--out", str(tmp_path / "x"), "--backbone", "resnet50"),
@@ -236,7 +238,7 @@ def test_existing_run_needs_resume_and_bad_choices_are_explained(phantoms: Path,
 def test_the_default_recipe_converges_and_the_probe_is_compared(more_phantoms: Path, tmp_path: Path) -> None:
     import json
 
-    result = train(_cfg(more_phantoms, tmp_path / "cache"), tmp_path / "run")
+    result = train(_cfg(more_phantoms), tmp_path / "run")
     assert 0 < result.best_epoch < result.epochs_run - 1  # stopped by patience, not by the cap
     history = read_history(result.run_dir / "history.csv")
     assert float(history[result.best_epoch]["val_loss"]) <= min(float(r["val_loss"]) for r in history) + 1e-9
@@ -248,7 +250,7 @@ def test_the_default_recipe_converges_and_the_probe_is_compared(more_phantoms: P
 def test_linear_head_is_the_probe_and_reloads_as_a_model(more_phantoms: Path, tmp_path: Path) -> None:
     import json
 
-    result = train(_cfg(more_phantoms, tmp_path / "cache", head="linear"), tmp_path / "run")
+    result = train(_cfg(more_phantoms, head="linear"), tmp_path / "run")
     assert result.epochs_run == 0 and result.spec.head == "linear"
     net, spec = load_model(result.run_dir)
     assert isinstance(net.head, torch.nn.Linear)
@@ -263,4 +265,4 @@ def test_linear_head_is_the_probe_and_reloads_as_a_model(more_phantoms: Path, tm
     probe = json.loads((result.run_dir / "linear_probe.json").read_text())
     assert epoch_metrics(scores, targets, spec.task)["auc"] == pytest.approx(probe["test_auc"], abs=1e-6)
     with pytest.raises(CovidxrError, match="--head linear fits on cached frozen features"):
-        train(_cfg(more_phantoms, tmp_path / "cache", head="linear", freeze="full"), tmp_path / "run2")
+        train(_cfg(more_phantoms, head="linear", freeze="full"), tmp_path / "run2")

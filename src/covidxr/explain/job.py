@@ -1,5 +1,8 @@
 """`explain` (images), `filters` (the network), and the run-level analysis behind the report's Explanations
-section: CAM gallery, localisation on phantoms, CAM energy outside the lungs, MC-dropout referral curve."""
+section: CAM gallery, localisation on phantoms, CAM energy outside the lungs, MC-dropout referral curve.
+
+The report stage draws the figures of what explain.json holds (the referral curve); the CAM gallery and the
+first-layer filters are drawn here, from network internals the run does not store."""
 
 from __future__ import annotations
 
@@ -183,7 +186,6 @@ def explain_run(
         localisation=_localisation(net, spec, pairs, x, targets, preds),
     )  # fmt: skip
     _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
-    _referral_plot(result.referral, RunDir(run_dir).plots / "referral.png")
     write_json(run_dir / EXPLAIN_FILE, result.to_json())  # last: its presence means the explanations are complete
     return result
 
@@ -231,12 +233,4 @@ def _cam_gallery(pairs: list[Any], cams: np.ndarray, correct: np.ndarray, preds:
         ax.axis("off")
     for ax in axes[len(chosen) :]:
         ax.axis("off")
-    return _save(fig, path)
-
-
-def _referral_plot(curve: list[tuple[float, float]], path: Path) -> Path:
-    fig = Figure(figsize=(4.2, 3.4))
-    ax = fig.subplots()
-    ax.plot([c[0] for c in curve], [c[1] for c in curve], "-o")
-    ax.set(xlabel="fraction referred (most uncertain first)", ylabel="accuracy on the rest", title="Referral curve")
     return _save(fig, path)

@@ -111,6 +111,15 @@ def reliability_plot(curves: dict[str, Reliability], out: Path) -> Path:
     return _save(fig, out / "reliability.png")
 
 
+def referral_plot(curve: list[tuple[float, float]], out: Path) -> Path:
+    """Accuracy on the images kept as the most uncertain (MC dropout) are referred to a radiologist."""
+    fig = Figure(figsize=(4.2, 3.4))
+    ax = fig.subplots()
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], "-o")
+    ax.set(xlabel="fraction referred (most uncertain first)", ylabel="accuracy on the rest", title="Referral curve")
+    return _save(fig, out / "referral.png")
+
+
 def mistakes_gallery(scored: Scored, manifest: Manifest, spec: ModelSpec, out: Path, n: int = 8) -> Path | None:
     """The most confident wrong test predictions: where to look first when auditing a model."""
     classes, pred = spec.classes, spec.decide(scored.scores)
@@ -152,8 +161,9 @@ def occlusion_example(scored: Scored, manifest: Manifest, size: int, out: Path) 
 
 
 def run_plots(run_dir: Path) -> Path:
-    """Every figure of the report, drawn from the run's files: the training curves of any trained run, and the
-    evaluation's figures once metrics.json and predictions.csv exist. Returns the plots folder."""
+    """Every figure of the report drawn from the run's files: the training curves of any trained run, the
+    referral curve once explained, and the evaluation's figures once metrics.json and predictions.csv exist.
+    Returns the plots folder."""
     from covidxr.augment.presets import preset
     from covidxr.augment.preview import preview_grid
     from covidxr.config import Config
@@ -165,6 +175,9 @@ def run_plots(run_dir: Path) -> Path:
     out.mkdir(exist_ok=True)
     if run.history.is_file():
         training_curves(run_dir, out)
+    explanation = run.read_explanation()
+    if explanation is not None:
+        referral_plot(explanation.referral, out)
     evaluation = run.read_evaluation()
     if evaluation is None or not run.predictions.is_file():
         return out
