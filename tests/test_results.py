@@ -40,3 +40,19 @@ def test_leaderboard_rows_read_back_typed_and_sorted(tmp_path: Path) -> None:
     back = LeaderboardRow.read_all(path)
     assert back == rows
     assert back[0].value("lr") == 0.001 and back[0].value("batch_size") == 16 and back[0].value("last_k") == 1
+
+
+def test_a_result_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from covidxr.errors import CovidxrError
+    from covidxr.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert run.read_explanation() is None  # not explained yet
+    run.explain.write_text(json.dumps({"mc_passes": 30}))  # fields missing
+    with pytest.raises(CovidxrError, match=r"explain.json: cannot be read as Explanation"):
+        run.read_explanation()
+    run.metrics.write_text("{not json")
+    with pytest.raises(CovidxrError, match=r"metrics.json: cannot be read as Evaluation"):
+        run.read_evaluation()

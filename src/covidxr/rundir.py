@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from covidxr.atomic import write_json
+from covidxr.errors import CovidxrError
 from covidxr.results import Evaluation, Explanation, ExternalEvaluation, Filters, JsonRecord, TrainState
 
 R = TypeVar("R", bound=JsonRecord)
@@ -96,4 +97,11 @@ class RunDir:
 
 
 def _read(path: Path, kind: type[R]) -> R | None:
-    return kind.from_json(json.loads(path.read_text())) if path.is_file() else None
+    """The typed result in `path`, None where the stage has not written it; one clear error where it cannot be
+    read as one (hand-edited, or written by a covidxr that stored other fields)."""
+    if not path.is_file():
+        return None
+    try:
+        return kind.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CovidxrError(f"{path}: cannot be read as {kind.__name__} ({exc}); run its stage again") from None
