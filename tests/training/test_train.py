@@ -131,7 +131,7 @@ def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_p
 
     from covidxr.models.factory import build_model
 
-    cfg = _cfg(phantoms, epochs=3, lr=1e-3, freeze="last-k", last_k=1, augment="none")
+    cfg = _cfg(phantoms, tmp_path / "cache", epochs=3, lr=1e-3, freeze="last-k", last_k=1, augment="none")
     result = train(cfg, tmp_path / "run")
     assert result.best_epoch >= 0
     entry = next(p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))

@@ -107,11 +107,6 @@ class DataReport:
     def write_json(self, path: Path) -> None:
         write_json(path, self.to_dict())
 
-
-def read_data_report(path: Path) -> DataReport | None:
-    """data_report.json of a run, or None where the run has none (an ensemble borrows its first member's)."""
-    return DataReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
-
     def format_table(self) -> str:
         lines = [
             f"data: {self.source} ({self.layout} layout, {self.task} task: {' / '.join(self.classes)})",
@@ -159,6 +154,11 @@ def read_data_report(path: Path) -> DataReport | None:
             cells = "".join(f"{counts.get(label, 0):>{width}}" for label in labels)
             lines.append(f"{short_source(source):<42}{cells}")
         return "\n".join(lines)
+
+
+def read_data_report(path: Path) -> DataReport | None:
+    """data_report.json of a run, or None where the run has none (an ensemble borrows its first member's)."""
+    return DataReport.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
 def short_source(source: str, limit: int = 40) -> str:
