@@ -159,3 +159,28 @@ def test_epoch_metrics_match_scikit_learn(task: str) -> None:
         auc = roc_auc_score(targets, scores[:, 1]) if binary else roc_auc_score(targets, probs, multi_class="ovr")
         assert ours["auc"] == pytest.approx(auc)
     assert np.isnan(epoch_metrics(np.full((3, k), 1 / k), np.zeros(3, int), task)["auc"])  # one class: undefined
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_timms_optimizer_factory_builds_what_plain_pytorch_would(name: str) -> None:
+    """The choices keep their PyTorch meaning through timm: heavy-ball SGD (not Nesterov), RMSprop's alpha 0.99,
+    weight decay on every trainable parameter; frozen parameters are left out."""
+    from torch import nn
+
+    from covidxr.training.module import make_optimizer
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    net[0].requires_grad_(False)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    plain = {
+        "adam": lambda: torch.optim.Adam(trainable, lr=1e-3, weight_decay=0.01),
+        "adamw": lambda: torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.01),
+        "sgd": lambda: torch.optim.SGD(trainable, lr=1e-3, momentum=0.8, weight_decay=0.01),
+        "rmsprop": lambda: torch.optim.RMSprop(trainable, lr=1e-3, momentum=0.8, weight_decay=0.01),
+    }[name]()
+    ours = make_optimizer(net, name, 1e-3, 0.01, 0.8)
+    assert type(ours) is type(plain) and len(ours.param_groups) == 1
+    assert ours.param_groups[0]["params"] == trainable
+    assert {k: v for k, v in ours.param_groups[0].items() if k != "params"} == {
+        k: v for k, v in plain.param_groups[0].items() if k != "params"
+    }

@@ -120,18 +120,26 @@ class ClassifierModule(L.LightningModule):
         return optimizer
 
 
+# Our names -> timm's optimizer factory with the plain-PyTorch defaults this project has always trained with:
+# `sgd` is heavy-ball momentum (timm's `sgd` is Nesterov), RMSprop keeps PyTorch's alpha (timm's default is 0.9).
+TIMM_OPTIMIZER = {
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+    "sgd": ("momentum", {}),
+    "rmsprop": ("rmsprop", {"alpha": 0.99}),
+}
+
+
 def make_optimizer(net: nn.Module, name: str, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters; the Lightning module and the head loop share it."""
+    """The optimizer over the trainable parameters; the Lightning module and the head loop share it. Parameters
+    are passed as a list, so timm applies the weight decay to all of them, as before."""
+    from timm.optim import create_optimizer_v2
+
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
         raise CovidxrError("nothing to train: every parameter is frozen")
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt, extra = TIMM_OPTIMIZER[name]
+    return create_optimizer_v2(params, opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **extra)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, schedule: str) -> Any:
