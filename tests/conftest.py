@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.data.synth import generate
-from covidxr.pipeline import RunResult, run
+
+if TYPE_CHECKING:
+    from covidxr.pipeline import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network, even where it exists
@@ -61,6 +63,9 @@ def phantom_run(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Run
     """`covidxr run` on the phantoms (default recipe: trained, evaluated, audited, explained, reported), once per
     test process and shared by the evaluation, explain, serve and CLI tests. A test that changes the run's model or
     its evaluation works on a copy; adding files (an export, an external score) is fine."""
+    from covidxr.config import Config, DataConfig, TrainConfig
+    from covidxr.pipeline import run
+
     root = tmp_path_factory.mktemp("phantom-run")
     return run(Config(DataConfig(paths=(str(phantoms),)), TrainConfig(lr=1e-3)), root / "run", n_resamples=200)
 
