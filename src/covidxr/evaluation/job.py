@@ -240,13 +240,12 @@ def evaluate_run(
     ctx.spec.write(ctx.run_dir)
     result = Evaluation(
         ctx.spec.task, ctx.spec.classes, ctx.spec.tta, calibration,
-        val=summarise(val, ctx.spec, 0, seed),
+        val=summarise(val, ctx.spec, 0, seed),  # no CIs on val: it chose the threshold
         test=summarise(test, ctx.spec, n_resamples, seed),
         test_by_source=per_source(test, ctx.spec),
         threshold=chosen, sensitivity_at_95_specificity=at95,
         audit=shortcut_audit(ctx, manifest, split, test, n_resamples) if audit else None,
     )  # fmt: skip
-    result.val.ci95 = {}
     _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
     write_json(ctx.run_dir / METRICS_FILE, result.to_json())  # last: its presence means the evaluation is complete
     return result
