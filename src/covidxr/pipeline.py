@@ -63,9 +63,8 @@ def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool
     if not is_main_process():
         return None
     metrics = RunDir(run_dir).read_evaluation()
-    to_evaluate = metrics is None
     to_explain = explain and not (run_dir / EXPLAIN_FILE).is_file()
-    ctx = EvalContext.load(run_dir) if to_evaluate or to_explain else None  # a finished run loads nothing
+    ctx = EvalContext.load(run_dir) if metrics is None or to_explain else None  # a finished run loads nothing
     if ctx is not None and metrics is None:
         manifest = prepared.manifest if prepared else None
         metrics = evaluate_run(run_dir, n_resamples=n_resamples, ctx=ctx, manifest=manifest)

@@ -265,9 +265,8 @@ def evaluate_external(
     """
     ctx = EvalContext.load(run_dir)
     internal = RunDir(ctx.run_dir).read_evaluation()
-    if internal is None:
-        internal = evaluate_run(run_dir, n_resamples)
-        ctx = EvalContext.load(run_dir)
+    if internal is None:  # evaluated first with the same model (it sets the threshold and temperature in ctx)
+        internal = evaluate_run(run_dir, n_resamples, ctx=ctx)
     rules = dict(ctx.cfg.data.label_rules.rename) | (label_map or {})
     data_cfg = replace(ctx.cfg.data, paths=(str(data),), label_map=rules, format=AUTO)
     manifest = _usable(data_cfg)
@@ -375,10 +374,9 @@ def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalCon
     write_csv(path, [*columns, "predicted"], rows)
 
 
-def read_predictions(run_dir: Path, split: str, manifest: Manifest) -> Scored:
+def read_predictions(run_dir: Path, split: str, manifest: Manifest, spec: ModelSpec) -> Scored:
     """One split's rows of predictions.csv back as Scored (calibrated scores; the raw logits are not stored)."""
     by_path = {r.path: r for r in manifest.records}
-    spec = ModelSpec.read(run_dir)
     with (run_dir / PREDICTIONS_FILE).open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     records = [by_path.get(r["path"]) or Record(r["path"], r["label"], r["patient_id"] or None) for r in rows]

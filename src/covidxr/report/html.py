@@ -22,16 +22,14 @@ from markupsafe import Markup
 
 from covidxr import __version__
 from covidxr.atomic import write_text
-from covidxr.config import Config
 from covidxr.data.lungs import LungEllipse
-from covidxr.data.validate import read_data_report, short_source
+from covidxr.data.validate import short_source
 from covidxr.evaluation.audit import METADATA_WARN_AUC, OCCLUSION_WARN_AUC
 from covidxr.evaluation.by_source import read_by_source
 from covidxr.explain.localisation import TOLERANCE
-from covidxr.models.spec import ModelSpec
+from covidxr.report.inputs import RunFiles
 from covidxr.report.plots import run_plots
 from covidxr.results import SETTINGS, LeaderboardRow
-from covidxr.rundir import RunDir
 from covidxr.training.linear_probe import ProbeResult
 
 
@@ -42,22 +40,22 @@ class Section:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-def configuration(run: RunDir) -> Section | None:
-    if not run.config.is_file():
+def configuration(files: RunFiles) -> Section | None:
+    run, spec = files.run, files.spec
+    if files.config is None:
         return None
     facts: list[list[Any]] = []
-    if run.spec.is_file():
-        spec = ModelSpec.read(run.root)
+    if spec is not None:
         facts = [[k, getattr(spec, k)] for k in ("backbone", "weights", "task", "classes", "input_size", "freeze")]
         facts += [["threshold", spec.threshold], ["temperature", spec.temperature]]
-    t = Config.from_yaml(run.config).train.resolved()
+    t = files.config.train.resolved()
     recipe = f"{t.recipe} (lr {t.lr}, up to {t.epochs} epochs, patience {t.patience}, schedule {t.lr_schedule})"
     facts.append(["training recipe", recipe])
     return Section("Configuration", "config", {"facts": facts, "config_text": run.config.read_text()})
 
 
-def data_section(run: RunDir) -> Section | None:
-    report = read_data_report(run.data_report)
+def data_section(files: RunFiles) -> Section | None:
+    run, report = files.run, files.data_report
     if report is None:
         return None
     labels = list(report.per_label)
@@ -82,14 +80,14 @@ def data_section(run: RunDir) -> Section | None:
     return Section("Data", "data", context)
 
 
-def training_section(run: RunDir) -> Section | None:
-    if not run.history.is_file():
+def training_section(files: RunFiles) -> Section | None:
+    if not files.run.history.is_file():
         return None
-    return Section("Training curves", "training", {"state": run.read_state()})
+    return Section("Training curves", "training", {"state": files.state})
 
 
-def metrics_section(run: RunDir) -> Section | None:
-    evaluation = run.read_evaluation()
+def metrics_section(files: RunFiles) -> Section | None:
+    evaluation = files.evaluation
     if evaluation is None:
         return None
     test = evaluation.test
@@ -104,31 +102,31 @@ def metrics_section(run: RunDir) -> Section | None:
     return Section("Test metrics", "metrics", context)
 
 
-def probe_section(run: RunDir) -> Section | None:
+def probe_section(files: RunFiles) -> Section | None:
     """The linear-probe baseline beside the model, chosen and compared on validation only."""
-    probe = ProbeResult.read(run.root)
-    if probe is None:
+    probe = ProbeResult.read(files.run.root)
+    if probe is None or files.spec is None:
         return None
-    head = ModelSpec.read(run.root).head
+    head = files.spec.head
     rows: list[list[Any]] = [["linear probe", probe.val_nll, probe.val_auc, probe.test_auc, probe.test_acc]]
     if probe.model_val_nll is not None:
         rows.insert(0, [f"model ({head} head)", probe.model_val_nll, probe.model_val_auc, "", ""])
     return Section("Linear-probe baseline", "probe", {"probe": probe, "rows": rows, "head": head})
 
 
-def audit_section(run: RunDir) -> Section | None:
-    evaluation = run.read_evaluation()
+def audit_section(files: RunFiles) -> Section | None:
+    evaluation = files.evaluation
     audit = evaluation.audit if evaluation else None
     if evaluation is None or audit is None:
         return None
     labels = sorted({label for counts in audit.label_by_source.values() for label in counts})
     per_source = evaluation.test_by_source if len(evaluation.test_by_source) > 1 else {}
-    folds = read_by_source(run.root) or []
+    folds = read_by_source(files.run.root) or []
     context: dict[str, Any] = {
         "audit": audit,
         "metadata_warn": METADATA_WARN_AUC,
         "occlusion_warn": OCCLUSION_WARN_AUC,
-        "explanation": run.read_explanation(),
+        "explanation": files.explanation,
         "even_outside": 1 - float(LungEllipse().mask(224, 224).float().mean()),
         "source_labels": labels,
         "label_rows": [[short_source(s), *(c.get(lab, 0) for lab in labels)] for s, c in audit.label_by_source.items()],
@@ -155,8 +153,8 @@ def _rates(rate_called: dict[str, float]) -> str:
     return ", ".join(f"{label} {rate:.0%}" for label, rate in rate_called.items())
 
 
-def explanations_section(run: RunDir) -> Section | None:
-    explanation = run.read_explanation()
+def explanations_section(files: RunFiles) -> Section | None:
+    explanation = files.explanation
     if explanation is None:
         return None
     dead = [[r.layer, r.kind, r.channels, r.dead, f"{r.fraction:.0%}"] for r in explanation.filters.dead if r.dead]
@@ -164,18 +162,19 @@ def explanations_section(run: RunDir) -> Section | None:
     return Section("Explanations", "explanations", context)
 
 
-def mistakes_section(run: RunDir) -> Section | None:
-    return Section("Most confident mistakes (test)", "mistakes") if (run.plots / "mistakes.png").is_file() else None
+def mistakes_section(files: RunFiles) -> Section | None:
+    drawn = (files.run.plots / "mistakes.png").is_file()
+    return Section("Most confident mistakes (test)", "mistakes") if drawn else None
 
 
-def augmentation_section(run: RunDir) -> Section | None:
-    if not (run.plots / "augment.png").is_file():
+def augmentation_section(files: RunFiles) -> Section | None:
+    if not (files.run.plots / "augment.png").is_file():
         return None
     return Section("Augmentation and sample images in HSV", "augmentation")
 
 
-def external_section(run: RunDir) -> Section | None:
-    results = run.external_results()
+def external_section(files: RunFiles) -> Section | None:
+    results = files.run.external_results()
     if not results:
         return None
     tables = []
@@ -196,11 +195,11 @@ def external_section(run: RunDir) -> Section | None:
     return Section("External validation", "external", {"results": tables})
 
 
-def comparison_section(run: RunDir) -> Section | None:
+def comparison_section(files: RunFiles) -> Section | None:
     """Written by a search into its winner's run: every trial's settings and validation metrics."""
-    if not run.leaderboard.is_file():
+    if not files.run.leaderboard.is_file():
         return None
-    rows = LeaderboardRow.read_all(run.leaderboard)
+    rows = LeaderboardRow.read_all(files.run.leaderboard)
     columns = [c for c in SETTINGS if c != "epochs" and (len({r.value(c) for r in rows}) > 1 or c == "backbone")]
     metrics = ["val_f1", "val_auc", "val_precision", "val_recall"]
     body = [
@@ -220,26 +219,20 @@ def comparison_section(run: RunDir) -> Section | None:
     return Section("Comparison across configurations", "comparison", context)
 
 
-def credits_section(run: RunDir) -> Section | None:
-    report = read_data_report(run.data_report)
-    sources = _sources(run)
+def credits_section(files: RunFiles) -> Section | None:
+    try:
+        records = files.manifest.records
+    except Exception:  # the data may have moved since training; credits then come from elsewhere
+        return None
+    sources = sorted({(r.source, r.meta.get("license", "")) for r in records if r.source})
     if not sources:
         return None
     rows = [[s, lic or "see the data set"] for s, lic in sources]
+    report = files.data_report
     return Section("Data credits", "credits", {"rows": rows, "data_source": report.source if report else ""})
 
 
-def _sources(run: RunDir) -> list[tuple[str, str]]:
-    from covidxr.data.prepare import list_data
-
-    try:
-        manifest = list_data(Config.from_yaml(run.config).data)
-    except Exception:  # the data may have moved since training; credits then come from elsewhere
-        return []
-    return sorted({(r.source, r.meta.get("license", "")) for r in manifest.records if r.source})
-
-
-SECTIONS: list[Callable[[RunDir], Section | None]] = [
+SECTIONS: list[Callable[[RunFiles], Section | None]] = [
     configuration,
     data_section,
     training_section,
@@ -270,14 +263,15 @@ def _num(value: Any) -> str:
 
 def write_report(run_dir: Path | str) -> Path:
     """Draw the run's figures from its files, then write the self-contained report.html."""
-    run = RunDir(run_dir)
-    plots = run_plots(run.root)
+    files = RunFiles(run_dir)
+    run = files.run
+    plots = run_plots(files)
     env = Environment(loader=PackageLoader("covidxr.report", "templates"), autoescape=select_autoescape(["j2"]))
     env.globals["plot"] = partial(_img, plots)
     env.filters["num"] = _num
-    sections = [s for s in (build(run) for build in SECTIONS) if s is not None]
+    sections = [s for s in (build(files) for build in SECTIONS) if s is not None]
     bodies = [Markup(env.get_template(f"sections/{s.anchor}.html.j2").render(**s.context)) for s in sections]
-    evaluation = run.read_evaluation()
+    evaluation = files.evaluation
     html = env.get_template("report.html.j2").render(
         run_name=run.root.name,
         generated=time.strftime("%Y-%m-%d %H:%M"),

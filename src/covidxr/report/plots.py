@@ -14,8 +14,8 @@ from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Manifest
 from covidxr.data.readers import read_image
 from covidxr.models.spec import ModelSpec
+from covidxr.report.inputs import RunFiles
 from covidxr.results import Reliability
-from covidxr.rundir import RunDir
 from covidxr.training.callbacks import read_history
 
 if TYPE_CHECKING:
@@ -28,14 +28,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def training_curves(run_dir: Path, out: Path) -> list[Path]:
+def training_curves(files: RunFiles, out: Path) -> list[Path]:
     """Loss and accuracy per epoch, train and val, with the best epoch and the early-stopping point marked."""
-    rows = read_history(run_dir / RunDir.history)
+    rows = read_history(files.run.history)
     if not rows:
         return []
-    state = RunDir(run_dir).read_state()
+    state = files.state
     epochs = [int(r["epoch"]) for r in rows]
-    max_epochs = _max_epochs(run_dir)
+    max_epochs = files.config.train.epochs if files.config else None
     paths = []
     for metric, title in (("loss", "Loss"), ("acc", "Accuracy")):
         fig = Figure(figsize=(5.5, 3.6))
@@ -53,13 +53,6 @@ def training_curves(run_dir: Path, out: Path) -> list[Path]:
         ax.legend(fontsize=8)
         paths.append(_save(fig, out / f"{title.lower()}.png"))
     return paths
-
-
-def _max_epochs(run_dir: Path) -> int | None:
-    import yaml
-
-    cfg = yaml.safe_load((run_dir / RunDir.config).read_text()) if (run_dir / RunDir.config).is_file() else {}
-    return (cfg.get("train") or {}).get("epochs")
 
 
 def roc_pr(y: np.ndarray, score: np.ndarray, auc: float, pr_auc: float, out: Path) -> list[Path]:
@@ -160,31 +153,26 @@ def occlusion_example(scored: Scored, manifest: Manifest, size: int, out: Path) 
     return _save(fig, out / "occlusion.png")
 
 
-def run_plots(run_dir: Path) -> Path:
+def run_plots(files: RunFiles) -> Path:
     """Every figure of the report drawn from the run's files: the training curves of any trained run, the
     referral curve once explained, and the evaluation's figures once metrics.json and predictions.csv exist.
     Returns the plots folder."""
     from covidxr.augment.presets import preset
     from covidxr.augment.preview import preview_grid
-    from covidxr.config import Config
-    from covidxr.data.prepare import list_data
     from covidxr.evaluation.job import read_predictions
 
-    run = RunDir(run_dir)
+    run = files.run
     out = run.plots
     out.mkdir(exist_ok=True)
     if run.history.is_file():
-        training_curves(run_dir, out)
-    explanation = run.read_explanation()
-    if explanation is not None:
-        referral_plot(explanation.referral, out)
-    evaluation = run.read_evaluation()
-    if evaluation is None or not run.predictions.is_file():
+        training_curves(files, out)
+    if files.explanation is not None:
+        referral_plot(files.explanation.referral, out)
+    evaluation, spec, cfg = files.evaluation, files.spec, files.config
+    if evaluation is None or spec is None or cfg is None or not run.predictions.is_file():
         return out
-    spec = ModelSpec.read(run_dir)
-    cfg = Config.from_yaml(run.config)
-    manifest = list_data(cfg.data)
-    test, metrics = read_predictions(run_dir, "test", manifest), evaluation.test.metrics
+    manifest = files.manifest
+    test, metrics = read_predictions(run.root, "test", manifest, spec), evaluation.test.metrics
     if spec.task == "binary":
         roc_pr(test.targets, test.positive, metrics["roc_auc"], metrics["pr_auc"], out)
     calibration = evaluation.calibration
