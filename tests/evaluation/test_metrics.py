@@ -115,3 +115,37 @@ def test_temperature_scaling_undoes_overconfidence(task: str) -> None:
     assert fit_temperature(true_logits * 4, y, task) == pytest.approx(4, rel=0.15)  # overconfident by 4x
     assert fit_temperature(true_logits, y, task) == pytest.approx(1, rel=0.15)
     assert fit_temperature(true_logits, np.zeros(n, dtype=int), task) == 1.0  # one class: nothing to fit
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_a_separable_validation_split_never_sharpens_scores_into_ties(task: str) -> None:
+    """With no mistake on validation the NLL has no minimum: the fit must not run T to its bound (it once
+    collapsed 1,711 external scores into 5 values); outside scores keep as many values as their logits."""
+    from scipy.special import expit
+
+    from covidxr.evaluation.calibration import MIN_TEMPERATURE, fit_temperature
+
+    rng = np.random.default_rng(4)
+    n, k = 300, 2 if task == "binary" else 3
+    y = rng.integers(0, k, n) if task == "multiclass" else rng.integers(0, 2, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += 6.0  # every row right by a wide margin: separable
+    if task == "binary":
+        logits[:, 1] = np.where(y == 1, 1, -1) * rng.uniform(4, 12, n)
+    t = fit_temperature(logits, y, task)
+    assert t >= 1.0
+    outside = rng.normal(scale=8.0, size=2000)  # external logits, any spread
+    assert len(np.unique(expit(outside / t))) == len(outside)
+    wrong = logits.copy()  # one mistake: sharpening may now be measured, but not beyond the search's bounds
+    wrong[0] = wrong[0][::-1] if task == "binary" else np.roll(wrong[0], 1)
+    assert MIN_TEMPERATURE <= fit_temperature(wrong, y, task) <= 20.0
+
+
+def test_threshold_for_specificity_keeps_ties_together_and_cuts_between_scores() -> None:
+    y = np.array([0] * 20 + [1] * 10)
+    score = np.array([0.1] * 18 + [0.4] * 2 + [0.4] * 2 + [0.9] * 8)  # the 95% cut falls in a tie (with positives)
+    t = threshold_for_specificity(y, score, 0.95)
+    assert np.mean(score[y == 0] < t) >= 0.95
+    assert t == pytest.approx((0.4 + 0.9) / 2)  # above the whole tie at 0.4, halfway to the next score
+    t_sep = threshold_for_specificity(np.array([0, 0, 1, 1]), np.array([0.01, 0.02, 0.97, 0.99]), 0.95)
+    assert 0.02 < t_sep < 0.97  # a sane cut on a separable split, not a hair above the top negative

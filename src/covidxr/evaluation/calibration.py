@@ -8,6 +8,8 @@ from scipy.special import log_expit, log_softmax
 
 from covidxr.results import Reliability
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0  # the search's bounds; T < 1 only where validation shows a mistake
+
 
 def reliability(y: np.ndarray, score: np.ndarray, bins: int = 10) -> Reliability:
     """Equal-width bins over [0, 1]: mean score, observed positive rate and count per bin; ECE weighs the gaps."""
@@ -33,6 +35,11 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:
 
     Binary (the study's head): the positive output's sigmoid; multiclass: softmax. Ranking, AUC and the
     argmax never change; only how far scores trust themselves does.
+
+    When every validation image is already on its right side (sign of the positive logit, or argmax), the NLL
+    falls towards 0 as T -> 0 and has no minimum: the fit would sharpen scores to the search's bound (T = 0.05
+    squashed 1,711 external scores into 5 values). A split with no mistake is no evidence of under-confidence,
+    so there T may only soften (T >= 1); sharpening needs a mistake on validation to be measured against.
     """
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(y).astype(int)
@@ -45,5 +52,13 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, task: str) -> float:
             return float(-np.mean(np.where(y == 1, log_expit(z[:, 1]), log_expit(-z[:, 1]))))
         return float(-np.mean(log_softmax(z, axis=1)[np.arange(len(y)), y]))
 
-    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    lowest = 1.0 if no_mistakes(logits, y, task) else MIN_TEMPERATURE
+    best = minimize_scalar(nll, bounds=(np.log(lowest), np.log(MAX_TEMPERATURE)), method="bounded")
     return float(np.exp(best.x)) if nll(best.x) < nll(0.0) else 1.0
+
+
+def no_mistakes(logits: np.ndarray, y: np.ndarray, task: str) -> bool:
+    """Every row on its right side: the binary head's positive logit has the label's sign, else the argmax."""
+    if task == "binary":
+        return bool(np.all((logits[:, 1] > 0) == (y == 1)))
+    return bool(np.all(logits.argmax(axis=1) == y))

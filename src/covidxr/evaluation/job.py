@@ -362,27 +362,34 @@ def _usable(data_cfg: DataConfig) -> Manifest:
 
 
 def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalContext) -> None:
-    """Every image with its calibrated scores and the run's decision (ModelSpec.decide)."""
-    columns = ["split", "path", "patient_id", "label", "target", *(f"score_{c}" for c in ctx.spec.classes)]
+    """Every image with its raw logits, calibrated scores (full precision: rounding turns close scores into ties
+    and moves AUCs) and the run's decision (ModelSpec.decide)."""
+    classes = ctx.spec.classes
+    columns = ["split", "path", "patient_id", "label", "target", *(f"score_{c}" for c in classes),
+               *(f"logit_{c}" for c in classes), "predicted"]  # fmt: skip
     rows = [
-        dict(zip(columns, [name, r.path, r.patient_id or "", r.label, int(t), *(f"{v:.6f}" for v in s)], strict=True))
-        | {"predicted": pred}
+        dict(zip(columns, [name, r.path, r.patient_id or "", r.label, int(t), *map(repr, map(float, s)),
+                           *map(repr, map(float, z)), pred], strict=True))
         for name, scored in parts
-        for r, s, t, pred in zip(scored.records, scored.scores, scored.targets, ctx.spec.decide(scored.scores),
-                                 strict=True)
+        for r, s, z, t, pred in zip(scored.records, scored.scores, scored.logits, scored.targets,
+                                    ctx.spec.decide(scored.scores), strict=True)
     ]  # fmt: skip
-    write_csv(path, [*columns, "predicted"], rows)
+    write_csv(path, columns, rows)
 
 
 def read_predictions(run_dir: Path, split: str, manifest: Manifest, spec: ModelSpec) -> Scored:
-    """One split's rows of predictions.csv back as Scored (calibrated scores; the raw logits are not stored)."""
+    """One split's rows of predictions.csv back as Scored (calibrated scores; raw logits where the file has them)."""
     by_path = {r.path: r for r in manifest.records}
     with (run_dir / PREDICTIONS_FILE).open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
     records = [by_path.get(r["path"]) or Record(r["path"], r["label"], r["patient_id"] or None) for r in rows]
-    scores = np.array([[float(r[f"score_{c}"]) for c in spec.classes] for r in rows]).reshape(-1, spec.num_outputs)
+
+    def matrix(prefix: str) -> np.ndarray:
+        cells = [[float(r.get(f"{prefix}_{c}") or "nan") for c in spec.classes] for r in rows]
+        return np.array(cells, dtype=float).reshape(-1, spec.num_outputs)
+
     targets = np.array([int(r["target"]) for r in rows], dtype=int)
-    return Scored(records, np.full_like(scores, np.nan), targets, scores)
+    return Scored(records, matrix("logit"), targets, matrix("score"))
 
 
 def _slug(path: Path | str) -> str:

@@ -40,9 +40,14 @@ def _f1(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def threshold_for_specificity(y: np.ndarray, score: np.ndarray, specificity: float = 0.95) -> float:
-    """The lowest threshold whose specificity on (validation) data is at least `specificity`."""
-    negatives = np.sort(np.asarray(score, dtype=float)[np.asarray(y) == 0])
+    """The threshold whose specificity on (validation) data is at least `specificity`, cut halfway to the next
+    higher score: negatives tied with the k-th one all stay below it (never a cut inside a tie), and a cut
+    midway between observed scores does not sit on the edge of the validation scores."""
+    score = np.asarray(score, dtype=float)
+    negatives = np.sort(score[np.asarray(y) == 0])
     if len(negatives) == 0:
         return 0.5
     k = int(np.ceil(specificity * len(negatives))) - 1
-    return float(np.nextafter(negatives[min(k, len(negatives) - 1)], np.inf))
+    at = negatives[min(k, len(negatives) - 1)]
+    above = score[score > at]
+    return float((at + above.min()) / 2) if len(above) else float(np.nextafter(at, np.inf))
