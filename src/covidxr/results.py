@@ -283,6 +283,29 @@ VAL_METRICS = ("val_f1", "val_precision", "val_recall", "val_auc", "val_acc", "v
 
 
 @dataclass
+class SegmentedFilm(JsonRecord):
+    path: str
+    dice: float
+    area: float  # share of the film the cleaned predicted mask covers
+    flagged: str | None = None  # why the predicted mask was judged implausible (the film falls back to itself)
+
+
+@dataclass
+class SegmentationEvaluation(JsonRecord):
+    """lungs_metrics.json: a lung model's Dice (after post-processing) on films whose masks it never trained on."""
+
+    data: str
+    n_images: int
+    n_patients: int
+    mean_dice: float
+    dice_ci95: list[float]  # patient bootstrap
+    median_dice: float
+    flagged: int
+    films_per_second: float
+    films: list[SegmentedFilm]
+
+
+@dataclass
 class LeaderboardRow:
     """One finished trial or run in leaderboard.csv: its settings and validation metrics at its best epoch."""
 

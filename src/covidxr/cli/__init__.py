@@ -7,6 +7,7 @@ import sys
 import typer
 
 from covidxr.cli.data import data_app, run_demo
+from covidxr.cli.lungs import lungs_app
 from covidxr.cli.search import compare_cmd, search_cmd
 from covidxr.cli.train import (
     augment_app,
@@ -36,6 +37,7 @@ app.command("serve", help="Web service with an upload page for a run (research u
 app.command("search", help="Grid search (Optuna), chosen on val F1, winner tested once; resumable.")(search_cmd)
 app.command("compare", help="Leaderboard table of finished runs.")(compare_cmd)
 app.add_typer(data_app, name="data")
+app.add_typer(lungs_app, name="lungs")
 app.add_typer(augment_app, name="augment")
 app.command("run", help="The main job: inspect, split, train, evaluate, audit, report.")(run_cmd)
 app.command("train", help="Train a classifier into a run directory; resumable.")(train_cmd)

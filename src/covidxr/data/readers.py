@@ -8,6 +8,7 @@ pixel is decoded, so a decompression bomb costs nothing.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def is_candidate_image(path: Path) -> bool:
     if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS:
         return True
     return suffix == "" and has_dicom_magic(path)
+
+
+def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files named, and the image files under folders named (sorted, hidden files left out), in order."""
+    for p in paths:
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not f.name.startswith(".") and is_candidate_image(f):
+                    yield f
+        else:
+            yield p
 
 
 def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:

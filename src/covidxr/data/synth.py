@@ -104,7 +104,8 @@ def render(anatomy: Anatomy, positive: bool, rng: np.random.Generator) -> tuple[
 
 
 def generate(out: Path | str, n: int = 400, seed: int = 0, images_per_patient: tuple[int, int] = (1, 4)) -> Path:
-    """Write `n` phantoms, their lesion masks and `labels.csv` under `out`; returns the CSV path."""
+    """Write `n` phantoms, their lesion masks, their lung masks (`lung_mask` column) and `labels.csv` under `out`;
+    returns the CSV path."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     rows = []
@@ -116,21 +117,25 @@ def generate(out: Path | str, n: int = 400, seed: int = 0, images_per_patient: t
         pid = f"phantom-{patient:04d}"
         patient += 1
         for k in range(min(int(rng.integers(*images_per_patient, endpoint=True)), n - len(rows))):
-            pixels, lesion, _ = render(anatomy, positive, rng)
+            pixels, lesion, lungs = render(anatomy, positive, rng)
             name = f"{pid}_{k}.png"
             image_path = out / "images" / label / name
             image_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(image_path)
+            lungs_path = out / "lungs" / name
+            lungs_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(lungs.astype(np.uint8) * 255).save(lungs_path)
             mask_rel = ""
             if positive:
                 mask_path = out / "masks" / name
                 mask_path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(lesion.astype(np.uint8) * 255).save(mask_path)
                 mask_rel = mask_path.relative_to(out).as_posix()
-            rows.append([image_path.relative_to(out).as_posix(), label, pid, SOURCE, mask_rel])
+            rows.append([image_path.relative_to(out).as_posix(), label, pid, SOURCE, mask_rel,
+                         lungs_path.relative_to(out).as_posix()])  # fmt: skip
     labels = out / "labels.csv"
     with labels.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "patient_id", "source", "mask_path"])
+        writer.writerow(["path", "label", "patient_id", "source", "mask_path", "lung_mask"])
         writer.writerows(rows)
     return labels

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from covidxr.atomic import write_json
-from covidxr.data.readers import is_candidate_image, read_image
+from covidxr.data.readers import iter_image_files, read_image
 from covidxr.errors import CovidxrError, ImageReadError
 from covidxr.explain.activations import dead_filters, feature_maps, first_conv, top_channels, weight_stats
 from covidxr.explain.gradcam import grad_cam, overlay
@@ -29,18 +29,6 @@ from covidxr.rundir import RunDir
 
 EXPLAIN_FILE = RunDir.explain
 MANY_DEAD = 0.5
-
-
-def image_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(
-                f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and is_candidate_image(f)
-            )
-        else:
-            files.append(p)
-    return files
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -72,7 +60,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
     out.mkdir(parents=True, exist_ok=True)
     pre = spec.preprocess
     results, skipped = [], []
-    for path in image_files(paths):
+    for path in iter_image_files(paths):
         try:
             gray = read_image(path).pixels
         except ImageReadError as exc:

@@ -89,12 +89,13 @@ def load_by_order(module: nn.Module, state: dict[str, torch.Tensor], origin: str
     module.load_state_dict(dict(zip(target, source, strict=True)), strict=True)
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: Path, full: bool = False) -> str:
+    """sha256 of a file: its first 12 hex digits (a name), or all of them (`full`: an identity to record)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest() if full else digest.hexdigest()[:12]
 
 
 def apply_weights(module: nn.Module, backbone: Backbone, weights: str) -> str:

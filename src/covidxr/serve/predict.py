@@ -19,21 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from covidxr.data.dataset import Preprocess
-from covidxr.data.readers import is_candidate_image, read_image
+from covidxr.data.readers import iter_image_files, read_image
 from covidxr.errors import CovidxrError, ImageReadError
 from covidxr.serve.engine import Engine, load_engine, physical_cores
 
 Decoded = tuple[Path, "np.ndarray | None", "str | None"]  # path, preprocessed image or None, error or None
-
-
-def iter_files(paths: list[Path]) -> Iterator[Path]:
-    for p in paths:
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not f.name.startswith(".") and is_candidate_image(f):
-                    yield f
-        else:
-            yield p
 
 
 def _label(engine: Engine, scores: np.ndarray) -> str:
@@ -78,7 +68,7 @@ def predict_stream(
 ) -> Iterator[dict[str, Any]]:
     """One dict per file not in `skip`, in file order: scores, label at the run's threshold, optional MC-dropout
     std; or an error. `workers` decoding processes (0: decode in this process)."""
-    todo = [p for p in iter_files(paths) if str(p) not in skip]
+    todo = [p for p in iter_image_files(paths) if str(p) not in skip]
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
         DecodedFiles(todo, engine.spec.preprocess), batch_size=batch_size, collate_fn=_as_list, num_workers=workers,

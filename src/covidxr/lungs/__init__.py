@@ -1,0 +1,7 @@
+"""Lung segmentation: a small segmenter trained on films with lung masks, and each film's own lung geometry
+(mask, box, plausibility) for lung-restricted inputs, audits and CAM checks."""
+
+from covidxr.lungs.geometry import LungGeometry, clean_mask, dice
+from covidxr.lungs.segmenter import LungModel, load_lung_model
+
+__all__ = ["LungGeometry", "LungModel", "clean_mask", "dice", "load_lung_model"]

@@ -1,0 +1,161 @@
+"""The lung stage: post-processing and plausibility, a segmenter trained (and resumed) on phantoms' lung masks,
+films segmented to masks and overlays (DICOM and broken files included), Dice scored against shipped masks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxr.config import DataConfig
+from covidxr.data.synth import generate
+from covidxr.errors import CovidxrError
+from covidxr.lungs import LungGeometry, clean_mask, dice, load_lung_model
+from covidxr.lungs.train import HISTORY, LungTrainConfig, train_lungs
+from tests.imagefiles import write_dicom
+
+SMALL = LungTrainConfig(epochs=2, patience=5, input_size=64, batch_size=8)
+
+
+def _two_lungs(h: int = 100, w: int = 100) -> np.ndarray:
+    mask = np.zeros((h, w), dtype=bool)
+    mask[20:80, 15:45] = True
+    mask[20:80, 55:85] = True
+    return mask
+
+
+def test_cleaning_keeps_the_two_lungs_fills_holes_and_drops_specks() -> None:
+    noisy = _two_lungs()
+    noisy[40:45, 25:30] = False  # a hole in the left lung
+    noisy[90:93, 5:8] = True  # a speck below
+    noisy[2:6, 90:95] = True  # another one
+    cleaned = clean_mask(noisy)
+    assert dice(cleaned, _two_lungs()) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("mask", "reason"),
+    [
+        (np.pad(np.ones((4, 4), bool), 48), "lung area"),  # a speck: 0.16% of the film
+        (np.pad(np.ones((90, 12), bool), 5)[:, :100], "width/height"),  # one tall sliver
+    ],
+)
+def test_an_implausible_mask_is_flagged_and_the_film_falls_back_to_itself(mask: np.ndarray, reason: str) -> None:
+    g = LungGeometry.from_probability(mask.astype(float))
+    assert not g.plausible and reason in (g.flagged or "")
+    assert g.crop_box() == (0.0, 0.0, 1.0, 1.0)
+    good = LungGeometry.from_probability(_two_lungs().astype(float))
+    assert good.plausible
+    x0, y0, x1, y1 = good.crop_box()
+    assert (x0, y0) < (0.15, 0.20) and (x1, y1) > (0.85, 0.80) and x1 - x0 < 0.8  # the box plus a small margin
+
+
+def test_dice_against_hand_counts() -> None:
+    a, b = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
+    a[:, :4], b[:, 2:6] = True, True  # 40 and 40 pixels, 20 shared
+    assert dice(a, b) == pytest.approx(0.5)
+    assert dice(a, np.zeros_like(a)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def lung_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    data = tmp_path_factory.mktemp("lung-phantoms")
+    generate(data, n=48, seed=3)
+    out = tmp_path_factory.mktemp("lung-model") / "model"
+    train_lungs(DataConfig(paths=(str(data),)), out, SMALL)
+    return data, out
+
+
+@pytest.mark.slow
+def test_segmenter_trains_on_shipped_masks_and_resumes_where_it_stopped(lung_model: tuple[Path, Path]) -> None:
+    data, out = lung_model
+    model = load_lung_model(out)
+    assert model.spec.weights.startswith("imagenet:bundled:") and len(model.sha256) == 64
+    with (out / HISTORY).open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["val_dice"]) > 0.5  # two epochs at 64 px already find the phantoms' lungs
+    resumed = train_lungs(DataConfig(paths=(str(data),)), out, LungTrainConfig(**{**vars(SMALL), "epochs": 3}))
+    with (out / HISTORY).open() as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]  # epochs 1-2 kept, not redone
+    assert resumed.epochs_run == 3
+
+
+@pytest.mark.slow
+def test_segment_writes_a_mask_and_overlay_per_film_and_names_the_broken_file(
+    lung_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, model = lung_model
+    films = tmp_path / "films"
+    films.mkdir()
+    first = next((data / "images" / "COVID-19").glob("*.png"))
+    Image.open(first).save(films / "a.png")
+    write_dicom(films / "b.dcm", np.asarray(Image.open(first), dtype=np.uint16) * 16, bits_stored=12)
+    (films / "c.png").write_bytes(b"not a png")
+    out = subprocess.run(
+        [sys.executable, "-m", "covidxr", "lungs", "segment", str(model), str(films), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "1 unreadable" in out.stdout
+    with (tmp_path / "o" / "segment.csv").open() as fh:
+        rows = {Path(r["file"]).name: r for r in csv.DictReader(fh)}
+    assert rows["c.png"]["error"] and not rows["a.png"]["error"] and not rows["b.dcm"]["error"]
+    mask_a = np.asarray(Image.open(tmp_path / "o" / "a.png")) > 0
+    mask_b = np.asarray(Image.open(tmp_path / "o" / "b.png")) > 0
+    assert mask_a.shape == np.asarray(Image.open(first)).shape and 0.05 < mask_a.mean() < 0.75
+    assert dice(mask_a, mask_b) > 0.95  # the same film as PNG and as 12-bit DICOM
+    assert (tmp_path / "o" / "a_overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_lungs_evaluate_scores_dice_with_a_ci_and_draws_the_worst(lung_model: tuple[Path, Path], tmp_path: Path) -> None:
+    data, model = lung_model
+    out = subprocess.run(
+        [sys.executable, "-m", "covidxr", "lungs", "evaluate", str(model), "--data", str(data), "--out",
+         str(tmp_path), "--bootstrap", "50"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "lungs_metrics.json").read_text())
+    assert metrics["n_images"] == 48 and len(metrics["films"]) == 48
+    lo, hi = metrics["dice_ci95"]
+    assert lo <= metrics["mean_dice"] <= hi and metrics["mean_dice"] > 0.5
+    assert (tmp_path / "lungs_worst.png").is_file()
+
+
+def test_a_folder_that_is_no_lung_model_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CovidxrError, match="not a lung model"):
+        load_lung_model(tmp_path)
+    (tmp_path / "lungs.json").write_text("{}")
+    (tmp_path / "lungs.safetensors").write_bytes(b"junk")
+    with pytest.raises(CovidxrError, match="lungs.safetensors"):
+        load_lung_model(tmp_path)
+
+
+def test_training_without_masks_says_what_it_needs(tmp_path: Path) -> None:
+    from covidxr.errors import DataError
+
+    generate(tmp_path / "p", n=6, seed=1)
+    rows = (tmp_path / "p" / "labels.csv").read_text().splitlines()
+    (tmp_path / "p" / "labels.csv").write_text("\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")  # no lung_mask
+    with pytest.raises(DataError, match="lung_mask column"):
+        train_lungs(DataConfig(paths=(str(tmp_path / "p"),)), tmp_path / "m", SMALL)
+
+
+def test_cxr_lungs_films_and_masks_line_up(cxr_dev: Path) -> None:
+    from covidxr.data.prepare import list_data
+    from covidxr.lungs.films import MaskedFilms, with_masks
+
+    manifest = list_data(DataConfig(paths=(str(cxr_dev.parent / "cxr-lungs"),)))
+    records = with_masks(manifest)
+    assert len(records) == len(manifest.records) == 134
+    films = MaskedFilms.load(manifest.root, records[:12], 64)
+    area = films.masks.float().mean(dim=(1, 2))
+    assert films.films.shape == (12, 64, 64) and bool(((area > 0.05) & (area < 0.75)).all())
