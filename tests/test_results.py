@@ -56,3 +56,15 @@ def test_a_result_file_that_cannot_be_read_is_one_clear_error(tmp_path: Path) ->
     run.metrics.write_text("{not json")
     with pytest.raises(CovidxrError, match=r"metrics.json: cannot be read as Evaluation"):
         run.read_evaluation()
+
+
+def test_a_fair_score_without_a_within_source_auc_reads_back() -> None:
+    import numpy as np
+
+    from covidxr.evaluation.fair import fair_score
+    from covidxr.results import FairScore
+
+    only = fair_score(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.1, 0.2]), np.array([1, 1, 0, 0], bool),
+                      ["A", "A", "B", "B"], np.array(["a", "b", "c", "d"]), n_resamples=0)  # fmt: skip
+    back = FairScore.from_json(json.loads(json.dumps(only.to_json())))
+    assert back == only and back.within_source_auc is None and back.mixed_auc == 1.0

@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from covidxr.data.choices import Equalize, ResizeMode
+from covidxr.data.choices import Equalize, LungInput, ResizeMode
 from covidxr.data.formats import AUTO, FORMATS, FRONTAL_VIEWS
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelRules, Task, parse_label_map
 from covidxr.data.readers import DEFAULT_MAX_PIXELS
@@ -66,6 +66,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+DEFAULT_LUNG_INPUT: LungInput = "crop"  # what --lung-model alone applies (chosen in benchmarks/bench_lungs.py)
+
+
 @dataclass
 class TrainConfig:
     """Hyperparameters; epochs, lr, patience and schedule come from the recipe unless given."""
@@ -82,6 +85,14 @@ class TrainConfig:
     border_crop: float = _opt(0.0, "fraction cut from every side before resizing (markers, collimator edges)")
     equalize: Equalize = _opt("none", "per-image histogram equalisation: none, hist or clahe")
     lung_crop: bool = _opt(False, "crop every image to the lung box of the training set's lung masks")
+    lungs: LungInput | None = _opt(
+        None, "each film cut to its own lungs: none, crop (lung box) or mask (crop, outside flattened); "
+        f"default: {DEFAULT_LUNG_INPUT} with --lung-model, else none",
+    )  # fmt: skip
+    lung_model: str | None = _opt(
+        None, "lung model folder (covidxr lungs train); with --lungs crop|mask and none given, one is trained "
+        "first on the training films' lung masks",
+    )  # fmt: skip
     cnn_widths: tuple[int, ...] = _opt((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
     recipe: Recipe = _opt("default", "default (trains the head to convergence) or study (the paper's settings)")
     epochs: int | None = _opt(None, "maximum epochs (default: from the recipe)")
@@ -110,7 +121,8 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise CovidxrError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         preset = RECIPES[self.recipe]["head" if self.freeze == "head" else "other"]
-        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+        lungs = self.lungs or (DEFAULT_LUNG_INPUT if self.lung_model else "none")
+        return replace(self, lungs=lungs, **{k: v for k, v in preset.items() if getattr(self, k) is None})
 
 
 @dataclass

@@ -155,8 +155,9 @@ class Occlusion(JsonRecord):
     auc_full_ci: list[float]
     auc_occluded: float
     auc_occluded_ci: list[float]
-    ellipse: dict[str, float]
+    ellipse: dict[str, float]  # the fallback for films whose lungs are not known
     warning: bool
+    lungs_from: dict[str, int] | None = None  # where each hidden film's lungs came from (lungs.as_seen): counts
 
 
 @dataclass
@@ -192,6 +193,7 @@ class Evaluation(JsonRecord):
     threshold: Threshold | None = None  # binary runs
     sensitivity_at_95_specificity: AtSpecificity | None = None  # binary runs
     audit: Audit | None = None
+    test_fair: FairScore | None = None  # the test split's within-source view (older results lack it)
 
     @property
     def warnings(self) -> list[str]:
@@ -211,6 +213,32 @@ class LabelRates(JsonRecord):
 
 
 @dataclass
+class SourceAuc(JsonRecord):
+    """One source holding both classes: its AUC and rates at the run's threshold."""
+
+    n_positive: int
+    n_negative: int
+    auc: float
+    sensitivity: float
+    specificity: float
+
+
+@dataclass
+class FairScore(JsonRecord):
+    """Scores that hospitals cannot fool (evaluation.fair): pairs of films from one source only."""
+
+    verdict: str  # "within-source", or why the set cannot measure the finding
+    sources: dict[str, SourceAuc]  # the sources holding both classes
+    one_class_sources: dict[str, str]  # source -> "positive" | "negative"
+    cross_source_share: float  # share of the mixed AUC's pairs drawn from two sources
+    within_source_auc: float | None = None  # the headline (None: no source holds both classes)
+    within_source_ci95: list[float] | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    mixed_auc: float | None = None  # over every pair: shown, never the headline
+
+
+@dataclass
 class ExternalEvaluation(JsonRecord):
     """external/<name>/metrics.json: an outside data set scored with the run's threshold, beside its test split."""
 
@@ -220,6 +248,7 @@ class ExternalEvaluation(JsonRecord):
     per_label: dict[str, LabelRates]
     dropped_labels: dict[str, int]
     out: str = ""  # the folder holding this result and its predictions
+    fair: FairScore | None = None  # the headline: within-source AUC (older results lack it)
 
 
 # --- explanations -----------------------------------------------------------------------------------------
@@ -274,6 +303,8 @@ class Explanation(JsonRecord):
     uncertainty_wrong_vs_right: list[float | None]
     filters: Filters
     localisation: Localisation | None = None
+    cam_in_lungs: dict[str, list[float]] | None = None  # predicted class -> [mean share inside, CI low, CI high, n]
+    lungs_from: dict[str, int] | None = None  # where the films' lungs came from (lungs.as_seen): counts
 
 
 # --- search -----------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class RunDir:
     config = _Entry("config.yaml")  # the resolved Config the run was made with
     data_report = _Entry("data_report.json")  # validation report: broken files, duplicates
     splits = _Entry("splits.csv")  # patient-level split, one row per image
+    # lungs stage
+    lungs = _Entry("lungs")  # the lung model the run's inputs are cut with (lungs.json + lungs.safetensors)
     # training stage
     spec = _Entry("model.json")  # ModelSpec: backbone, classes, preprocessing, threshold, temperature
     weights = _Entry("best.safetensors")  # the best epoch's network

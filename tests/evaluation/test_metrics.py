@@ -149,3 +149,39 @@ def test_threshold_for_specificity_keeps_ties_together_and_cuts_between_scores()
     assert t == pytest.approx((0.4 + 0.9) / 2)  # above the whole tie at 0.4, halfway to the next score
     t_sep = threshold_for_specificity(np.array([0, 0, 1, 1]), np.array([0.01, 0.02, 0.97, 0.99]), 0.95)
     assert 0.02 < t_sep < 0.97  # a sane cut on a separable split, not a hair above the top negative
+
+
+def test_within_source_auc_sees_through_a_model_that_learned_the_hospital() -> None:
+    """Hospital A sends positives and negatives, hospital B negatives only; the 'model' scores the hospital."""
+    from covidxr.evaluation.fair import CANNOT, fair_score
+
+    rng = np.random.default_rng(5)
+    sources = np.array(["A"] * 100 + ["B"] * 100)
+    y = np.r_[rng.integers(0, 2, 100), np.zeros(100, int)]
+    score = np.where(sources == "A", 0.6, 0.2) + rng.random(200) * 0.1  # knows the hospital, not the finding
+    groups = np.arange(200).astype(str)
+    fair = fair_score(y, score, score > 0.5, list(sources), groups, n_resamples=200)
+    assert fair.mixed_auc is not None and fair.mixed_auc > 0.75  # the flattering number
+    a = fair.sources["A"]
+    assert fair.within_source_auc == pytest.approx(skm.roc_auc_score(y[:100], score[:100]))
+    assert abs(fair.within_source_auc - 0.5) < 0.15 and a.n_negative + a.n_positive == 100
+    assert fair.within_source_ci95[0] < 0.5 < fair.within_source_ci95[1]
+    assert fair.one_class_sources == {"B": "negative"} and 0 < fair.cross_source_share < 1
+    assert a.sensitivity == 1.0 and a.specificity == 0.0  # every A film called positive
+    only = fair_score(np.r_[np.ones(50, int), np.zeros(50, int)], rng.random(100), np.zeros(100, bool),
+                      ["A"] * 50 + ["B"] * 50, groups[:100], n_resamples=0)  # fmt: skip
+    assert only.within_source_auc is None and only.verdict.startswith(CANNOT) and only.cross_source_share == 1
+
+
+def test_pooled_within_source_auc_weighs_sources_by_their_pairs() -> None:
+    from covidxr.evaluation.fair import fair_score
+
+    rng = np.random.default_rng(6)
+    y = np.r_[rng.integers(0, 2, 60), rng.integers(0, 2, 140)]
+    score = rng.random(200) + y * np.r_[np.full(60, 0.8), np.full(140, 0.1)]
+    src = ["A"] * 60 + ["B"] * 140
+    fair = fair_score(y, score, score > 0.5, src, np.arange(200).astype(str), n_resamples=0)
+    a, b = fair.sources["A"], fair.sources["B"]
+    weights = np.array([a.n_positive * a.n_negative, b.n_positive * b.n_negative])
+    assert fair.within_source_auc == pytest.approx(np.average([a.auc, b.auc], weights=weights))
+    assert b.auc == pytest.approx(skm.roc_auc_score(y[60:], score[60:]))

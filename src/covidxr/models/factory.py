@@ -82,6 +82,7 @@ def spec_from_config(tc: TrainConfig, label_map: LabelMap) -> ModelSpec:
         tc.dropout, tc.freeze, tc.input_size, tc.head,
     )  # fmt: skip
     spec.resize, spec.border_crop, spec.equalize = tc.resize, tc.border_crop, tc.equalize
+    spec.lungs = tc.lungs or "none"
     if tc.backbone == "simple_cnn":
         spec.extra["cnn_widths"] = list(tc.cnn_widths)
     return spec

@@ -6,7 +6,7 @@ Evaluate, explain, predict, export and serve read the model's facts from here an
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from covidxr.atomic import write_json
-from covidxr.data.dataset import Preprocess
+from covidxr.data.dataset import LungFinder, Preprocess
 from covidxr.data.labels import DEFAULT_POSITIVE
 from covidxr.errors import CovidxrError
 from covidxr.models.head import positive_scores
@@ -44,7 +44,10 @@ class ModelSpec:
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
     temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
     tta: bool = False  # score the mean logits over small shifts and scales (models.tta); set by evaluate --tta
+    lungs: str = "none"  # none | crop | mask: each film restricted to its own lungs by the run's lung model
+    lung_model: str | None = None  # sha256 of the run's lung model weights (RunDir.lungs), when lungs is not none
     extra: dict[str, Any] = field(default_factory=dict)
+    finder: LungFinder | None = field(default=None, compare=False, repr=False)  # the loaded lung model; not saved
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class scores: sigmoids of the study's binary head, softmax for multiclass."""
@@ -78,10 +81,27 @@ class ModelSpec:
             self.border_crop,
             self.equalize,  # type: ignore[arg-type]
             tuple(self.lung_box) if self.lung_box else None,  # type: ignore[arg-type]
+            self.lungs,  # type: ignore[arg-type]
+            self.finder,
         )
 
     def write(self, run_dir: Path) -> Path:
-        return write_json(Path(run_dir) / SPEC_FILE, asdict(self))
+        saved = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "finder"}
+        return write_json(Path(run_dir) / SPEC_FILE, saved)
+
+    def attach_lungs(self, run_dir: Path) -> None:
+        """Load the run's lung model as this spec's finder, checked against the sha256 the run recorded."""
+        if self.lungs == "none":
+            return
+        from covidxr.lungs import LungView, load_lung_model
+
+        model = load_lung_model(Path(run_dir) / RunDir.lungs)
+        if model.sha256 != self.lung_model:
+            raise CovidxrError(
+                f"{model.folder}: this lung model (sha256 {model.sha256[:12]}) is not the one the run was trained "
+                f"with ({(self.lung_model or 'none')[:12]}); the classifier only fits the films its own lung model cut"
+            )
+        self.finder = LungView(model)
 
     @classmethod
     def read(cls, run_dir: Path) -> ModelSpec:
@@ -93,4 +113,6 @@ class ModelSpec:
         except json.JSONDecodeError as exc:
             raise CovidxrError(f"{path}: not valid JSON ({exc})") from exc
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-        return cls(**raw)
+        spec = cls(**raw)
+        spec.attach_lungs(Path(run_dir))
+        return spec

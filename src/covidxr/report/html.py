@@ -22,14 +22,14 @@ from markupsafe import Markup
 
 from covidxr import __version__
 from covidxr.atomic import write_text
-from covidxr.data.lungs import LungEllipse
 from covidxr.data.validate import short_source
 from covidxr.evaluation.audit import METADATA_WARN_AUC, OCCLUSION_WARN_AUC
 from covidxr.evaluation.by_source import read_by_source
+from covidxr.evaluation.fair import fair_summary
 from covidxr.explain.localisation import TOLERANCE
 from covidxr.report.inputs import RunFiles
 from covidxr.report.plots import run_plots
-from covidxr.results import SETTINGS, LeaderboardRow
+from covidxr.results import SETTINGS, FairScore, LeaderboardRow
 from covidxr.training.linear_probe import ProbeResult
 
 
@@ -95,6 +95,7 @@ def metrics_section(files: RunFiles) -> Section | None:
         "evaluation": evaluation,
         "metric_rows": [[name, value, *test.ci95.get(name, ["", ""])] for name, value in test.metrics.items()],
         "class_rows": [],
+        "fair": _fair_context(evaluation.test_fair),
     }
     if test.per_class:
         context["class_columns"] = list(next(iter(test.per_class.values())))
@@ -127,7 +128,10 @@ def audit_section(files: RunFiles) -> Section | None:
         "metadata_warn": METADATA_WARN_AUC,
         "occlusion_warn": OCCLUSION_WARN_AUC,
         "explanation": files.explanation,
-        "even_outside": 1 - float(LungEllipse().mask(224, 224).float().mean()),
+        "occ_n": evaluation.test.n_images,
+        "cam_rows": [[c, *v[:3], int(v[3])] for c, v in (files.explanation.cam_in_lungs or {}).items()]
+        if files.explanation
+        else [],
         "source_labels": labels,
         "label_rows": [[short_source(s), *(c.get(lab, 0) for lab in labels)] for s, c in audit.label_by_source.items()],
         "called": next(iter(per_source.values())).called if per_source else "",
@@ -147,6 +151,16 @@ def audit_section(files: RunFiles) -> Section | None:
         ],
     }
     return Section("Shortcut audit", "audit", context)
+
+
+def _fair_context(fair: FairScore | None) -> dict[str, Any] | None:
+    """The within-source headline and its per-source rows (evaluation.fair), for the metrics and external parts."""
+    if fair is None:
+        return None
+    rows = [[short_source(s), a.n_positive, a.n_negative, a.auc, a.sensitivity, a.specificity]
+            for s, a in fair.sources.items()]  # fmt: skip
+    return {"summary": fair_summary(fair), "measured": fair.within_source_auc is not None, "rows": rows,
+            "mixed": fair.cross_source_share > 0}  # fmt: skip
 
 
 def _rates(rate_called: dict[str, float]) -> str:
@@ -191,7 +205,8 @@ def external_section(files: RunFiles) -> Section | None:
             for label, v in r.per_label.items()
         ]  # fmt: skip
         called = next(iter(r.per_label.values())).called if r.per_label else ""
-        tables.append({"result": r, "metric_rows": metric_rows, "label_rows": label_rows, "called": called})
+        tables.append({"result": r, "metric_rows": metric_rows, "label_rows": label_rows, "called": called,
+                       "fair": _fair_context(r.fair)})  # fmt: skip
     return Section("External validation", "external", {"results": tables})
 
 

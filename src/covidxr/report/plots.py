@@ -10,7 +10,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Manifest
 from covidxr.data.readers import read_image
 from covidxr.models.spec import ModelSpec
@@ -137,16 +136,19 @@ def mistakes_gallery(scored: Scored, manifest: Manifest, spec: ModelSpec, out: P
     return _save(fig, out / "mistakes.png")
 
 
-def occlusion_example(scored: Scored, manifest: Manifest, size: int, out: Path) -> Path | None:
-    """One test image as the model saw it, and with the lungs hidden (what the occlusion test scores)."""
-    from covidxr.data.lungs import LungEllipse
+def occlusion_example(scored: Scored, manifest: Manifest, spec: ModelSpec, out: Path) -> Path | None:
+    """One test image as the model saw it, and with its lungs hidden (what the occlusion test scores)."""
+    from covidxr.lungs.as_seen import hide, record_lungs
 
     if not scored.records:
         return None
-    unit = Preprocess(size, (0.0,) * 3, (1.0,) * 3).to_unit_rgb(read_image(manifest.abspath(scored.records[0])).pixels)
+    record = scored.records[0]
+    pixels = read_image(manifest.abspath(record)).pixels
+    unit = spec.preprocess.to_unit_rgb(pixels)
+    lungs, _ = record_lungs(spec.preprocess, manifest.root, record, pixels)
     fig = Figure(figsize=(5, 2.7))
     axes = fig.subplots(1, 2)
-    for ax, image, title in ((axes[0], unit, "as seen"), (axes[1], LungEllipse().occlude(unit), "lungs occluded")):
+    for ax, image, title in ((axes[0], unit, "as seen"), (axes[1], hide(unit, lungs), "lungs hidden")):
         ax.imshow(image.permute(1, 2, 0).numpy())
         ax.set_title(title, fontsize=8)
         ax.axis("off")
@@ -179,7 +181,7 @@ def run_plots(files: RunFiles) -> Path:
     reliability_plot({"uncalibrated": calibration.test_before, "calibrated": calibration.test_after}, out)
     confusion_plot(evaluation.test.confusion, spec.classes, out)
     mistakes_gallery(test, manifest, spec, out)
-    occlusion_example(test, manifest, spec.input_size, out)
+    occlusion_example(test, manifest, spec, out)
     preview_grid(
         manifest,
         preset(cfg.train.augment, cfg.train.augment_ops),

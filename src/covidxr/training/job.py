@@ -7,6 +7,7 @@ last.ckpt, history.csv, state.json.
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,12 +27,13 @@ from covidxr.data.lungs import lung_box
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.errors import CovidxrError
+from covidxr.lungs.segmenter import SegmenterSpec
 from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_from_config
 from covidxr.models.head import positive_scores
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
-from covidxr.models.weights import check_weights
+from covidxr.models.weights import bundled_weights_file, check_weights
 from covidxr.results import TrainState
 from covidxr.rundir import RunDir
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
@@ -112,6 +114,9 @@ def train(
     spec = spec_from_config(tc, lm)
     if tc.lung_crop:  # from the training split's masks: the one model choice that depends on the data
         spec.lung_box = lung_box(prepared.manifest.root, prepared.split.records(prepared.manifest, "train"))
+    if spec.lungs != "none":
+        spec.lung_model = run_lung_model(tc, prepared, run_dir, write=main)
+        spec.attach_lungs(run_dir)
     net = build_model(spec, tc.weights)
     apply_freeze(net, tc.freeze, tc.last_k)
     if main:
@@ -274,6 +279,28 @@ def _linear_head_run(
     return _result(run_dir, spec, state)
 
 
+def run_lung_model(tc: TrainConfig, prepared: PreparedData, run_dir: Path, write: bool = True) -> str:
+    """The run's own copy of its lung model (RunDir.lungs): the one given (--lung-model), else one trained first on
+    the lung masks of the run's training and validation films (never its test films). Returns its sha256."""
+    from covidxr.lungs import load_lung_model
+    from covidxr.lungs.segmenter import SPEC_FILE, WEIGHTS_FILE
+    from covidxr.lungs.train import LungTrainConfig, train_lungs_on
+
+    folder = run_dir / RunDir.lungs
+    if write and not (folder / WEIGHTS_FILE).is_file():
+        if tc.lung_model:
+            source = load_lung_model(tc.lung_model).folder  # checked before it is copied
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in (SPEC_FILE, WEIGHTS_FILE):
+                shutil.copy(source / name, folder / name)
+        else:
+            fitting = [r for r in prepared.manifest.records if prepared.split.assignment[r.path] != "test"]
+            encoder = bundled_weights_file(get_backbone(SegmenterSpec().encoder))
+            train_lungs_on(prepared.manifest.subset(fitting), folder, LungTrainConfig(encoder_weights=encoder),
+                           prepared.report.duplicate_links(), name="the run's training films")  # fmt: skip
+    return load_lung_model(folder).sha256
+
+
 def _cached_features(
     cfg: Config, prepared: PreparedData, extractor: torch.nn.Module, spec: ModelSpec, level: str
 ) -> CachedFeatures:
@@ -290,7 +317,9 @@ def _cached_features(
         "input_size": spec.input_size,
         "mean": spec.mean,
         "std": spec.std,
-        "preprocess": [spec.resize, spec.border_crop, spec.equalize] + ([spec.lung_box] if spec.lung_box else []),
+        "preprocess": [spec.resize, spec.border_crop, spec.equalize]
+        + ([spec.lung_box] if spec.lung_box else [])
+        + ([spec.lungs, spec.lung_model] if spec.lungs != "none" else []),
         "manifest": manifest.fingerprint(),
         "split": sorted(split.assignment.items()),
         "augment": ops if copies else None,
