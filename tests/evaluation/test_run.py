@@ -61,10 +61,12 @@ def test_trained_phantom_model_points_at_its_lesions(phantom_run: RunResult) -> 
     assert loc.true_positives >= 5
     assert loc.pointing_game > max(0.3, 3 * loc.chance), loc  # hit within 15 px vs a random point
     assert loc.energy_inside_mask > 1.5 * loc.mask_area, loc
-    from covidxr.data.lungs import LungEllipse
-
-    outside_share = 1 - float(LungEllipse().mask(224, 224).float().mean())  # a CAM spread evenly: this much outside
+    assert explain.lungs_from == {"the data set's lung masks": sum(int(v[3]) for v in explain.cam_in_lungs.values())}
+    assert explain.lung_area is not None
+    outside_share = 1 - explain.lung_area  # a CAM spread evenly over each film: this much outside its own lungs
     assert explain.cam_energy_outside_lungs < outside_share  # phantom lesions sit inside the lungs: the CAM too
+    for share, lo, hi, _ in explain.cam_in_lungs.values():
+        assert lo <= share <= hi
 
 
 def test_explain_and_filters_commands(phantom_run: RunResult, tmp_path: Path) -> None:

@@ -214,8 +214,20 @@ def test_a_run_with_lung_input_carries_its_lung_model_to_every_later_stage(
     film = np.asarray(Image.open(next((data / "images" / "normal").glob("*.png"))), dtype=np.float32) / 255
     cut = spec.preprocess.to_unit_gray(film)
     assert cut.shape[0] < film.shape[0] and cut.shape[1] < film.shape[1]  # its own lung box, not the film
-    metrics = evaluate_run(run, n_resamples=20, audit=False)
-    assert metrics.test.n_images > 0
+    metrics = evaluate_run(run, n_resamples=20)
+    assert metrics.audit is not None
+    assert metrics.audit.lung_occlusion.lungs_from == {"the run's lung model": metrics.test.n_images}
+    exported = subprocess.run([sys.executable, "-m", "covidxr", "export", str(run), "--format", "onnx"],
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((run / "export_onnx.json").read_text())["lungs"]["max_abs_diff"] < 1e-4
+    torch_rows = subprocess.run(
+        [sys.executable, "-m", "covidxr", "predict", str(run), str(data / "images" / "normal"), "--out",
+         str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert torch_rows.returncode == 0, torch_rows.stderr
+    with (tmp_path / "p.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == len(list((data / "images" / "normal").glob("*.png")))
     plain = train(Config(cfg.data, TrainConfig(epochs=3, augment="none", cache_dir=cfg.train.cache_dir)),
                   tmp_path / "plain")  # fmt: skip
     assert plain.cache_hit is False  # the lung model is part of the feature-cache key
@@ -223,3 +235,15 @@ def test_a_run_with_lung_input_carries_its_lung_model_to_every_later_stage(
     shutil.copy(plain.run_dir / "best.safetensors", run / "lungs" / WEIGHTS_FILE)  # any other file
     with pytest.raises(CovidxrError, match="lung"):
         ModelSpec.read(run)
+
+
+def test_the_data_report_gives_each_labels_lung_area_and_box(tmp_path: Path) -> None:
+    from covidxr.data.prepare import inspect_data
+
+    generate(tmp_path / "p", n=20, seed=2)
+    _, report = inspect_data(DataConfig(paths=(str(tmp_path / "p"),)))
+    for label in ("COVID-19", "normal"):
+        g = report.geometry[label]
+        assert g["lung_masks"] == report.per_label[label]["images"]
+        assert 0.1 < g["median_lung_area"] < 0.5 and 0.3 < g["median_lung_box_width"] < 1
+    assert "lung area" in report.format_table()

@@ -20,7 +20,8 @@ from PIL import Image
 
 from covidxr.atomic import write_json
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
-from covidxr.data.manifest import RAW_LABEL, Manifest, Record, Skipped
+from covidxr.data.lungs import mask_box
+from covidxr.data.manifest import LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
 from covidxr.errors import DataError, ImageReadError
 
@@ -36,6 +37,7 @@ class _Decoded:
     pixel_hash: str = ""
     dhash: np.ndarray | None = None  # packed bits, HASH_SIDE**2 / 8 bytes
     error: ImageReadError | None = None
+    lungs: tuple[float, float, float] | None = None  # the shipped lung mask's area, box width and height (fractions)
 
 
 @dataclass
@@ -121,6 +123,12 @@ class DataReport:
             square = f"{geo.get('square_fraction', 0):.0%}"
             raw = ", ".join(self.raw_labels.get(label, []))
             lines.append(f"{label:<16}{counts['images']:>8}{counts['patients']:>10}{size:>14}{square:>8}  {raw}")
+        lungs = {label: g for label, g in self.geometry.items() if g.get("lung_masks")}
+        if lungs:
+            lines += ["", f"{'lung masks':<16}{'films':>8}{'lung area':>11}{'box width':>11}{'box height':>12}"]
+            lines += [f"{label:<16}{g['lung_masks']:>8.0f}{g['median_lung_area']:>11.1%}"
+                      f"{g['median_lung_box_width']:>11.2f}{g['median_lung_box_height']:>12.2f}"
+                      for label, g in lungs.items()]  # fmt: skip
         if len(self.label_by_source) > 1:
             lines += ["", self.format_sources()]
         if self.skipped:
@@ -224,7 +232,21 @@ def _decode(manifest: Manifest, record: Record, max_pixels: int) -> _Decoded:
         return _Decoded(record, None, error=exc)
     quantised = np.round(image.pixels * 65535).astype(np.uint16)
     pixel_hash = hashlib.sha256(quantised.tobytes() + str(quantised.shape).encode()).hexdigest()
-    return _Decoded(record, image.info, pixel_hash, difference_hash(image.pixels))
+    return _Decoded(record, image.info, pixel_hash, difference_hash(image.pixels), lungs=_lung_facts(manifest, record))
+
+
+def _lung_facts(manifest: Manifest, record: Record) -> tuple[float, float, float] | None:
+    """Area and box of the lung mask a data set ships: per label, a cue in itself (children's lungs fill more of
+    a film than an adult's in an ICU film with arms and tubes)."""
+    rel = record.meta.get(LUNG_MASK)
+    if not rel:
+        return None
+    try:
+        mask = read_image(manifest.root / rel).pixels > 0.5
+    except ImageReadError:
+        return None  # a broken mask: the film still counts; `covidxr lungs train` names the file
+    box = mask_box(mask)
+    return (float(mask.mean()), box[2] - box[0], box[3] - box[1]) if box else (0.0, 0.0, 0.0)
 
 
 def difference_hash(pixels: np.ndarray, side: int = HASH_SIDE) -> np.ndarray:
@@ -304,6 +326,11 @@ def _geometry(good: list[_Decoded]) -> dict[str, dict[str, float]]:
             "square_fraction": float(np.mean(widths == heights)),
             "median_aspect": float(np.median(widths / heights)),
         }
+        lungs = np.array([d.lungs for d in good if d.record.label == label and d.lungs is not None])
+        if len(lungs):
+            area, width, height = np.median(lungs, axis=0)
+            out[label] |= {"lung_masks": float(len(lungs)), "median_lung_area": float(area),
+                           "median_lung_box_width": float(width), "median_lung_box_height": float(height)}  # fmt: skip
     return out
 
 

@@ -163,7 +163,7 @@ def explain_run(
     preds = spec.decide(u["mean"])
     correct = preds == targets
     cams = np.concatenate([grad_cam(net, spec, chunk, "predicted") for chunk in x.split(16)])
-    inside, lungs_from = _cam_in_lungs(pairs, cams, spec)
+    inside, area, lungs_from = _cam_in_lungs(pairs, cams, spec)
     groups = np.array([r.group for _, r in pairs])
     result = Explanation(
         mc_passes, float(1 - inside.mean()) if len(inside) else float("nan"), referral_curve(correct, u["std"]),
@@ -176,22 +176,25 @@ def explain_run(
         cam_in_lungs={c: _mean_with_ci(inside[preds == k], groups[preds == k]) for k, c in enumerate(spec.classes)
                       if (preds == k).any()},
         lungs_from=lungs_from,
+        lung_area=area,
     )  # fmt: skip
     _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
     write_json(run_dir / EXPLAIN_FILE, result.to_json())  # last: its presence means the explanations are complete
     return result
 
 
-def _cam_in_lungs(pairs: list[Any], cams: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, dict[str, int]]:
-    """Share of each CAM's energy inside its own film's lungs as the network saw them (lungs.as_seen)."""
-    shares, sources = [], Counter[str]()
+def _cam_in_lungs(pairs: list[Any], cams: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, float, dict[str, int]]:
+    """Share of each CAM's energy inside its own film's lungs as the network saw them (lungs.as_seen), the mean
+    share of the input those lungs cover, and where the lungs came from."""
+    shares, areas, sources = [], [], Counter[str]()
     for (manifest, record), cam in zip(pairs, cams, strict=True):
         lungs, source = record_lungs(
             spec.preprocess, manifest.root, record, read_image(manifest.abspath(record)).pixels
         )
         shares.append(energy_inside(cam, lungs))
+        areas.append(float(lungs.mean()))
         sources[source] += 1
-    return np.array(shares), dict(sources)
+    return np.array(shares), float(np.mean(areas)) if areas else float("nan"), dict(sources)
 
 
 def _mean_with_ci(values: np.ndarray, groups: np.ndarray, n_resamples: int = 1000) -> list[float]:

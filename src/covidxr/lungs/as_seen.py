@@ -17,6 +17,7 @@ from covidxr.data.dataset import Preprocess, crop_box
 from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import LUNG_MASK, Record
 from covidxr.data.readers import read_image
+from covidxr.errors import ImageReadError
 
 FROM_MODEL, FROM_DATA, FROM_ELLIPSE = "the run's lung model", "the data set's lung masks", "a fixed ellipse"
 
@@ -38,12 +39,19 @@ def _seen(geometry: Preprocess, mask: np.ndarray) -> np.ndarray:
 
 
 def record_lungs(pre: Preprocess, root: Path, record: Record, pixels: np.ndarray) -> tuple[np.ndarray, str]:
-    """A record's lungs as seen, falling back to the ellipse at the input's size."""
+    """A record's lungs as seen, falling back to the ellipse at the input's size (and saying so, also where the
+    data set names a mask that cannot be read)."""
     rel = record.meta.get(LUNG_MASK)
-    shipped = read_image(Path(root) / rel).pixels > 0.5 if rel else None
+    shipped, unreadable = None, False
+    if rel:
+        try:
+            shipped = read_image(Path(root) / rel).pixels > 0.5
+        except ImageReadError:
+            unreadable = True
     mask, source = lungs_as_seen(pre, pixels, shipped)
     if mask is None:
         mask = LungEllipse().mask(pre.input_size, pre.input_size).numpy()
+        source = FROM_ELLIPSE + (" (the data set's mask unreadable)" if unreadable else "")
     return mask, source
 
 

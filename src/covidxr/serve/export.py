@@ -23,18 +23,43 @@ from covidxr.rundir import RunDir
 from covidxr.serve.engine import INT8_FILE, ONNX_FILE
 
 TORCHSCRIPT_FILE = RunDir.torchscript
+LUNGS_ONNX_FILE = "lungs.onnx"  # inside the run's lung model folder (RunDir.lungs)
 PARITY_TOLERANCE = 1e-4
 FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8",)
 
 
-def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
-    """A few real images of the run's own data, preprocessed exactly as for inference."""
-    _, spec = load_model(run_dir)
+def sample_films(run_dir: Path, n: int = 8) -> list[np.ndarray]:
+    """A few real films of the run's own data, decoded."""
     cfg = Config.from_yaml(run_dir / RunDir.config)
     manifest = list_data(cfg.data)
     records = manifest.records[:: max(1, len(manifest.records) // n)][:n]
-    return torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records]).numpy()
+    return [read_image(manifest.abspath(r)).pixels for r in records]
+
+
+def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
+    """A few real images of the run's own data, preprocessed exactly as for inference."""
+    _, spec = load_model(run_dir)
+    return torch.stack([spec.preprocess(film) for film in sample_films(run_dir, n)]).numpy()
+
+
+def export_lungs(run_dir: Path) -> dict[str, Any]:
+    """The run's lung model as ONNX beside it (film at the segmenter's size in, lung logits out), parity-checked:
+    a deployment outside covidxr cuts films to their lungs as the classifier was trained."""
+    from covidxr.lungs import load_lung_model
+    from covidxr.lungs.segmenter import to_input
+    from covidxr.serve.engine import onnx_session
+
+    model = load_lung_model(run_dir / RunDir.lungs)
+    x = torch.stack([to_input(film, model.spec) for film in sample_films(run_dir, 4)])
+    path = export_onnx(model.net, x, run_dir / RunDir.lungs / LUNGS_ONNX_FILE)
+    with torch.no_grad():
+        reference = model.net(x).numpy()
+    diff = float(np.abs(onnx_session(path).run(None, {"image": x.numpy()})[0] - reference).max())
+    if diff > PARITY_TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise CovidxrError(f"exported lung model differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}: not kept")
+    return {"path": str(path), "max_abs_diff": diff, "input_size": model.spec.input_size, "sha256": model.sha256}
 
 
 class Calibrated(torch.nn.Module):
@@ -98,6 +123,8 @@ def export_run(run_dir: Path | str, fmt: str = "onnx", quantize: str | None = No
     if diff > PARITY_TOLERANCE:
         path.unlink(missing_ok=True)
         raise CovidxrError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}: not kept")
+    if fmt == "onnx" and spec.lungs != "none":
+        result["lungs"] = export_lungs(run_dir)
     record = RunDir(run_dir).export_record(fmt)
     write_json(record, result)
     if quantize == "int8":
