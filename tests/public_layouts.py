@@ -162,3 +162,67 @@ def rsna_pneumonia(root: Path) -> Path:
     (top / "stage_2_train_labels.csv").write_text("".join(labels))
     (top / "stage_2_detailed_class_info.csv").write_text("".join(detail))
     return top
+
+
+def montgomery(root: Path, n: int = 6) -> Path:
+    """`MontgomerySet/` as NLM ships it: `CXR_png/MCUCXR_NNNN_L.png`, `ClinicalReadings/*.txt` (sex and age
+    lines, then the reading), `ManualMask/leftMask/` and `rightMask/` (one half of the lungs each), the read-me PDF."""
+    top = root / "MontgomerySet"
+    for i in range(n):
+        stem = f"MCUCXR_{i + 1:04d}_{i % 2}"
+        _img(top / "CXR_png" / f"{stem}.png", 700 + i)
+        (top / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
+        (top / "ClinicalReadings" / f"{stem}.txt").write_text(
+            f"Patient's Sex: {'MF'[i % 2]}\nPatient's Age: 0{40 + i}Y\n{'normal' if i % 2 == 0 else 'RUL TB'}\n"
+        )
+        for side, columns in (("leftMask", slice(8, 28)), ("rightMask", slice(36, 56))):
+            mask = np.zeros((64, 64), np.uint8)
+            mask[10:54, columns] = 255
+            save(top / "ManualMask" / side / f"{stem}.png", mask)
+    (top / "NLM-MontgomeryCXRSet-ReadMe.pdf").write_bytes(b"%PDF-1.4\n")
+    return top
+
+
+def shenzhen(root: Path, n: int = 4, masks: int = 2) -> Path:
+    """`ChinaSet_AllFiles/` as NLM ships it (`CXR_png/CHNCXR_NNNN_L.png`, `ClinicalReadings/`), with the community
+    lung masks (`mask/CHNCXR_NNNN_L_mask.png`) unpacked for the first few films only, as they cover part of it."""
+    top = root / "ChinaSet_AllFiles"
+    for i in range(n):
+        stem = f"CHNCXR_{i + 1:04d}_{(i + 1) % 2}"
+        _img(top / "CXR_png" / f"{stem}.png", 800 + i)
+        (top / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
+        (top / "ClinicalReadings" / f"{stem}.txt").write_text(f"male 4{i}yrs\nnormal\n")
+        if i < masks:
+            mask = np.zeros((64, 64), np.uint8)
+            mask[8:56, 6:58] = 255
+            save(top / "mask" / f"{stem}_mask.png", mask)
+    (top / "CXR_png" / "Thumbs.db").write_bytes(b"\0")
+    return top
+
+
+def cohen(root: Path) -> Path:
+    """`covid-chestxray-dataset/metadata.csv` (its real leading columns) over `images/`, with lungVAE's masks in
+    `annotations/lungVAE-masks/<image stem>_mask.png` for some films; a CT row and a lateral view it leaves out."""
+    top = root / "covid-chestxray-dataset"
+    header = (
+        "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,view,modality,date,location,folder,"
+        "filename"
+    )
+    rows = [
+        ("2", "M", "65", "Pneumonia/Viral/COVID-19", "PA", "X-ray", "images", "1-s2.0-S0140673620303706-fx1_lrg.jpg"),
+        ("2", "M", "65", "Pneumonia/Viral/COVID-19", "PA", "X-ray", "images", "ryct.2020200034.fig2.jpeg"),
+        ("4", "F", "52", "Pneumonia/Viral/COVID-19", "AP Supine", "X-ray", "images", "nejmc2001573_f1a.jpeg"),
+        ("7", "F", "", "No Finding", "PA", "X-ray", "images", "16630_2_2.png"),
+        ("8", "M", "71", "Pneumonia/Bacterial/Streptococcus", "AP", "X-ray", "images", "streptococcus-1.jpg"),
+        ("8", "M", "71", "Pneumonia/Bacterial/Streptococcus", "L", "X-ray", "images", "streptococcus-lat.jpg"),
+        ("9", "M", "50", "Pneumonia/Viral/COVID-19", "Axial", "CT", "images", "covid-ct-1.jpg"),
+    ]  # fmt: skip
+    lines = [header]
+    for seed, (pid, sex, age, finding, view, modality, folder, filename) in enumerate(rows):
+        lines.append(f"{pid},0,{sex},{age},{finding},Y,,N,{view},{modality},2020,Somewhere,{folder},{filename}")
+        _img(top / folder / filename, 900 + seed)
+    (top / "metadata.csv").write_text("\n".join(lines) + "\n")
+    for filename in ("nejmc2001573_f1a.jpeg", "16630_2_2.png"):
+        mask = (smooth_image(950) > 100).astype(np.uint8) * 255
+        save(top / "annotations" / "lungVAE-masks" / f"{Path(filename).stem}_mask.png", mask)
+    return top

@@ -179,7 +179,36 @@ def test_the_source_warning_names_exactly_the_labels_that_are_one_source(tmp_pat
 
 
 def test_format_registry_lists_where_to_get_each_public_set() -> None:
-    public = {"kermany", "covid19-radiography", "covidx", "nih-cxr14", "rsna-pneumonia", "cohen"}
+    public = {"kermany", "covid19-radiography", "covidx", "nih-cxr14", "rsna-pneumonia", "cohen", "nlm-tb"}
     assert public | {"csv", "folder"} == set(FORMATS)
     for name in public:
         assert FORMATS[name].url.startswith("https://") and FORMATS[name].licence
+
+
+def test_montgomery_and_shenzhen_give_tb_labels_readings_and_their_lung_masks(tmp_path: Path) -> None:
+    from covidxr.data.lungs import read_lung_mask
+
+    mc = load_manifest(public_layouts.montgomery(tmp_path / "a"))
+    assert mc.layout == "nlm-tb" and mc.label_counts() == {"normal": 3, "tuberculosis": 3}
+    first = mc.records[0]
+    assert first.patient_id == "MCUCXR_0001" and first.meta["sex"] == "M" and first.meta["age"] == "040Y"
+    assert "Montgomery" in first.source and "NLM-MontgomeryCXRSet-ReadMe.pdf" in mc.ignored
+    union = read_lung_mask(mc.root, first.meta[LUNG_MASK])  # the left and right halves, united
+    assert union.shape == (64, 64) and union[30, 15] and union[30, 45] and not union[30, 32]
+    from covidxr.lungs.films import MaskedFilms, with_masks
+
+    films = MaskedFilms.load(mc.root, with_masks(mc), 32)  # what `covidxr lungs train` trains on
+    assert films.masks.shape == (6, 32, 32) and 0.3 < float(films.masks.float().mean()) < 0.6
+    sz = load_manifest(public_layouts.shenzhen(tmp_path / "b"))
+    assert sz.label_counts() == {"normal": 2, "tuberculosis": 2} and "Shenzhen" in sz.records[0].source
+    assert [bool(r.meta.get(LUNG_MASK)) for r in sz.records] == [True, True, False, False]  # masks cover part
+    assert "CXR_png/Thumbs.db" in sz.ignored
+
+
+def test_cohen_keeps_frontal_x_rays_and_finds_lungvae_masks(tmp_path: Path) -> None:
+    manifest = load_manifest(public_layouts.cohen(tmp_path))
+    assert manifest.layout == "cohen" and len(manifest.records) == 5  # the lateral view and the CT left out
+    masks = {r.path: r.meta.get(LUNG_MASK) for r in manifest.records}
+    assert masks["images/16630_2_2.png"] == "annotations/lungVAE-masks/16630_2_2_mask.png"
+    assert masks["images/nejmc2001573_f1a.jpeg"] == "annotations/lungVAE-masks/nejmc2001573_f1a_mask.png"
+    assert sum(bool(m) for m in masks.values()) == 2

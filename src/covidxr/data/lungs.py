@@ -47,6 +47,13 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h
 
 
+def read_lung_mask(root: Path, rel: str) -> np.ndarray:
+    """A record's lung mask (its `lung_mask`, relative to the data set) as bool; several parts joined by "|"
+    (Montgomery's left and right masks) are united. Raises ImageReadError naming the file that cannot be read."""
+    parts = [read_image(Path(root) / part).pixels > 0.5 for part in rel.split("|")]
+    return np.logical_or.reduce(parts) if len(parts) > 1 else parts[0]
+
+
 def lung_box(root: Path, records: Sequence[Record], margin: float = MARGIN) -> Box:
     """The median lung bounding box over the records' masks, widened by `margin` on every side."""
     boxes = []
@@ -55,7 +62,7 @@ def lung_box(root: Path, records: Sequence[Record], margin: float = MARGIN) -> B
         if not rel:
             continue
         try:
-            box = mask_box(read_image(Path(root) / rel).pixels)
+            box = mask_box(read_lung_mask(root, rel))
         except ImageReadError:
             continue
         if box is not None:

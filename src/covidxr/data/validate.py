@@ -20,7 +20,7 @@ from PIL import Image
 
 from covidxr.atomic import write_json
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
-from covidxr.data.lungs import mask_box
+from covidxr.data.lungs import mask_box, read_lung_mask
 from covidxr.data.manifest import LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
 from covidxr.errors import DataError, ImageReadError
@@ -242,7 +242,7 @@ def _lung_facts(manifest: Manifest, record: Record) -> tuple[float, float, float
     if not rel:
         return None
     try:
-        mask = read_image(manifest.root / rel).pixels > 0.5
+        mask = read_lung_mask(manifest.root, rel)
     except ImageReadError:
         return None  # a broken mask: the film still counts; `covidxr lungs train` names the file
     box = mask_box(mask)

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from covidxr.data.dataset import Preprocess, crop_box
-from covidxr.data.lungs import LungEllipse
+from covidxr.data.lungs import LungEllipse, read_lung_mask
 from covidxr.data.manifest import LUNG_MASK, Record
-from covidxr.data.readers import read_image
 from covidxr.errors import ImageReadError
 
 FROM_MODEL, FROM_DATA, FROM_ELLIPSE = "the run's lung model", "the data set's lung masks", "a fixed ellipse"
@@ -45,7 +44,7 @@ def record_lungs(pre: Preprocess, root: Path, record: Record, pixels: np.ndarray
     shipped, unreadable = None, False
     if rel:
         try:
-            shipped = read_image(Path(root) / rel).pixels > 0.5
+            shipped = read_lung_mask(root, rel)
         except ImageReadError:
             unreadable = True
     mask, source = lungs_as_seen(pre, pixels, shipped)

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from covidxr.data.lungs import read_lung_mask
 from covidxr.data.manifest import LUNG_MASK, Manifest, Record
 from covidxr.data.readers import read_image
 from covidxr.errors import DataError, ImageReadError
@@ -23,12 +24,11 @@ def with_masks(manifest: Manifest) -> list[Record]:
 
 
 def read_mask(root: Path, record: Record) -> np.ndarray:
-    """A record's lung mask as bool (foreground: above half of the file's range)."""
-    path = Path(root) / record.meta[LUNG_MASK]
+    """A record's lung mask as bool (data.lungs.read_lung_mask); an unreadable one is a DataError naming it."""
     try:
-        return read_image(path).pixels > 0.5
+        return read_lung_mask(root, record.meta[LUNG_MASK])
     except ImageReadError as exc:
-        raise DataError(f"{path}: lung mask of {record.path} cannot be read ({exc.problem}: {exc})") from exc
+        raise DataError(f"{exc.path}: lung mask of {record.path} cannot be read ({exc.problem}: {exc})") from exc
 
 
 def _squash(array: np.ndarray, size: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from covidxr.data.formats import (
     folder,
     kermany,
     nih_cxr14,
+    nlm_tb,
     rsna_pneumonia,
 )
 from covidxr.data.formats.base import FRONTAL_VIEWS, DatasetFormat
@@ -25,7 +26,17 @@ from covidxr.errors import DataError
 
 FORMATS: dict[str, DatasetFormat] = {
     m.FORMAT.name: m.FORMAT
-    for m in (nih_cxr14, rsna_pneumonia, covidx, cohen, kermany, covid19_radiography, csv_manifest, folder)
+    for m in (
+        nih_cxr14,
+        rsna_pneumonia,
+        covidx,
+        cohen,
+        kermany,
+        covid19_radiography,
+        nlm_tb,
+        csv_manifest,
+        folder,
+    )
 }
 AUTO = "auto"
 

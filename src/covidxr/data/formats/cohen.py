@@ -1,16 +1,18 @@
-"""Cohen et al.'s covid-chestxray-dataset: `metadata.csv` over `images/`; X-rays in frontal views by default."""
+"""Cohen et al.'s covid-chestxray-dataset: `metadata.csv` over `images/`; X-rays in frontal views by default.
+Where `annotations/lungVAE-masks/<image stem>_mask.png` exists, it is the film's lung mask."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from covidxr.data.formats.base import DatasetFormat, csv_with_columns, read_csv
-from covidxr.data.manifest import RAW_LABEL, Manifest, Record, Skipped
+from covidxr.data.manifest import LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import Problem
 from covidxr.errors import DataError
 
 COLUMNS = ("patientid", "finding", "view", "modality", "folder", "filename")
 SOURCE = "Cohen covid-chestxray-dataset"
+LUNG_MASKS = "annotations/lungVAE-masks"  # <image stem>_mask.png: lungVAE's model-made masks (Selvan et al. 2020)
 
 
 def cohen_label(finding: str) -> str | None:
@@ -44,6 +46,9 @@ def load(metadata: Path, views: tuple[str, ...]) -> Manifest:
             continue
         meta = {k: v for k, v in row.items() if k in ("view", "sex", "age", "finding", "date", "location") and v}
         meta[RAW_LABEL] = (row.get("finding") or "").strip()
+        mask = f"{LUNG_MASKS}/{Path(rel).stem}_mask.png"
+        if (metadata.parent / mask).is_file():
+            meta[LUNG_MASK] = mask
         pid = (row.get("patientid") or "").strip() or None
         records.append(Record(rel, label, pid, SOURCE, meta))
     if not records:
