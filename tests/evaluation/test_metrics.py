@@ -185,3 +185,11 @@ def test_pooled_within_source_auc_weighs_sources_by_their_pairs() -> None:
     weights = np.array([a.n_positive * a.n_negative, b.n_positive * b.n_negative])
     assert fair.within_source_auc == pytest.approx(np.average([a.auc, b.auc], weights=weights))
     assert b.auc == pytest.approx(skm.roc_auc_score(y[60:], score[60:]))
+
+
+def test_films_that_name_no_source_are_never_paired_as_one_hospital() -> None:
+    from covidxr.evaluation.fair import CANNOT, fair_score
+
+    y, score = np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.2, 0.1])
+    unknown = fair_score(y, score, score > 0.5, ["", "", "", ""], np.arange(4).astype(str), n_resamples=0)
+    assert unknown.within_source_auc is None and unknown.verdict.startswith(CANNOT) and unknown.mixed_auc == 1.0

@@ -47,7 +47,7 @@ def fair_score(
     score, src = np.asarray(score, dtype=float), np.asarray([s or "" for s in sources])
     per_source: dict[str, SourceAuc] = {}
     one_class: dict[str, str] = {}
-    for s in sorted(set(src.tolist())):
+    for s in sorted(set(src.tolist()) - {""}):  # a film naming no source cannot be paired within one
         rows = src == s
         n_pos, n_neg = int(y[rows].sum()), int((~y[rows]).sum())
         if n_pos and n_neg:
@@ -60,18 +60,20 @@ def fair_score(
     within_pairs = sum(a.n_positive * a.n_negative for a in per_source.values())
     mixed = roc_auc(y, score) if all_pairs else None
     cross = 1 - within_pairs / all_pairs if all_pairs else 0.0
-    if "" in set(src.tolist()):
-        verdict = "sources unknown: some films name no source, so the AUC cannot be checked for the hospital"
-    elif not per_source:
-        verdict = f"{CANNOT}: no source holds both classes, so every AUC here compares sources (hospitals)"
-    else:
+    if per_source:
         verdict = WITHIN
+    elif "" in set(src.tolist()):
+        verdict = f"{CANNOT} here: films name no source, so no pair is known to come from one hospital"
+    else:
+        verdict = f"{CANNOT}: no source holds both classes, so every AUC here compares sources (hospitals)"
     pooled = ci = sens = spec = None
     if per_source:
-        full = _pooled(y, score, called, src)
+        known = src != ""
+        full = _pooled(y[known], score[known], called[known], src[known])
         pooled, sens, spec = full["auc"], full["sensitivity"], full["specificity"]
-        boot = patient_bootstrap(lambda i: _pooled(y[i], score[i], called[i], src[i]), np.asarray(groups),
-                                 n_resamples, seed)  # fmt: skip
+        idx = np.flatnonzero(known)
+        boot = patient_bootstrap(lambda i: _pooled(y[idx][i], score[idx][i], called[idx][i], src[idx][i]),
+                                 np.asarray(groups)[idx], n_resamples, seed)  # fmt: skip
         ci = list(boot.get("auc", (float("nan"), float("nan"))))
     return FairScore(verdict, per_source, one_class, float(cross), pooled, ci, sens, spec, mixed)
 
