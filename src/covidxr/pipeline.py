@@ -7,6 +7,7 @@ from pathlib import Path
 
 from covidxr.config import Config
 from covidxr.data.prepare import prepare
+from covidxr.evaluation.fair import fair_summary
 from covidxr.evaluation.job import EvalContext, evaluate_run
 from covidxr.report.html import write_report
 from covidxr.results import Evaluation
@@ -23,11 +24,19 @@ class RunResult:
 
     def summary(self) -> str:
         m, ci = self.metrics.test.metrics, self.metrics.test.ci95
-        lines = [self.train.summary(), "", "test split (95% CI by patient bootstrap):"]
+        fair = self.metrics.test_fair
+        mixed = fair is not None and fair.cross_source_share > 0
+        lines = [self.train.summary(), ""]
+        if fair is not None:  # first: what hospitals cannot fool (evaluation.fair)
+            lines.append(f"test split within one source: {fair_summary(fair)}")
+        lines.append("test split (95% CI by patient bootstrap):")
         for name in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"):
             if name in m:
                 lo, hi = ci.get(name, [float("nan")] * 2)
-                lines.append(f"  {name:<12}{m[name]:.3f}  [{lo:.3f}, {hi:.3f}]")
+                star = "*" if mixed and name in ("roc_auc", "pr_auc") else ""
+                lines.append(f"  {name + star:<12}{m[name]:.3f}  [{lo:.3f}, {hi:.3f}]")
+        if mixed:
+            lines.append("  * pairs films of different sources: it measures the hospital as much as the finding")
         for warning in self.metrics.warnings:
             lines.append(f"WARNING: {warning}")
         lines.append(f"report: {self.report}")

@@ -31,6 +31,14 @@ def test_cxr_dev_run_raises_the_shortcut_warnings(cxr_dev: Path, tmp_path: Path)
     assert html.index("Warning:") < html.index('id="config"')  # the report opens with it
     assert "Labels are predictable without looking at the lungs" in html
     assert "Hannover Medical School" in html and "CC BY 4.0" in html  # data credits
+    # Every COVID-19 film is Hannover's and no other source holds one: the test AUC cannot measure the finding,
+    # and the first thing said about the test split, in the terminal and the report, is exactly that.
+    fair = result.metrics.test_fair
+    assert fair is not None and fair.within_source_auc is None and fair.verdict.startswith("cannot measure")
+    summary = result.summary().splitlines()
+    first = next(i for i, line in enumerate(summary) if line.startswith("test split"))
+    assert "cannot measure the finding" in summary[first] and "roc_auc*" in result.summary()
+    assert html.index("cannot measure the finding") < html.index("Test split:")
 
 
 def test_run_killed_in_evaluation_then_in_explanation_resumes_without_retraining(
