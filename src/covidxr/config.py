@@ -66,7 +66,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-DEFAULT_LUNG_INPUT: LungInput = "crop"  # what --lung-model alone applies (chosen in benchmarks/bench_lungs.py)
+# What --lung-model alone applies, chosen in benchmarks/bench_lungs.py on hospitals no run saw: `mask` had the best
+# mean within-source AUC on cxr-lungs (0.644 vs crop 0.630, none 0.597; CIs overlap) and is the only cut after which
+# the model needs the lungs (lungs-hidden AUC 0.43-0.53 vs 0.99 with crop). --lungs stays none without a model.
+DEFAULT_LUNG_INPUT: LungInput = "mask"
 
 
 @dataclass
