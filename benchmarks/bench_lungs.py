@@ -173,7 +173,8 @@ def main() -> None:
         previous["segmenter"]["films_per_second_256px"] = speed_part(args.lung_model)
         write_result("lungs", {k: v for k, v in previous.items() if k not in ("benchmark", "date", "machine")})
         return
-    results: dict[str, Any] = {"lung_model": str(args.lung_model), "runs": {}}
+    model = load_lung_model(args.lung_model)  # named by its weights, not by a folder of this machine
+    results: dict[str, Any] = {"lung_model": {"sha256": model.sha256, "trained_on": model.spec.weights}, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not args.skip_segmenter:
