@@ -174,7 +174,8 @@ def main() -> None:
         write_result("lungs", {k: v for k, v in previous.items() if k not in ("benchmark", "date", "machine")})
         return
     model = load_lung_model(args.lung_model)  # named by its weights, not by a folder of this machine
-    results: dict[str, Any] = {"lung_model": {"sha256": model.sha256, "encoder_weights": model.spec.weights}, "runs": {}}
+    named = {"sha256": model.sha256, "encoder_weights": model.spec.weights}
+    results: dict[str, Any] = {"lung_model": named, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not args.skip_segmenter:
