@@ -46,7 +46,7 @@ class DataConfig:
 Recipe = Literal["default", "study"]
 FreezePolicy = Literal["head", "last-k", "full"]
 OptimizerName = Literal["adam", "adamw", "sgd", "rmsprop"]
-Balance = Literal["none", "weights", "sampler"]
+Balance = Literal["none", "weights", "sampler", "source"]
 LrSchedule = Literal["none", "plateau"]
 HeadKind = Literal["mlp", "linear"]
 
@@ -106,8 +106,13 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "weight decay")
     momentum: float = _opt(0.9, "momentum (sgd, rmsprop)")
     patience: int | None = _opt(None, "early-stopping patience in epochs (default: from the recipe)")
-    balance: Balance = _opt("none", "none | weights (class-weighted loss) | sampler (balanced sampling)")
-    augment: str = _opt("xray", "augmentation preset: seed (the study's), xray, none")
+    balance: Balance = _opt(
+        "none", "none | weights (class-weighted loss) | sampler (class-balanced draws) | source (draws balanced "
+        "over each source and class pair)",
+    )  # fmt: skip
+    augment: str = _opt(
+        "xray", "augmentation preset: seed (the study's), xray, xray-strong (xray + gamma, contrast, blur, noise), none"
+    )
     augment_ops: dict[str, dict[str, Any]] = _opt({}, "per-op overrides over the preset: YAML text or file")
     augment_copies: int = _opt(1, "K augmented copies per training image, materialised (the study doubled: K=1)")
     feature_cache: bool = _opt(True, "with --freeze head: extract backbone features once, train the head on them")

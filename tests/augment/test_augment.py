@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from covidxr.augment.ops import OPERATIONS, build_augment
-from covidxr.augment.presets import PRESETS, SEED, XRAY, preset
+from covidxr.augment.presets import PRESETS, SEED, XRAY, XRAY_STRONG, preset
 from covidxr.augment.preview import preview_grid
 from covidxr.data.dataset import Preprocess, XrayDataset
 from covidxr.data.labels import LabelMap
@@ -20,6 +20,7 @@ STUDY_OPS = {
     "rotate", "shear", "zoom", "hflip", "vflip", "contrast", "rgb_shift", "hsv_shift", "grayscale", "equalize",
     "resize", "multiply", "brightness",
 }  # fmt: skip
+INTENSITY_OPS = {"gamma", "blur", "noise"}  # beyond the study: what differs between hospitals' machines
 
 
 def _image() -> torch.Tensor:
@@ -31,13 +32,13 @@ def _image() -> torch.Tensor:
 
 
 def test_seed_preset_is_every_study_operation() -> None:
-    assert set(OPERATIONS) == STUDY_OPS
+    assert set(OPERATIONS) == STUDY_OPS | INTENSITY_OPS
     assert set(SEED) == STUDY_OPS
 
 
-@pytest.mark.parametrize("name", sorted(STUDY_OPS))
+@pytest.mark.parametrize("name", sorted(STUDY_OPS | INTENSITY_OPS))
 def test_each_operation_changes_the_image_and_keeps_its_size(name: str) -> None:
-    augment = build_augment({name: {**SEED[name], "p": 1.0}}, 64)
+    augment = build_augment({name: {**SEED.get(name, XRAY_STRONG.get(name, {})), "p": 1.0}}, 64)
     assert augment is not None
     image = _image()
     changed = False
@@ -63,6 +64,22 @@ def test_xray_preset_leaves_out_implausible_operations() -> None:
     assert set(XRAY) < STUDY_OPS
     assert not set(XRAY) & {"vflip", "hflip", "rgb_shift", "hsv_shift", "grayscale"}
     assert PRESETS["none"] == {}
+
+
+def test_strong_intensity_preset_adds_gamma_blur_noise_and_keeps_grey_films_grey() -> None:
+    assert set(XRAY_STRONG) == set(XRAY) | INTENSITY_OPS
+    assert XRAY_STRONG["contrast"]["amount"] > XRAY["contrast"]["amount"]
+    augment = build_augment({op: {**XRAY_STRONG[op], "p": 1.0} for op in INTENSITY_OPS | {"contrast"}}, 64)
+    assert augment is not None
+    grey = _image()[1:2].expand(3, 64, 64).clone()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out = augment(grey.clone())
+        assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])  # one noise field, one curve
+    gamma = build_augment({"gamma": {"p": 1.0, "low": 2.0, "high": 2.0}}, 64)
+    assert gamma is not None and torch.allclose(gamma(grey.clone()), grey**2)
+    with pytest.raises(CovidxrError, match="gamma"):
+        build_augment({"gamma": {"p": 1.0, "low": 0.0}}, 64)
 
 
 def test_offline_copies_double_the_set_and_are_fixed(phantoms: Path) -> None:

@@ -126,6 +126,41 @@ def test_the_head_loop_resumes_after_a_crash_as_if_never_stopped(
     assert (resumed.best_epoch, resumed.epochs_run) == (straight.best_epoch, straight.epochs_run)
 
 
+def test_source_balanced_draws_reach_the_head_loop_with_each_rows_own_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import covidxr.training.head_loop as loop
+
+    data = tmp_path / "two-hospitals"
+    generate(data, n=60, seed=4)
+    with (data / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["source"] = "north" if i % 3 else "south"
+    with (data / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    seen: list[object] = []
+    sampler = loop.EpochSampler
+
+    def spy(*args: object, **kwargs: object) -> object:
+        made = sampler(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(made)
+        return made
+
+    monkeypatch.setattr(loop, "EpochSampler", spy)
+    run = train(_cfg(data, tmp_path / "cache", epochs=2, balance="source", augment_copies=1), tmp_path / "run")
+    (drawn,) = seen
+    source = {r["path"]: r["source"] for r in rows}
+    with (run.run_dir / "splits.csv").open(newline="") as fh:
+        train_paths = [r["path"] for r in csv.DictReader(fh) if r["split"] == "train"]
+    assert drawn.balanced and len(drawn.groups) == 2 * len(train_paths)  # originals and their augmented copies
+    assert {g[0] for g in drawn.groups} == {"north", "south"}
+    assert sorted(g[0] for g in drawn.groups) == sorted(2 * [source[p] for p in train_paths])
+    assert [g[1] for g in drawn.groups] == drawn.targets
+
+
 def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.errors import CovidxrError
 from covidxr.training.module import ClassifierModule, classification_loss
-from covidxr.training.sampling import EpochSampler, class_weights
+from covidxr.training.sampling import EpochSampler, balance_groups, class_weights
 
 
 def test_binary_loss_is_bce_on_one_hot_targets() -> None:
@@ -50,6 +50,23 @@ def test_epoch_sampler_is_reproducible_per_epoch_and_can_balance() -> None:
     balanced = EpochSampler(targets, seed=5, balanced=True)
     counts = Counter(targets[i] for i in balanced)
     assert 0.35 < counts[1] / 100 < 0.65
+
+
+def test_source_balanced_draws_even_out_each_source_and_class_pair() -> None:
+    # class 0 from two hospitals (80 vs 10 films), class 1 from one: a class-balanced draw would take hospital
+    # A's class-0 films eight times as often as hospital B's; a source-balanced one takes each pair alike
+    targets = [0] * 90 + [1] * 30
+    sources = ["A"] * 80 + ["B"] * 10 + ["C"] * 30
+    groups = balance_groups("source", targets, sources)
+    assert groups is not None and balance_groups("sampler", targets, sources) is None
+    draws = Counter()
+    for epoch in range(10):
+        sampler = EpochSampler(targets, seed=1, balanced=True, groups=groups)
+        sampler.set_epoch(epoch)
+        draws.update(sources[i] for i in sampler)
+    total = sum(draws.values())
+    for source in "ABC":
+        assert 0.28 < draws[source] / total < 0.39, draws
 
 
 def test_sharded_sampler_covers_the_epoch_once_with_equal_shards_and_a_new_draw_each_epoch() -> None:

@@ -1,11 +1,13 @@
 """Each study operation as a v2 transform on a [0, 1] RGB tensor, applied with its own probability.
 
-torchvision has no per-channel additive shift (albumentations' RGBShift) nor a per-channel multiply: those are
-the two small custom ops. Everything keeps the input size, so augmentation can run after resizing.
+torchvision has no per-channel additive shift (albumentations' RGBShift), per-channel multiply, gamma curve or
+noise whose strength is drawn per image: those are the small custom ops. Everything keeps the input size, so
+augmentation can run after resizing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +42,41 @@ class Multiply(torch.nn.Module):
         return (x * factor).clamp(0, 1)
 
 
+class Gamma(torch.nn.Module):
+    """Raise the image to a random power in [low, high], drawn log-uniformly: exposure and detector curves differ
+    between hospitals and bend grey levels non-linearly, which a contrast or brightness change does not."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        if not 0 < low <= high:
+            raise CovidxrError(f"augmentation gamma: need 0 < low <= high, got {low}, {high}")
+        self.low, self.high = low, high
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_gamma = torch.empty(1).uniform_(math.log(self.low), math.log(self.high))
+        return x.clamp(0, 1).pow(log_gamma.exp())
+
+
+class GaussianNoise(torch.nn.Module):
+    """Add zero-mean Gaussian noise whose standard deviation is drawn in [0, std] per image (detector noise and
+    dose differ between machines); one noise field for all channels, so a grey film stays grey."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.rand(1)) * self.std
+        return (x + torch.randn(x.shape[-2:]) * sigma).clamp(0, 1)
+
+
+def _blur(size: int, sigma: float) -> torch.nn.Module:
+    """Gaussian blur with sigma up to `sigma` percent of the side: sharpness filters differ between machines."""
+    high = max(0.1, sigma / 100 * size)
+    kernel = 2 * math.ceil(2 * high) + 1
+    return v2.GaussianBlur(kernel, sigma=(0.1, high))
+
+
 def _resize(size: int, low: float) -> torch.nn.Module:
     """Down-sample by a random factor and back: the study's resize, as a resolution change at a fixed size."""
     return v2.Compose([v2.RandomResize(max(8, int(size * low)), size + 1, antialias=True), v2.Resize(size)])
@@ -62,6 +99,9 @@ OPERATIONS: dict[str, Callable[[Mapping[str, Any], int], torch.nn.Module]] = {
     "resize": lambda p, size: _resize(size, p.get("low", 0.6)),
     "multiply": lambda p, _: Multiply(p.get("low", 0.85), p.get("high", 1.15), p.get("per_channel", True)),
     "brightness": lambda p, _: v2.ColorJitter(brightness=p.get("amount", 0.2)),
+    "gamma": lambda p, _: Gamma(p.get("low", 0.7), p.get("high", 1.5)),
+    "blur": lambda p, size: _blur(size, p.get("sigma", 1.0)),
+    "noise": lambda p, _: GaussianNoise(p.get("std", 0.03)),
 }
 
 

@@ -3,6 +3,10 @@
 `xray` leaves out: vertical flips (no chest film is upside down), horizontal flips (the heart is on the left;
 a mirrored chest is an anatomy the model will never see), and the colour operations (RGB shift, HSV shift,
 grayscale): radiographs have no colour, so these either do nothing or invent colour that never occurs.
+
+`xray-strong` is `xray` with strong intensity changes (gamma, contrast, blur, noise): what differs between
+hospitals' machines and processing more than between patients, so a model that must ignore it cannot use it to
+tell hospitals apart. Measured on unseen hospitals in benchmarks/bench_lungs.py.
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ XRAY: dict[str, dict[str, Any]] = {
     "brightness": {"p": 0.3, "amount": 0.15},
 }
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"seed": SEED, "xray": XRAY, "none": {}}
+XRAY_STRONG: dict[str, dict[str, Any]] = {
+    **XRAY,
+    "contrast": {"p": 0.5, "amount": 0.5},
+    "brightness": {"p": 0.5, "amount": 0.3},
+    "gamma": {"p": 0.5, "low": 0.6, "high": 1.7},
+    "blur": {"p": 0.3, "sigma": 1.0},
+    "noise": {"p": 0.3, "std": 0.04},
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"seed": SEED, "xray": XRAY, "xray-strong": XRAY_STRONG, "none": {}}
 
 
 def preset(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:

@@ -41,8 +41,15 @@ class CachedFeatures:
     key: str
     hit: bool
 
+    def _index(self, split: str, with_copies: bool) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r["split"] == split and (with_copies or r["copy"] == 0)]
+
+    def paths(self, split: str, with_copies: bool) -> list[str]:
+        """The film of each row `select` returns, in the same order."""
+        return [self.rows[i]["path"] for i in self._index(split, with_copies)]
+
     def select(self, split: str, with_copies: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = [i for i, r in enumerate(self.rows) if r["split"] == split and (with_copies or r["copy"] == 0)]
+        idx = self._index(split, with_copies)
         x = torch.from_numpy(np.ascontiguousarray(self.features[idx]))
         y = torch.tensor([self.rows[i]["target"] for i in idx])
         return x, y

@@ -13,7 +13,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +69,10 @@ def fit_on_tensors(
     run_dir: Path,
     last: Path,
     on_epoch: Callable[[int, float], None] | None = None,
+    groups: Sequence[Hashable] | None = None,
 ) -> LoopResult:
     """Train `net` on (features, targets) tensors until early stopping or `tc.epochs`; resumes from `last`.
+    `groups` (one per training row) are what a source-balanced draw evens out.
     Pooled features make steps too small to split across threads (splitting only adds synchronisation), so
     those run on one thread."""
     with _threads(1 if train[0][0].numel() <= SMALL_ROW else torch.get_num_threads()):
@@ -78,7 +80,9 @@ def fit_on_tensors(
         x_val, y_val = val
         optimizer = make_optimizer(net, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)  # type: ignore[arg-type]
         schedule = make_schedule(optimizer, tc.lr_schedule)  # type: ignore[arg-type]
-        sampler = EpochSampler(y_train.tolist(), seed, tc.balance == "sampler", rank=0, world=1)
+        sampler = EpochSampler(
+            y_train.tolist(), seed, tc.balance in ("sampler", "source"), rank=0, world=1, groups=groups
+        )
         best_loss, best_epoch, best_state, wait, start_epoch = math.inf, -1, copy.deepcopy(net.state_dict()), 0, 0
         if last.is_file():
             saved = torch.load(last, map_location="cpu", weights_only=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +43,7 @@ from covidxr.training.head_loop import fit_on_tensors, is_loop_checkpoint
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.module import ClassifierModule
-from covidxr.training.sampling import EpochSampler, Indexed, class_weights
+from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights
 
 CONFIG_FILE = RunDir.config
 LAST_CKPT = RunDir.last_ckpt
@@ -134,12 +134,12 @@ def train(
             probe = _probe_for(cached.key, lm.task, spec.num_outputs, probe_splits)
         if tc.head == "linear" and probe is not None:
             return _linear_head_run(run_dir, net, spec, probe, probe_splits, cached)
-        train_loader, val_loader = _feature_loaders(cfg, cached)
+        train_loader, val_loader = _feature_loaders(cfg, cached, prepared)
         trainable: torch.nn.Module = net.head
     elif cut is not None:  # last-k: the frozen trunk's output is cached, the tail and head train on it
         trunk, tail = cut
         cached = _cached_features(cfg, prepared, trunk, spec, f"trunk without the last {tc.last_k} stage(s)")
-        train_loader, val_loader = _feature_loaders(cfg, cached)
+        train_loader, val_loader = _feature_loaders(cfg, cached, prepared)
         trainable = torch.nn.Sequential(tail, net.head)
     else:
         train_loader, val_loader = _image_loaders(cfg, prepared, spec)
@@ -149,7 +149,8 @@ def train(
     last = run_dir / LAST_CKPT
     if cached is not None and _one_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
         splits = probe_splits if probe else None
-        return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, splits, on_epoch)
+        groups = train_loader.sampler.groups  # type: ignore[attr-defined]
+        return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, splits, on_epoch, groups)
     module = ClassifierModule(trainable, lm.task, tc, weights)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
@@ -227,12 +228,13 @@ def _loop_run(
     probe: LinearProbe | None,
     probe_splits: dict[str, tuple[Any, Any]] | None,
     on_epoch: Callable[[int, float], None] | None,
+    groups: list[Hashable] | None,
 ) -> TrainResult:
     """Cached features, one process: the plain loop (training.head_loop) instead of Lightning's machinery."""
     trainable.train()
     loop = fit_on_tensors(
         trainable, spec.task, cached.select("train", with_copies=True), cached.select("val", with_copies=False),
-        cfg.train, cfg.data.seed, weights, run_dir, run_dir / LAST_CKPT, on_epoch,
+        cfg.train, cfg.data.seed, weights, run_dir, run_dir / LAST_CKPT, on_epoch, groups,
     )  # fmt: skip
     trainable.load_state_dict(loop.best_state)
     save_weights(net, run_dir)
@@ -363,10 +365,17 @@ def _cached_features(
     return load_or_compute(cache_dir, key, compute)
 
 
-def _feature_loaders(cfg: Config, cached: CachedFeatures) -> tuple[DataLoader, DataLoader]:
+def _balanced(balance: str) -> bool:
+    return balance in ("sampler", "source")
+
+
+def _feature_loaders(cfg: Config, cached: CachedFeatures, prepared: PreparedData) -> tuple[DataLoader, DataLoader]:
     x_train, y_train = cached.select("train", with_copies=True)
     x_val, y_val = cached.select("val", with_copies=False)
-    sampler = EpochSampler(y_train.tolist(), cfg.data.seed, cfg.train.balance == "sampler")
+    source = {r.path: r.source for r in prepared.manifest.records}
+    sources = [source[p] for p in cached.paths("train", with_copies=True)]
+    groups = balance_groups(cfg.train.balance, y_train.tolist(), sources)
+    sampler = EpochSampler(y_train.tolist(), cfg.data.seed, _balanced(cfg.train.balance), groups=groups)
     in_order = EpochSampler(y_val.tolist(), cfg.data.seed, shuffle=False)
     train_set = TensorDataset(x_train, y_train, torch.arange(len(y_train)))
     train = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
@@ -386,7 +395,8 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
         copies=tc.augment_copies, seed=cfg.data.seed,
     )  # fmt: skip
     val_ds = XrayDataset(manifest.root, split.records(manifest, "val"), lm, pre, max_pixels=cfg.data.max_pixels)
-    sampler = EpochSampler(train_ds.targets, cfg.data.seed, tc.balance == "sampler", dataset=train_ds)
+    groups = balance_groups(tc.balance, train_ds.targets, [r.source for r in train_ds.records] * (1 + train_ds.copies))
+    sampler = EpochSampler(train_ds.targets, cfg.data.seed, _balanced(tc.balance), dataset=train_ds, groups=groups)
     in_order = EpochSampler(val_ds.targets, cfg.data.seed, shuffle=False)
     workers = {"num_workers": tc.num_workers, "persistent_workers": False}
     train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, **workers)

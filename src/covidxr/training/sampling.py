@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,8 +30,10 @@ class EpochSampler(Sampler[int]):
         shuffle: bool = True,
         rank: int | None = None,
         world: int | None = None,
+        groups: Sequence[Hashable] | None = None,
     ) -> None:
         self.targets = list(targets)
+        self.groups = list(groups) if groups is not None else None  # what a balanced draw evens out: else classes
         self.seed = seed
         self.balanced = balanced
         self.shuffle = shuffle
@@ -57,8 +59,9 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         n = len(self.targets)
         if self.balanced:
-            counts = Counter(self.targets)
-            weights = torch.tensor([1.0 / counts[t] for t in self.targets])
+            keys = self.groups if self.groups is not None else self.targets
+            counts = Counter(keys)
+            weights = torch.tensor([1.0 / counts[k] for k in keys])
             return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
         return torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
 
@@ -83,6 +86,12 @@ class Indexed(Dataset[tuple[torch.Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         x, y = self.dataset[index]
         return x, y, index
+
+
+def balance_groups(balance: str, targets: Sequence[int], sources: Sequence[str]) -> list[Hashable] | None:
+    """The groups a balanced draw gives equal weight: each (source, class) pair with `source`, so no hospital's
+    share of a class decides what the model learns of it; None (classes, or no balanced draw) otherwise."""
+    return list(zip(sources, targets, strict=True)) if balance == "source" else None
 
 
 def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
