@@ -13,7 +13,12 @@ Part 2, `--lungs none|crop|mask` (default recipe, binary COVID-19 vs rest), each
 Two-set runs train on cxr-dev + cxr-ext and are scored on all of cxr-lungs; three-set runs add one half of
 cxr-lungs' patients to training and are scored on the other half (both halves, swapped: two folds).
 
+Part 3, `--variants`: the recipe options measured the same way — `strong-intensity` (`--augment xray-strong`:
+gamma, contrast, blur, noise) and `source-balanced` (`--balance source`: draws balanced over source x class).
+With `--add`, the runs named are measured into the existing results (keys `<set>/<mode>+<variant>`).
+
 Usage: python -m benchmarks.bench_lungs --lung-model DIR [--modes none,crop,mask] [--three-set-folds 2]
+       python -m benchmarks.bench_lungs --lung-model DIR --add --modes none --variants strong-intensity,source-balanced
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.weights import bundled_weights_file
 from covidxr.training.job import train
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "strong-intensity": {"augment": "xray-strong"},
+    "source-balanced": {"balance": "source"},
+}
 SHARED = Path(os.environ.get("COVIDXR_CXR_DEV", "../shared/data/cxr-dev")).parent
 
 
@@ -129,10 +139,10 @@ def halves(seed: int = 0) -> tuple[set[str], set[str]]:
 
 
 def lungs_run(name: str, paths: tuple[str, ...], outside: Path, mode: str, lung_model: Path, root: Path,
-              ) -> dict[str, Any]:  # fmt: skip
+              variant: str = "default") -> dict[str, Any]:  # fmt: skip
     tc = TrainConfig(lungs=mode, lung_model=str(lung_model) if mode != "none" else None,  # type: ignore[arg-type]
-                     cache_dir=str(root / "cache"))  # fmt: skip
-    run_dir = root / f"{name}-{mode}"
+                     cache_dir=str(root / "cache"), **VARIANTS[variant])  # fmt: skip
+    run_dir = root / f"{name}-{mode}-{variant}"
     began = time.perf_counter()
     train(Config(DataConfig(paths=paths), tc), run_dir)
     metrics = evaluate_run(run_dir, n_resamples=200)
@@ -161,40 +171,57 @@ def lungs_run(name: str, paths: tuple[str, ...], outside: Path, mode: str, lung_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--lung-model", type=Path, required=True, help="a lung model trained on cxr-lungs")
+    parser.add_argument("--lung-model", type=Path, help="a lung model trained on cxr-lungs (modes crop, mask)")
     parser.add_argument("--modes", default="none,crop,mask")
     parser.add_argument("--three-set-folds", type=int, default=2)
     parser.add_argument("--skip-segmenter", action="store_true")
     parser.add_argument("--speed-only", action="store_true", help="re-measure films/s into the existing results")
+    parser.add_argument("--variants", default="default", help=f"comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--add", action="store_true", help="measure into the existing results (no segmenter part)")
     args = parser.parse_args()
     modes = args.modes.split(",")
+    if args.lung_model is None and (set(modes) != {"none"} or not args.add):
+        parser.error("--lung-model is needed for the segmenter part and for --modes crop, mask")
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     if args.speed_only:  # on an idle machine: the full run shares its cores with the classifier runs
         previous = json.loads((RESULTS / "lungs.json").read_text())
         previous["segmenter"]["films_per_second_256px"] = speed_part(args.lung_model)
         write_result("lungs", {k: v for k, v in previous.items() if k not in ("benchmark", "date", "machine")})
         return
-    model = load_lung_model(args.lung_model)  # named by its weights, not by a folder of this machine
-    named = {"sha256": model.sha256, "encoder_weights": model.spec.weights}
-    results: dict[str, Any] = {"lung_model": named, "runs": {}}
+    if args.add:
+        previous = json.loads((RESULTS / "lungs.json").read_text())
+        results = {k: v for k, v in previous.items() if k not in ("benchmark", "date", "machine")}
+    else:
+        model = load_lung_model(args.lung_model)  # named by its weights, not by a folder of this machine
+        results = {"lung_model": {"sha256": model.sha256, "encoder_weights": model.spec.weights}, "runs": {}}
+    runs = [(mode, variant) for variant in variants for mode in modes]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if not args.skip_segmenter:
+        if not args.skip_segmenter and not args.add:
             results["segmenter"] = segmenter_part(args.lung_model, root)
             write_result("lungs", results)
         two = (str(SHARED / "cxr-dev"), str(SHARED / "cxr-ext"))
-        for mode in modes:
-            results["runs"][f"two-set/{mode}"] = lungs_run("two", two, SHARED / "cxr-lungs", mode, args.lung_model,
-                                                           root)  # fmt: skip
+        for mode, variant in runs:
+            results["runs"][f"two-set/{_name(mode, variant)}"] = lungs_run(
+                "two", two, SHARED / "cxr-lungs", mode, args.lung_model, root, variant
+            )
             write_result("lungs", results)
         a, b = halves()
         for fold, (train_half, test_half) in enumerate([(a, b), (b, a)][: args.three_set_folds]):
             inside = cxr_lungs_half(root, train_half, f"lungs-train-{fold}")
             outside = cxr_lungs_half(root, test_half, f"lungs-test-{fold}")
-            for mode in modes:
-                key = f"three-set fold {fold}/{mode}"
+            for mode, variant in runs:
+                key = f"three-set fold {fold}/{_name(mode, variant)}"
                 results["runs"][key] = lungs_run(f"three{fold}", (*two, str(inside)), outside, mode, args.lung_model,
-                                                 root)  # fmt: skip
+                                                 root, variant)  # fmt: skip
                 write_result("lungs", results)
+
+
+def _name(mode: str, variant: str) -> str:
+    return mode if variant == "default" else f"{mode}+{variant}"
 
 
 if __name__ == "__main__":

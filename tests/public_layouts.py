@@ -200,6 +200,36 @@ def shenzhen(root: Path, n: int = 4, masks: int = 2) -> Path:
     return top
 
 
+def jsrt(root: Path) -> Path:
+    """JSRT as its zip unpacks (`All247images/All247images/JPC{LN,NN}nnn.IMG`: headerless 2048 x 2048 big-endian
+    12-bit words, 0 = white) with its clinical tables, and SCR's masks as its download has them
+    (`scratch/fold{1,2}/masks/<organ>/<film>.gif`, 1024 x 1024, one GIF per organ), for all films but the last."""
+    top = root / "JSRT"
+    films = ["JPCLN001", "JPCLN002", "JPCNN001", "JPCNN002"]
+    side = 2048
+    y, x = np.mgrid[0:side, 0:side]
+    for i, stem in enumerate(films):
+        lungs = ((np.abs(x - side * 0.3) < side * 0.12) | (np.abs(x - side * 0.7) < side * 0.12)) & (
+            np.abs(y - side * 0.5) < side * 0.3
+        )
+        words = np.where(lungs, 3600 - 40 * i, 800).astype(">u2")  # lungs are air: dark, high values in JSRT
+        path = top / "All247images" / "All247images" / f"{stem}.IMG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        words.tofile(path)
+        if i == len(films) - 1:
+            continue
+        fold = top / "scratch" / f"fold{1 + i % 2}" / "masks"
+        half = side // 2
+        for organ, columns in (("left lung", slice(486, 778)), ("right lung", slice(102, 368)),
+                               ("heart", slice(400, 620))):  # fmt: skip
+            mask = np.zeros((half, half), np.uint8)
+            mask[205:820, columns] = 255
+            save(fold / organ / f"{stem}.gif", mask)
+    (top / "All247images" / "All247images" / "CLNDAT_EN.txt").write_text("JPCLN001.IMG\t3\t15\t53\tmale\n")
+    (top / "CNNDAT_EN.txt").write_text("JPCNN001.IMG\t54\tmale\tnon-nodule\n")
+    return top
+
+
 def cohen(root: Path) -> Path:
     """`covid-chestxray-dataset/metadata.csv` (its real leading columns) over `images/`, with lungVAE's masks in
     `annotations/lungVAE-masks/<image stem>_mask.png` for some films; a CT row and a lateral view it leaves out."""

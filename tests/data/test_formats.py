@@ -179,7 +179,7 @@ def test_the_source_warning_names_exactly_the_labels_that_are_one_source(tmp_pat
 
 
 def test_format_registry_lists_where_to_get_each_public_set() -> None:
-    public = {"kermany", "covid19-radiography", "covidx", "nih-cxr14", "rsna-pneumonia", "cohen", "nlm-tb"}
+    public = {"kermany", "covid19-radiography", "covidx", "nih-cxr14", "rsna-pneumonia", "cohen", "nlm-tb", "jsrt"}
     assert public | {"csv", "folder"} == set(FORMATS)
     for name in public:
         assert FORMATS[name].url.startswith("https://") and FORMATS[name].licence
@@ -203,6 +203,37 @@ def test_montgomery_and_shenzhen_give_tb_labels_readings_and_their_lung_masks(tm
     assert sz.label_counts() == {"normal": 2, "tuberculosis": 2} and "Shenzhen" in sz.records[0].source
     assert [bool(r.meta.get(LUNG_MASK)) for r in sz.records] == [True, True, False, False]  # masks cover part
     assert "CXR_png/Thumbs.db" in sz.ignored
+
+
+def test_jsrt_reads_raw_films_the_right_way_round_with_scr_lung_masks(tmp_path: Path) -> None:
+    from covidxr.data.lungs import read_lung_mask
+    from covidxr.data.readers import read_image
+    from covidxr.errors import ImageReadError
+
+    manifest = load_manifest(public_layouts.jsrt(tmp_path))
+    assert manifest.layout == "jsrt" and manifest.label_counts() == {"nodule": 2, "normal": 2}
+    first = manifest.records[0]
+    assert first.path == "All247images/All247images/JPCLN001.IMG" and first.patient_id == "JPCLN001"
+    scr = "scratch/fold1/masks/{} lung/JPCLN001.gif"
+    assert first.meta[LUNG_MASK] == f"{scr.format('left')}|{scr.format('right')}"
+    assert [bool(r.meta.get(LUNG_MASK)) for r in manifest.records] == [True, True, True, False]  # both folds read
+    assert "CNNDAT_EN.txt" in manifest.ignored and "All247images/All247images/CLNDAT_EN.txt" in manifest.ignored
+    film = read_image(manifest.root / first.path)
+    assert film.info.bit_depth == 12 and film.pixels.shape == (2048, 2048)
+    assert film.pixels[1024, 600] < 0.2 < 0.7 < film.pixels[1024, 1024]  # lungs dark, mediastinum bright
+    lungs = read_lung_mask(manifest.root, first.meta[LUNG_MASK])  # the two lungs, not the heart
+    assert lungs.shape == (1024, 1024) and lungs[500, 200] and lungs[500, 600] and not lungs[500, 420]
+    from covidxr.lungs.films import MaskedFilms, with_masks
+
+    films = MaskedFilms.load(manifest.root, with_masks(manifest), 64)  # 2048-px films, 1024-px masks: aligned
+    assert films.masks.shape == (3, 64, 64)
+    assert films.films[films.masks].float().mean() < films.films[~films.masks].float().mean()  # lungs dark
+    with pytest.raises(ImageReadError, match=r"JPCLN001\.gif.*1024x1024 px but its film is 1000x2048"):
+        read_lung_mask(manifest.root, first.meta[LUNG_MASK], (2048, 1000))
+    wrong = tmp_path / "analyze.img"
+    wrong.write_bytes(b"\0" * 348)
+    with pytest.raises(ImageReadError, match=r"analyze\.img.*JSRT raw film"):
+        read_image(wrong)
 
 
 def test_cohen_keeps_frontal_x_rays_and_finds_lungvae_masks(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from covidxr.data.manifest import LUNG_MASK, Record
-from covidxr.data.readers import read_image
+from covidxr.data.readers import Problem, read_image
 from covidxr.errors import CovidxrError, ImageReadError
 
 MARGIN = 0.05
@@ -47,11 +47,23 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h
 
 
-def read_lung_mask(root: Path, rel: str) -> np.ndarray:
+def read_lung_mask(root: Path, rel: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A record's lung mask (its `lung_mask`, relative to the data set) as bool; several parts joined by "|"
-    (Montgomery's left and right masks) are united. Raises ImageReadError naming the file that cannot be read."""
+    (Montgomery's left and right masks) are united. With `shape` (the film's), a mask drawn at another scale
+    (SCR's 1024 px for JSRT's 2048 px films) is brought to it; one of another aspect is an ImageReadError, as is
+    a file that cannot be read, naming it."""
     parts = [read_image(Path(root) / part).pixels > 0.5 for part in rel.split("|")]
-    return np.logical_or.reduce(parts) if len(parts) > 1 else parts[0]
+    mask = np.logical_or.reduce(parts) if len(parts) > 1 else parts[0]
+    if shape is None or mask.shape == tuple(shape):
+        return mask
+    (h, w), (fh, fw) = mask.shape, shape
+    if abs(w / h - fw / fh) > 0.01 * fw / fh:
+        raise ImageReadError(
+            Path(root) / rel.split("|")[0], Problem.CORRUPT, f"lung mask is {w}x{h} px but its film is {fw}x{fh}"
+        )
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (fw, fh), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def lung_box(root: Path, records: Sequence[Record], margin: float = MARGIN) -> Box:

@@ -19,6 +19,10 @@ from covidxr.errors import ImageReadError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+# JSRT's films (Shiraishi et al. 2000): headerless 2048 x 2048 big-endian 16-bit words holding 12-bit values,
+# where 0 is white (bone) and 4095 black (air), the reverse of every other format here
+JSRT_RAW = ".img"
+JSRT_SIDE, JSRT_BITS = 2048, 12
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: above any radiograph, far below a bomb
 
 
@@ -73,7 +77,7 @@ def is_dicom(path: Path) -> bool:
 def is_candidate_image(path: Path) -> bool:
     """Whether a file found while walking a folder should be read as an X-ray."""
     suffix = path.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS:
+    if suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS or suffix == JSRT_RAW:
         return True
     return suffix == "" and has_dicom_magic(path)
 
@@ -90,7 +94,8 @@ def iter_image_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Read a PNG/JPEG/TIFF/BMP/DICOM file as float32 grayscale in [0, 1], or raise `ImageReadError`."""
+    """Read a PNG/JPEG/TIFF/BMP/DICOM file or a JSRT raw film (.IMG) as float32 grayscale in [0, 1], or raise
+    `ImageReadError`."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, Problem.MISSING)
@@ -100,7 +105,27 @@ def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         raise ImageReadError(path, Problem.EMPTY)
     if is_dicom(path):
         return _read_dicom(path, max_pixels)
+    if path.suffix.lower() == JSRT_RAW:
+        return _read_jsrt(path, max_pixels)
     return _read_raster(path, max_pixels)
+
+
+def _read_jsrt(path: Path, max_pixels: int) -> DecodedImage:
+    """A JSRT film: no header, so its size is the only check that the file is one (anything else named .IMG,
+    e.g. an Analyze volume, is refused by name rather than decoded as noise)."""
+    expected = JSRT_SIDE * JSRT_SIDE * 2
+    size = path.stat().st_size
+    if size != expected:
+        raise ImageReadError(
+            path, Problem.NOT_AN_IMAGE, f"{size:,} bytes; a JSRT raw film (.IMG) is {expected:,} (2048 x 2048 x 16 bit)"
+        )
+    _check_pixels(path, JSRT_SIDE, JSRT_SIDE, max_pixels)
+    words = np.fromfile(path, dtype=">u2").reshape(JSRT_SIDE, JSRT_SIDE)
+    top = 2**JSRT_BITS - 1
+    if int(words.max()) > top:
+        raise ImageReadError(path, Problem.CORRUPT, f"values up to {int(words.max())}; JSRT films hold 12 bits")
+    pixels = (1.0 - words.astype(np.float32) / top).astype(np.float32)  # 0 = white in JSRT: turned around
+    return DecodedImage(pixels, ImageInfo(JSRT_SIDE, JSRT_SIDE, "JSRT raw", JSRT_BITS, "I;16B"))
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:

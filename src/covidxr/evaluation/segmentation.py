@@ -34,7 +34,7 @@ def evaluate_segmenter(
         geometry = model.geometry(pixels)
         seconds += time.perf_counter() - began
         for r, px, g in zip(batch, pixels, geometry, strict=True):
-            truth = read_mask(manifest.root, r)
+            truth = read_mask(manifest.root, r, px.shape)
             films.append(SegmentedFilm(r.path, dice(g.mask, truth), g.area, g.flagged))
             drawn = sorted([*drawn, (films[-1].dice, px, g.mask, truth)], key=lambda d: d[0])[:worst]
     scores = np.array([f.dice for f in films])

@@ -44,7 +44,7 @@ def record_lungs(pre: Preprocess, root: Path, record: Record, pixels: np.ndarray
     shipped, unreadable = None, False
     if rel:
         try:
-            shipped = read_lung_mask(root, rel)
+            shipped = read_lung_mask(root, rel, pixels.shape)
         except ImageReadError:
             unreadable = True
     mask, source = lungs_as_seen(pre, pixels, shipped)

@@ -23,10 +23,11 @@ def with_masks(manifest: Manifest) -> list[Record]:
     return [r for r in manifest.records if r.meta.get(LUNG_MASK)]
 
 
-def read_mask(root: Path, record: Record) -> np.ndarray:
-    """A record's lung mask as bool (data.lungs.read_lung_mask); an unreadable one is a DataError naming it."""
+def read_mask(root: Path, record: Record, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A record's lung mask as bool at its film's `shape` (data.lungs.read_lung_mask); an unreadable one, or one
+    that cannot be its film's, is a DataError naming it."""
     try:
-        return read_lung_mask(root, record.meta[LUNG_MASK])
+        return read_lung_mask(root, record.meta[LUNG_MASK], shape)
     except ImageReadError as exc:
         raise DataError(f"{exc.path}: lung mask of {record.path} cannot be read ({exc.problem}: {exc})") from exc
 
@@ -52,12 +53,7 @@ class MaskedFilms:
                 pixels = read_image(Path(root) / r.path).pixels
             except ImageReadError as exc:
                 raise DataError(f"{Path(root) / r.path}: cannot be read ({exc.problem}: {exc})") from exc
-            mask = read_mask(root, r)
-            if mask.shape != pixels.shape:
-                raise DataError(
-                    f"{Path(root) / r.meta[LUNG_MASK]}: mask is {mask.shape[1]}x{mask.shape[0]} px but its film "
-                    f"{r.path} is {pixels.shape[1]}x{pixels.shape[0]}"
-                )
+            mask = read_mask(root, r, pixels.shape)
             films.append((_squash(pixels, size) * 255).round().clamp(0, 255).to(torch.uint8))
             masks.append(_squash(mask, size) > 0.5)
         return cls(torch.stack(films), torch.stack(masks), list(records))

@@ -15,6 +15,7 @@ from covidxr.data.formats import (
     covidx,
     csv_manifest,
     folder,
+    jsrt,
     kermany,
     nih_cxr14,
     nlm_tb,
@@ -34,6 +35,7 @@ FORMATS: dict[str, DatasetFormat] = {
         kermany,
         covid19_radiography,
         nlm_tb,
+        jsrt,
         csv_manifest,
         folder,
     )
