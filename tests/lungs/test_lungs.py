@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from covidxr.lungs import LungGeometry, clean_mask, dice, load_lung_model
 from covidxr.lungs.train import HISTORY, LungTrainConfig, train_lungs
 from covidxr.models.registry import get_backbone
 from covidxr.models.weights import bundled_weights_file
+from tests.browser import images_in_chromium
 from tests.imagefiles import write_dicom
 
 ENCODER = bundled_weights_file(get_backbone("tf_efficientnet_lite0"))
@@ -122,17 +124,28 @@ def test_lungs_evaluate_scores_dice_with_a_ci_and_draws_the_worst(
     lung_model: tuple[Path, Path], tmp_path: Path
 ) -> None:
     data, model = lung_model
+    scored = tmp_path / "scored"
+    scored.mkdir()
+    shutil.copy(model / HISTORY, scored / HISTORY)  # as in a model folder: the report adds the training curve
     out = subprocess.run(
         [sys.executable, "-m", "covidxr", "lungs", "evaluate", str(model), "--data", str(data), "--out",
-         str(tmp_path), "--bootstrap", "50"],
+         str(scored), "--bootstrap", "50"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    metrics = json.loads((tmp_path / "lungs_metrics.json").read_text())
+    metrics = json.loads((scored / "lungs_metrics.json").read_text())
     assert metrics["n_images"] == 48 and len(metrics["films"]) == 48
     lo, hi = metrics["dice_ci95"]
     assert lo <= metrics["mean_dice"] <= hi and metrics["mean_dice"] > 0.5
-    assert (tmp_path / "lungs_worst.png").is_file()
+    assert (scored / "lungs_worst.png").is_file()
+    page = scored / "lungs_report.html"
+    assert f"report: {page}" in out.stdout
+    html = page.read_text()
+    assert f"{metrics['mean_dice']:.3f} [{lo:.3f}, {hi:.3f}]" in html
+    worst = min(metrics["films"], key=lambda f: f["dice"])["path"]
+    assert html.index(worst) < min(html.index(f["path"]) for f in metrics["films"] if f["path"] != worst)
+    assert '<h2 id="lungs_training">' in html
+    assert images_in_chromium(page, tmp_path) == (1, 0)  # the worst films, embedded, not broken
 
 
 def test_a_folder_that_is_no_lung_model_is_one_clear_error(tmp_path: Path) -> None:

