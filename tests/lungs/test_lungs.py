@@ -23,6 +23,7 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.weights import bundled_weights_file
 from tests.browser import images_in_chromium
 from tests.imagefiles import write_dicom
+from tests.servers import serve
 
 ENCODER = bundled_weights_file(get_backbone("tf_efficientnet_lite0"))
 SMALL = LungTrainConfig(epochs=2, patience=5, input_size=64, batch_size=8, encoder_weights=ENCODER)
@@ -206,7 +207,6 @@ def test_mask_input_keeps_only_the_films_own_lungs_and_crop_keeps_their_box() ->
 def test_a_run_with_lung_input_carries_its_lung_model_to_every_later_stage(
     lung_model: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    import shutil
 
     from covidxr.config import Config, TrainConfig
     from covidxr.evaluation.job import evaluate_run
@@ -242,7 +242,9 @@ def test_a_run_with_lung_input_carries_its_lung_model_to_every_later_stage(
     )  # fmt: skip
     assert torch_rows.returncode == 0, torch_rows.stderr
     with (tmp_path / "p.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == len(list((data / "images" / "normal").glob("*.png")))
+        predicted = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert len(predicted) == len(list((data / "images" / "normal").glob("*.png")))
+    _served_like_predict(run, sorted((data / "images" / "normal").glob("*.png"))[:3], predicted, spec.lung_model)
     plain = train(Config(cfg.data, TrainConfig(epochs=3, augment="none", cache_dir=cfg.train.cache_dir)),
                   tmp_path / "plain")  # fmt: skip
     assert plain.cache_hit is False  # the lung model is part of the feature-cache key
@@ -250,6 +252,24 @@ def test_a_run_with_lung_input_carries_its_lung_model_to_every_later_stage(
     shutil.copy(plain.run_dir / "best.safetensors", run / "lungs" / WEIGHTS_FILE)  # any other file
     with pytest.raises(CovidxrError, match="lung"):
         ModelSpec.read(run)
+
+
+def _served_like_predict(run: Path, films: list[Path], predicted: dict[str, dict[str, str]], sha: str | None) -> None:
+    """The service, started as users start it, cuts each upload to its lungs as `predict` did: same scores."""
+    import httpx
+
+    proc, url = serve(run)
+    try:
+        about = httpx.get(f"{url}/v1/model", timeout=30).json()
+        assert about["lungs"] == "mask" and about["lung_model"] == sha
+        for film in films:
+            answer = httpx.post(f"{url}/v1/predict", files={"file": (film.name, film.read_bytes())}, timeout=120)
+            assert answer.status_code == 200, answer.text
+            served = answer.json()["probabilities"]["COVID-19"]
+            assert served == pytest.approx(float(predicted[film.name]["score_COVID-19"]), abs=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_the_data_report_gives_each_labels_lung_area_and_box(tmp_path: Path) -> None:

@@ -9,10 +9,8 @@ import base64
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from PIL import Image
 
 from covidxr.serve.app import Limits, create_app
 from tests.imagefiles import png_bomb, write_dicom
+from tests.servers import serve
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`
 
@@ -91,76 +90,9 @@ def test_health_model_docs_and_page(client: TestClient, run_dir: Path) -> None:
     assert "not a diagnostic device" in client.get("/").text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_readiness_api_key_and_cors(run_dir: Path, xray: Path) -> None:
-    app = create_app(run_dir, api_key="s3cret", cors_origins=("https://viewer.example",))
-    client = TestClient(app)
-    assert client.get("/health").status_code == 200  # liveness answers at once, without a key
-    _ready(app)
-    assert client.get("/ready").json()["status"] == "ready"
-    denied = client.get("/v1/model")
-    assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
-    assert "API key" in denied.json()["error"]
-    assert _post(client, "x.png", xray.read_bytes()).status_code == 401
-    assert client.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    key = {"Authorization": "Bearer s3cret"}
-    ok = client.post("/v1/predict", files={"file": ("x.png", xray.read_bytes())}, headers=key)
-    assert ok.status_code == 200, ok.text
-    preflight = {"Origin": "https://viewer.example", "Access-Control-Request-Method": "POST"}
-    allowed = client.options("/v1/predict", headers=preflight)
-    assert allowed.headers.get("access-control-allow-origin") == "https://viewer.example"
-    other = client.options("/v1/predict", headers=preflight | {"Origin": "https://elsewhere.example"})
-    assert "access-control-allow-origin" not in other.headers
-    plain = TestClient(_ready(create_app(run_dir)))  # CORS is off unless an origin is given
-    assert "access-control-allow-origin" not in plain.get("/health", headers={"Origin": "https://x.example"}).headers
-
-
-def test_not_ready_until_loaded_and_a_broken_run_says_why(run_dir: Path, tmp_path: Path) -> None:
-    import shutil
-
-    broken = Path(shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("*.safetensors")))
-    app = create_app(broken)
-    client = TestClient(app)
-    deadline = time.monotonic() + 60
-    while app.state.load_error is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    ready = client.get("/ready")
-    assert ready.status_code == 503 and "best.safetensors" in ready.json()["status"]
-    refused = client.post("/v1/predict", files={"file": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 200)})
-    assert refused.status_code == 503 and refused.headers["retry-after"]
-    assert client.get("/health").status_code == 200
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(run_dir: Path, *flags: str):  # type: ignore[no-untyped-def]
-    port = _free_port()
-    command = [sys.executable, "-m", "covidxr", "serve", str(run_dir), "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*command, *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return proc, url
-
-
 @pytest.fixture(scope="module")
 def server(run_dir: Path):  # type: ignore[no-untyped-def]
-    proc, url = _serve(run_dir)
+    proc, url = serve(run_dir)
     yield url
     assert proc.poll() is None, "the server died during the tests"
     proc.terminate()
@@ -227,7 +159,7 @@ def test_eight_clients_mixing_cam_mc_and_malformed_requests(server: str, phantom
 
 
 def test_a_saturated_service_answers_503_then_recovers(run_dir: Path, xray: Path) -> None:
-    proc, url = _serve(run_dir, "--workers", "1", "--queue", "0")
+    proc, url = serve(run_dir, "--workers", "1", "--queue", "0")
     try:
         files = {"file": ("x.png", xray.read_bytes(), "image/png")}
 

@@ -233,7 +233,7 @@ def create_app(
         info: dict[str, Any] = {
             "model_id": model_id, "backbone": spec.backbone, "weights": spec.weights, "task": spec.task,
             "classes": spec.classes, "input_size": spec.input_size, "threshold": spec.threshold, "engine": engine,
-            "temperature": spec.temperature, "head": spec.head,
+            "temperature": spec.temperature, "head": spec.head, "lungs": spec.lungs, "lung_model": spec.lung_model,
         }  # fmt: skip
         data = read_data_report(RunDir(run_dir).data_report)
         if data is not None:
