@@ -46,11 +46,11 @@ def grad_cam(
 
 
 def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Heatmap over the original image (its own size): uint8 RGB (H, W, 3)."""
+    """Heatmap over the original image (its own size): uint8 RGB (H, W, 3), drawn by pytorch-grad-cam."""
     import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
 
     h, w = gray.shape
     heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)[..., ::-1] / 255.0
-    base = np.repeat(gray[..., None], 3, axis=2)
-    return np.uint8(255 * np.clip((1 - alpha) * base + alpha * colour, 0, 1))
+    base = np.repeat(np.clip(gray, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+    return show_cam_on_image(base, heat, use_rgb=True, image_weight=1 - alpha)

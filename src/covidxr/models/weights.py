@@ -20,7 +20,7 @@ from covidxr.models.registry import Backbone
 from covidxr.weightfiles import file_digest, load_by_order
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "head.fc.")
-WRAPPER_PREFIXES = ("module.", "model.")
+LIGHTNING_PREFIX = "model."
 
 
 def bundled_weights_file(backbone: Backbone) -> Path | None:
@@ -36,36 +36,27 @@ def bundled_weights_file(backbone: Backbone) -> Path | None:
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only: safetensors, or a state dict loaded with weights_only=True (no arbitrary unpickling)."""
+    """Tensors only, read by timm (safetensors, or torch.load with weights_only=True: no arbitrary unpickling;
+    a checkpoint's `state_dict`/`model` entry, EMA weights first, DDP and torch.compile prefixes dropped), and
+    a Lightning module's `model.` prefix dropped when every key has it."""
+    from timm.models import load_state_dict
+
     if not path.is_file():
         raise CovidxrError(f"{path}: weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, wrong format: all one message for the user
         raise CovidxrError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CovidxrError(f"{path}: not a state dict of tensors")
-    return state
-
-
-def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop a `module.` (DataParallel) or `model.` (Lightning) prefix when every key has it."""
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    if state and all(k.startswith(LIGHTNING_PREFIX) for k in state):
+        state = {k[len(LIGHTNING_PREFIX) :]: v for k, v in state.items()}
     return state
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load backbone weights strictly, ignoring only a classifier the feature extractor does not have."""
-    state = {k: v for k, v in strip_prefixes(state).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -29,19 +29,10 @@ ENGINES = ("torch", "onnx", "onnx-fp32")
 def physical_cores() -> int:
     """Cores this process may use, counting hyperthread siblings once (ONNX Runtime's intra-op threads gain
     nothing from siblings and lose to their contention)."""
+    import psutil
+
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()  # Linux; elsewhere the allowed count
-    except OSError:
-        return allowed
-    cores, socket = set(), ""
-    for line in lines:
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "physical id":
-            socket = value
-        elif key == "core id":
-            cores.add((socket, value))
-    return max(1, min(allowed, len(cores) or allowed))
+    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
 def onnx_session(path: Path, threads: int | None = None):  # type: ignore[no-untyped-def]
