@@ -5,12 +5,13 @@ its path (`RunDir(run).metrics`). No other module spells a run file's name."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from covidxr.atomic import write_json
 from covidxr.errors import CovidxrError
-from covidxr.results import Evaluation, Explanation, ExternalEvaluation, Filters, JsonRecord, TrainState
+from covidxr.results import Evaluation, Explanation, ExternalEvaluation, JsonRecord, TrainState
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -88,9 +89,6 @@ class RunDir:
     def read_explanation(self) -> Explanation | None:
         return _read(self.explain, Explanation)
 
-    def read_filters(self) -> Filters | None:
-        return _read(self.filters, Filters)
-
     def external_results(self) -> list[ExternalEvaluation]:
         """Every external data set this run was scored on, by folder name."""
         folder = self.external
@@ -107,3 +105,8 @@ def _read(path: Path, kind: type[R]) -> R | None:
         return kind.from_json(json.loads(path.read_text()))
     except (ValueError, TypeError, AttributeError) as exc:
         raise CovidxrError(f"{path}: cannot be read as {kind.__name__} ({exc}); run its stage again") from None
+
+
+def folder_name(text: str, fallback: str) -> str:
+    """A folder name inside a run for a data set or source name: runs of other characters become one "-"."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or fallback

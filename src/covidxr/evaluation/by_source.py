@@ -8,7 +8,6 @@ Writes `by_source.json` and one sub-run per held-out source under `by_source/` i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from covidxr.errors import CovidxrError
 from covidxr.evaluation.calibration import fit_temperature
 from covidxr.evaluation.metrics import roc_auc
 from covidxr.evaluation.threshold import choose_threshold
-from covidxr.rundir import RunDir
+from covidxr.rundir import RunDir, folder_name
 
 BY_SOURCE_FILE = RunDir.by_source
 BY_SOURCE_DIR = RunDir.by_source_dir
@@ -76,7 +75,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
             folds.append(fold)
             continue
         split = _train_val(rest, label_map, report.duplicate_links(), cfg)
-        fold_dir = run_dir / BY_SOURCE_DIR / _slug(short_source(source))
+        fold_dir = run_dir / BY_SOURCE_DIR / folder_name(short_source(source), "source")
         trained = train(
             cfg, fold_dir, resume=(fold_dir / RunDir.state).is_file(),
             prepared=PreparedData(rest, report, label_map, split, False),
@@ -147,7 +146,3 @@ def _normalised(fractions: tuple[float, float, float]) -> tuple[float, float, fl
     total = sum(fractions)
     a, b, c = (f / total for f in fractions)
     return a, b, c
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "source"

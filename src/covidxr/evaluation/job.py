@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -61,7 +60,7 @@ from covidxr.results import (
     SplitMetrics,
     Threshold,
 )
-from covidxr.rundir import RunDir
+from covidxr.rundir import RunDir, folder_name
 
 log = logging.getLogger(__name__)
 METRICS_FILE = RunDir.metrics
@@ -449,4 +448,4 @@ def read_predictions(run_dir: Path, split: str, manifest: Manifest, spec: ModelS
 
 def _slug(path: Path | str) -> str:
     name = Path(path).name if Path(path).name not in ("labels.csv", "metadata.csv") else Path(path).parent.name
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "external"
+    return folder_name(name, "external")

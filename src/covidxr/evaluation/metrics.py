@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from covidxr.training.metrics import roc_auc
+from covidxr.training.metrics import f1_from_counts, roc_auc
 
 BINARY_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
@@ -32,7 +32,7 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[s
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "f1": f1_from_counts(tp, fp, fn),
         "roc_auc": roc_auc(y, score) if both else float("nan"),
         "pr_auc": average_precision(y, score) if both else float("nan"),
     }

@@ -6,6 +6,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from covidxr.training.metrics import f1_from_counts
+
 ThresholdMethod = Literal["f1", "youden"]
 THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdMethod)
 
@@ -34,9 +36,8 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, method: str = "f1") -> fl
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
-    tp = np.sum(pred & (y == 1))
-    denom = np.sum(pred) + np.sum(y == 1)
-    return float(2 * tp / denom) if denom else 0.0
+    positive = y == 1
+    return f1_from_counts(int(np.sum(pred & positive)), int(np.sum(pred & ~positive)), int(np.sum(~pred & positive)))
 
 
 def threshold_for_specificity(y: np.ndarray, score: np.ndarray, specificity: float = 0.95) -> float:

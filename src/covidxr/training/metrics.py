@@ -28,14 +28,18 @@ def scores_to_predictions(scores: np.ndarray, task: str, threshold: float = 0.5)
     return scores.argmax(axis=1)
 
 
+def f1_from_counts(tp: int, fp: int, fn: int) -> float:
+    """F1 = 2TP / (2TP + FP + FN); 0 when there is nothing to find and nothing was called (the one F1 here)."""
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
 def _precision_recall_f1(targets: np.ndarray, preds: np.ndarray, k: int) -> tuple[float, float, float]:
     tp = int(np.sum((preds == k) & (targets == k)))
     fp = int(np.sum((preds == k) & (targets != k)))
     fn = int(np.sum((preds != k) & (targets == k)))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return precision, recall, f1
+    return precision, recall, f1_from_counts(tp, fp, fn)
 
 
 def epoch_metrics(scores: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
