@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from covidxr.data.dataset import Preprocess
 from covidxr.data.readers import iter_image_files, read_image
 from covidxr.errors import CovidxrError, ImageReadError
+from covidxr.progress import progress
 from covidxr.serve.engine import Engine, load_engine, physical_cores
 
 Decoded = tuple[Path, "np.ndarray | None", "str | None"]  # path, preprocessed image or None, error or None
@@ -74,10 +74,10 @@ def predict_stream(
         DecodedFiles(todo, engine.spec.preprocess), batch_size=batch_size, collate_fn=_as_list, num_workers=workers,
         prefetch_factor=2 if workers else None,
     )  # fmt: skip
-    with tqdm(total=len(todo), desc="predict", unit="img", leave=False) as progress:
+    with progress(len(todo), "predict", "img") as bar:
         for items in loader:
             yield from _score(engine, items, mc)
-            progress.update(len(items))
+            bar.update(len(items))
 
 
 def _score(engine: Engine, items: list[Decoded], mc: int) -> Iterator[dict[str, Any]]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+
+from covidxr.progress import progress
 
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.json"
@@ -60,7 +62,11 @@ def extract(backbone: nn.Module, dataset: Dataset, batch_size: int, num_workers:
     """Pooled backbone features for every item of `dataset`, in order, in eval mode."""
     backbone.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    chunks = [backbone(x).float().cpu().numpy() for x, _ in tqdm(loader, desc=desc, leave=False)]
+    chunks = []
+    with progress(len(dataset) if isinstance(dataset, Sized) else 0, desc, "img") as bar:
+        for x, _ in loader:
+            chunks.append(backbone(x).float().cpu().numpy())
+            bar.update(len(x))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 

@@ -34,6 +34,7 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import bundled_weights_file, check_weights
+from covidxr.progress import on_terminal
 from covidxr.results import TrainState
 from covidxr.rundir import RunDir
 from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
@@ -177,6 +178,7 @@ def train(
             default_root_dir=run_dir,
             num_sanity_val_steps=0,
             enable_model_summary=False,
+            enable_progress_bar=on_terminal(),  # a log gets history.csv's rows, not a bar's updates
             log_every_n_steps=1,
         )
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
