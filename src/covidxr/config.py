@@ -9,38 +9,11 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from covidxr.data.choices import Equalize, LungInput, ResizeMode
-from covidxr.data.formats import AUTO, FORMATS, FRONTAL_VIEWS
-from covidxr.data.labels import DEFAULT_POSITIVE, LabelRules, Task, parse_label_map
-from covidxr.data.readers import DEFAULT_MAX_PIXELS
-from covidxr.data.split import DEFAULT_FRACTIONS, SplitMethod
+from covidxr.data.config import DataConfig
 from covidxr.errors import CovidxrError
+from covidxr.fields import option
 
-
-def _opt(default: Any, help: str, flag: str | None = None, **kw: Any) -> Any:
-    """A config field with the help text (and flag name) its generated CLI option uses."""
-    meta = {"help": help} | ({"flag": flag} if flag else {})
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
-
-
-@dataclass
-class DataConfig:
-    paths: tuple[str, ...] = _opt((), "data set(s): folder, CSV or a public layout; repeat to join sets", "--data")
-    format: str = _opt(AUTO, f"layout of every --data: auto or one of {', '.join(FORMATS)} (see covidxr data formats)")
-    task: Task = _opt("binary", "binary (positive vs rest, as the study) or multiclass")
-    positive: str = _opt(DEFAULT_POSITIVE, "positive label of the binary task (matched after label mapping)")
-    label_map: dict[str, str] = _opt({}, "rename/merge labels: OLD=NEW,OLD2=NEW2 or a YAML file of OLD: NEW")
-    drop_labels: tuple[str, ...] = _opt((), "labels to leave out, comma-separated (counted as excluded)")
-    split: SplitMethod = _opt("patient", "patient (stratified by patient) or official (the set's own test list)")
-    split_fractions: tuple[float, float, float] = _opt(DEFAULT_FRACTIONS, "train,val,test fractions", "--fractions")
-    seed: int = _opt(0, "seed for the split, initialisation and augmentation")
-    views: tuple[str, ...] = _opt(FRONTAL_VIEWS, "views kept where a table names them, comma-separated")
-    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "refuse images with more pixels (decompression-bomb guard)")
-
-    @property
-    def label_rules(self) -> LabelRules:
-        return LabelRules(parse_label_map(self.label_map), tuple(self.drop_labels))
+__all__ = ["Config", "DataConfig", "TrainConfig"]  # DataConfig lives with the data stage that reads it
 
 
 Recipe = Literal["default", "study"]
@@ -76,53 +49,53 @@ DEFAULT_LUNG_INPUT: LungInput = "mask"
 class TrainConfig:
     """Hyperparameters; epochs, lr, patience and schedule come from the recipe unless given."""
 
-    backbone: str = _opt("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
-    weights: str = _opt("imagenet", "imagenet | none | PATH (.safetensors or state dict)")
-    freeze: FreezePolicy = _opt("head", "head | last-k | full")
-    last_k: int = _opt(1, "stages trained with --freeze last-k")
-    input_size: int | None = _opt(None, "override the backbone's input size (299 for the Inceptions)")
-    head: HeadKind = _opt("mlp", "mlp (the study's Dense(64)-ReLU-Dropout) or linear (the linear probe as model)")
-    hidden: int = _opt(64, "units of the head's hidden layer")
-    dropout: float = _opt(0.3, "dropout before the head's output layer")
-    resize: ResizeMode = _opt("squash", "squash (the study's), pad (keep aspect) or crop (central square)")
-    border_crop: float = _opt(0.0, "fraction cut from every side before resizing (markers, collimator edges)")
-    equalize: Equalize = _opt("none", "per-image histogram equalisation: none, hist or clahe")
-    lung_crop: bool = _opt(False, "crop every image to the lung box of the training set's lung masks")
-    lungs: LungInput | None = _opt(
+    backbone: str = option("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
+    weights: str = option("imagenet", "imagenet | none | PATH (.safetensors or state dict)")
+    freeze: FreezePolicy = option("head", "head | last-k | full")
+    last_k: int = option(1, "stages trained with --freeze last-k")
+    input_size: int | None = option(None, "override the backbone's input size (299 for the Inceptions)")
+    head: HeadKind = option("mlp", "mlp (the study's Dense(64)-ReLU-Dropout) or linear (the linear probe as model)")
+    hidden: int = option(64, "units of the head's hidden layer")
+    dropout: float = option(0.3, "dropout before the head's output layer")
+    resize: ResizeMode = option("squash", "squash (the study's), pad (keep aspect) or crop (central square)")
+    border_crop: float = option(0.0, "fraction cut from every side before resizing (markers, collimator edges)")
+    equalize: Equalize = option("none", "per-image histogram equalisation: none, hist or clahe")
+    lung_crop: bool = option(False, "crop every image to the lung box of the training set's lung masks")
+    lungs: LungInput | None = option(
         None, "each film cut to its own lungs: none, crop (lung box) or mask (crop, outside flattened); "
         f"default: {DEFAULT_LUNG_INPUT} with --lung-model, else none",
     )  # fmt: skip
-    lung_model: str | None = _opt(
+    lung_model: str | None = option(
         None, "lung model folder (covidxr lungs train); with --lungs crop|mask and none given, one is trained "
         "first on the training films' lung masks",
     )  # fmt: skip
-    cnn_widths: tuple[int, ...] = _opt((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
-    recipe: Recipe = _opt("default", "default (trains the head to convergence) or study (the paper's settings)")
-    epochs: int | None = _opt(None, "maximum epochs (default: from the recipe)")
-    batch_size: int = _opt(16, "images per step")
-    lr: float | None = _opt(None, "learning rate (default: from the recipe)")
-    lr_schedule: LrSchedule | None = _opt(None, "none or plateau (halve lr when val loss stalls; default: recipe)")
-    optimizer: OptimizerName = _opt("adam", "adam | adamw | sgd | rmsprop")
-    weight_decay: float = _opt(0.0, "weight decay")
-    momentum: float = _opt(0.9, "momentum (sgd, rmsprop)")
-    patience: int | None = _opt(None, "early-stopping patience in epochs (default: from the recipe)")
-    balance: Balance = _opt(
+    cnn_widths: tuple[int, ...] = option((32, 64, 128, 128), "simple_cnn only: one block per width, comma-separated")
+    recipe: Recipe = option("default", "default (trains the head to convergence) or study (the paper's settings)")
+    epochs: int | None = option(None, "maximum epochs (default: from the recipe)")
+    batch_size: int = option(16, "images per step")
+    lr: float | None = option(None, "learning rate (default: from the recipe)")
+    lr_schedule: LrSchedule | None = option(None, "none or plateau (halve lr when val loss stalls; default: recipe)")
+    optimizer: OptimizerName = option("adam", "adam | adamw | sgd | rmsprop")
+    weight_decay: float = option(0.0, "weight decay")
+    momentum: float = option(0.9, "momentum (sgd, rmsprop)")
+    patience: int | None = option(None, "early-stopping patience in epochs (default: from the recipe)")
+    balance: Balance = option(
         "none", "none | weights (class-weighted loss) | sampler (class-balanced draws) | source (draws balanced "
         "over each source and class pair)",
     )  # fmt: skip
-    augment: str = _opt(
+    augment: str = option(
         "xray", "augmentation preset: seed (the study's), xray, xray-strong (xray + gamma, contrast, blur, noise), none"
     )
-    augment_ops: dict[str, dict[str, Any]] = _opt({}, "per-op overrides over the preset: YAML text or file")
-    augment_copies: int = _opt(1, "K augmented copies per training image, materialised (the study doubled: K=1)")
-    feature_cache: bool = _opt(True, "with --freeze head: extract backbone features once, train the head on them")
-    cache_dir: str | None = _opt(None, "feature cache folder (default $COVIDXR_CACHE or ~/.cache/covidxr)")
-    num_workers: int = _opt(0, "data-loader worker processes")
-    accelerator: str = _opt("auto", "auto | cpu | gpu")
-    devices: str = _opt("auto", "devices (Lightning syntax)")
-    strategy: str = _opt("auto", "auto | ddp | ...")
-    num_nodes: int = _opt(1, "nodes for distributed training")
-    precision: str = _opt("32-true", "32-true | 16-mixed | bf16-mixed")
+    augment_ops: dict[str, dict[str, Any]] = option({}, "per-op overrides over the preset: YAML text or file")
+    augment_copies: int = option(1, "K augmented copies per training image, materialised (the study doubled: K=1)")
+    feature_cache: bool = option(True, "with --freeze head: extract backbone features once, train the head on them")
+    cache_dir: str | None = option(None, "feature cache folder (default $COVIDXR_CACHE or ~/.cache/covidxr)")
+    num_workers: int = option(0, "data-loader worker processes")
+    accelerator: str = option("auto", "auto | cpu | gpu")
+    devices: str = option("auto", "devices (Lightning syntax)")
+    strategy: str = option("auto", "auto | ddp | ...")
+    num_nodes: int = option(1, "nodes for distributed training")
+    precision: str = option("32-true", "32-true | 16-mixed | bf16-mixed")
 
     def resolved(self) -> TrainConfig:
         """A copy with every field the recipe sets filled in (what a run records in its config.yaml)."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from covidxr.data.config import DataConfig
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest
 from covidxr.data.sources import load_data
@@ -13,9 +13,6 @@ from covidxr.data.split import SPLITS_FILE, Split, load_or_make_split, read_spli
 from covidxr.data.validate import DataReport, inspect
 from covidxr.errors import DataError
 from covidxr.rundir import RunDir
-
-if TYPE_CHECKING:  # the config layer sits above data (it names data's choices); data only reads its fields
-    from covidxr.config import DataConfig
 
 REPORT_FILE = RunDir.data_report
 
