@@ -99,22 +99,45 @@ def server(run_dir: Path):  # type: ignore[no-untyped-def]
     proc.wait(timeout=30)
 
 
-def test_upload_in_a_real_browser_shows_label_and_heatmap(server: str, xray: Path) -> None:
+def test_upload_in_a_real_browser_shows_label_heatmap_and_warnings_that_wrap(
+    run_dir: Path, xray: Path, tmp_path: Path
+) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("Debian chromium is not installed here (.ci/run installs it in CI)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        chrome = p.chromium.launch(executable_path=browser, args=["--no-sandbox", "--disable-gpu"])
-        page = chrome.new_page()
-        page.goto(server)
-        page.set_input_files("#file", str(xray))
-        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-        label = page.text_content("#label")
-        loaded = page.eval_on_selector("#heatmap", "img => img.complete && img.naturalWidth > 0")
-        chrome.close()
+    warned = tmp_path / "run"  # the run, as if its audit had warned in the longest words a source name can have
+    shutil.copytree(run_dir, warned)
+    metrics = json.loads((warned / "metrics.json").read_text())
+    long_source = "Hospital-" + "x" * 200 + "/COVID-19-image-repository"
+    warning = f"every COVID-19 film comes from one source ({long_source}): a model can learn it"
+    metrics["audit"]["warnings"] = [warning] * 2
+    (warned / "metrics.json").write_text(json.dumps(metrics))
+    proc, url = serve(warned)
+    try:
+        with sync_playwright() as p:
+            chrome = p.chromium.launch(executable_path=browser, args=["--no-sandbox", "--disable-gpu"])
+            page = chrome.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(url)
+            page.wait_for_selector("#facts:not(:empty)", timeout=60_000)
+            warnings = page.eval_on_selector_all("#warnings li", "items => items.map(i => i.textContent)")
+            overflowing = page.evaluate(
+                "() => [...document.querySelectorAll('#model, #model *')]"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).length"
+                " + (document.documentElement.scrollWidth > window.innerWidth ? 1 : 0)"
+            )
+            page.set_input_files("#file", str(xray))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            label = page.text_content("#label")
+            loaded = page.eval_on_selector("#heatmap", "img => img.complete && img.naturalWidth > 0")
+            chrome.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
     assert label in ("COVID-19", "not COVID-19") and loaded
+    assert len(warnings) == 2 and all(w.startswith("Warning: ") and long_source in w for w in warnings)
+    assert overflowing == 0  # the model box wraps its long lines at 1,200 px: nothing scrolls sideways
 
 
 def _cam(body: dict[str, object]) -> np.ndarray:
