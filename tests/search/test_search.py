@@ -94,7 +94,7 @@ def _search_cli(data: Path, grid: Path, out: Path, cache: Path, *extra: str) -> 
 
 def test_killed_search_resumes_without_running_a_point_twice(phantoms: Path, cache: Path, tmp_path: Path) -> None:
     grid = {"lr": [0.001, 0.0003], "batch_size": [16, 32]}
-    command = _search_cli(phantoms, _grid_file(tmp_path, grid), tmp_path / "s", cache)
+    command = _search_cli(phantoms, _grid_file(tmp_path, grid), tmp_path / "s", cache, "--one-at-a-time")
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -108,6 +108,57 @@ def test_killed_search_resumes_without_running_a_point_twice(phantoms: Path, cac
     assert again.returncode == 0, again.stderr
     assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(grid)}
     assert "winner:" in again.stdout
+
+
+def test_stacked_heads_rank_the_grid_as_one_run_per_point_does(phantoms: Path, cache: Path, tmp_path: Path) -> None:
+    grid = {"lr": [0.01, 0.00003], "optimizer": ["adam", "sgd"], "dropout": [0.6], "batch_size": [8, 32]}
+    together = search(_cfg(phantoms, cache), grid, tmp_path / "together", n_resamples=20)
+    (tmp_path / "alone").mkdir()
+    shutil.copy(tmp_path / "together" / "splits.csv", tmp_path / "alone" / "splits.csv")
+    alone = search(_cfg(phantoms, cache), grid, tmp_path / "alone", n_resamples=20, stacked=False)
+    runs = list((tmp_path / "together" / "trials").glob("*/best.safetensors"))
+    assert runs == [together.winner / "best.safetensors"]  # no trial but the winner wrote a network
+    assert len(list((tmp_path / "alone" / "trials").glob("*/best.safetensors"))) == 8
+
+    def by_point(rows: list[LeaderboardRow]) -> dict[tuple[object, ...], float]:
+        return {tuple(r.value(k) for k in grid): r.metrics["val_f1"] for r in rows}
+
+    f1_together, f1_alone = by_point(together.rows), by_point(alone.rows)
+    assert f1_together.keys() == f1_alone.keys() and len(f1_together) == 8
+    assert all(abs(f1_together[k] - f1_alone[k]) <= 0.005 for k in f1_alone)
+    assert [tuple(r.value(k) for k in grid) for r in together.rows] == [
+        tuple(r.value(k) for k in grid) for r in alone.rows
+    ]  # the same ranking
+    assert together.metrics.test.metrics == pytest.approx(alone.metrics.test.metrics, abs=1e-4)
+
+
+def test_a_stacked_search_killed_mid_training_resumes_from_its_checkpoint(
+    phantoms: Path, cache: Path, tmp_path: Path
+) -> None:
+    grid = {"lr": [0.001, 0.0003], "dropout": [0.3, 0.5]}
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 400, "patience": 400, "cache_dir": str(cache)}}))
+    command = [
+        sys.executable, "-m", "covidxr", "search", "--data", str(phantoms), "--grid", str(_grid_file(tmp_path, grid)),
+        "--out", str(tmp_path / "s"), "--config", str(config), "--bootstrap", "20",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "s" / "stacked" / "heads-batch16.pt"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not checkpoint.is_file():
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import torch
+
+    saved_epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 0 < saved_epoch < 400 and sum(_completed(tmp_path / "s").values()) == 0  # killed mid-training
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert _completed(tmp_path / "s") == {point_key(p): 1 for p in grid_points(grid)}
+    history = (next((tmp_path / "s" / "trials").glob("*/history.csv"))).read_text().splitlines()
+    assert len(history) == 401  # the winner's 400 epochs, the ones before the kill included
 
 
 def test_two_workers_share_one_storage_without_duplicates(phantoms: Path, cache: Path, tmp_path: Path) -> None:

@@ -24,6 +24,9 @@ def search_cmd(
     workers: int = typer.Option(1, "--workers", min=1, help="local worker processes"),
     config: Path | None = typer.Option(None, "--config", help="YAML config for everything the grid leaves fixed"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for test CIs"),
+    one_at_a_time: bool = typer.Option(
+        False, "--one-at-a-time", help="a run per grid point even where the points' heads could train together"
+    ),
     **options: Any,
 ) -> None:
     """Search chosen on validation F1, the winner evaluated once on test; resumable (run it again)."""
@@ -37,7 +40,7 @@ def search_cmd(
         typer.echo(f"grid: {len(grid_points(the_grid))} points over {', '.join(the_grid)}")
     else:
         typer.echo(f"{sampler}: {trials} trials over {', '.join(the_grid)}, pruned on validation loss")
-    result = search(cfg, the_grid, out, storage, study, workers, bootstrap, sampler, trials)
+    result = search(cfg, the_grid, out, storage, study, workers, bootstrap, sampler, trials, not one_at_a_time)
     typer.echo(format_table(result.rows, top=10))
     test = result.metrics.test.metrics
     typer.echo(f"winner: {result.winner} (test F1 {test['f1']:.3f}, AUC {test['roc_auc']:.3f})")

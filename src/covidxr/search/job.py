@@ -34,6 +34,7 @@ from covidxr.rundir import RunDir
 from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
 from covidxr.search.leaderboard import LEADERBOARD_FILE, run_row, search_plots, sort_rows, write_leaderboard
 from covidxr.search.samplers import make_pruner, make_sampler, pruning_reporter, suggest
+from covidxr.search.stacked import stackable, stacked_search
 
 HEARTBEAT_S = 2
 GRACE_S = 8
@@ -235,36 +236,10 @@ def _preflight(space: Space, cfg: Config) -> None:
         check_weights(get_backbone(c.train.backbone), c.train.weights)
 
 
-def search(
-    cfg: Config,
-    grid: Space,
-    out: Path | str,
-    storage_url: str | None = None,
-    study_name: str | None = None,
-    workers: int = 1,
-    n_resamples: int = 1000,
-    sampler: str = "grid",
-    trials: int | None = None,
-) -> SearchResult:
-    """Run (or resume) the search, then evaluate the winner on test once and write its report. The grid runs
-    every point; `tpe` and `random` run `trials` trials."""
-    from covidxr.evaluation.job import evaluate_run
-    from covidxr.report.html import write_report
-    from covidxr.training.job import train
-
-    out = Path(out)
-    if not cfg.data.paths:
-        raise CovidxrError("no data set given (--data)")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    make_sampler(sampler, grid, cfg.data.seed)  # an unknown sampler, or a range on the grid: before anything runs
-    if sampler != "grid" and not (trials and trials > 0):
-        raise CovidxrError(f"--sampler {sampler} needs --trials N (how many points to draw)")
-    _preflight(grid, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    prepare(out, cfg.data)
-    write_text(out / RunDir.grid, json.dumps(grid, indent=2, default=vars))
-    name = study_name or "covidxr-search"
-    _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
+def _run_workers(
+    cfg: Config, grid: Space, out: Path, storage_url: str | None, name: str, workers: int, sampler: str,
+    trials: int | None,
+) -> None:  # fmt: skip
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
@@ -280,7 +255,9 @@ def search(
     else:
         work(cfg, grid, out, storage_url, name, sampler=sampler, trials=trials)
 
-    study = _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)
+
+def _trial_rows(study: optuna.Study) -> list[LeaderboardRow]:
+    """One row per finished run: from its folder, or from the storage where it ran on another machine."""
     rows, seen = [], set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         run_dir = Path(t.user_attrs["run_dir"])
@@ -296,6 +273,48 @@ def search(
                 epochs_run=t.user_attrs.get("epochs_run", 0), train_seconds=t.user_attrs.get("wall_seconds", 0.0),
                 params={"trial": t.number, **t.params},
             ))  # fmt: skip
+    return rows
+
+
+def search(
+    cfg: Config,
+    grid: Space,
+    out: Path | str,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    workers: int = 1,
+    n_resamples: int = 1000,
+    sampler: str = "grid",
+    trials: int | None = None,
+    stacked: bool = True,
+) -> SearchResult:
+    """Run (or resume) the search, then evaluate the winner on test once and write its report. The grid runs
+    every point: together, as stacked heads, when the points differ only in head settings and one worker runs
+    on this machine's study (unless `stacked` is False), else one run per point; `tpe` and `random` run `trials`
+    trials."""
+    from covidxr.evaluation.job import evaluate_run
+    from covidxr.report.html import write_report
+    from covidxr.training.job import train
+
+    out = Path(out)
+    if not cfg.data.paths:
+        raise CovidxrError("no data set given (--data)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    make_sampler(sampler, grid, cfg.data.seed)  # an unknown sampler, or a range on the grid: before anything runs
+    if sampler != "grid" and not (trials and trials > 0):
+        raise CovidxrError(f"--sampler {sampler} needs --trials N (how many points to draw)")
+    _preflight(grid, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(out, cfg.data)
+    write_text(out / RunDir.grid, json.dumps(grid, indent=2, default=vars))
+    name = study_name or "covidxr-search"
+    _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
+    if stacked and stackable(cfg, grid, sampler, workers, storage_url):  # heads on the same features: together
+        study = _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)
+        rows = stacked_search(cfg, grid, out, study, prepared, TRIALS_DIR)
+    else:
+        _run_workers(cfg, grid, out, storage_url, name, workers, sampler, trials)
+        rows = _trial_rows(_load_study(storage_url, out, name, grid, cfg.data.seed, sampler))
     if not rows:
         raise CovidxrError(f"no trial finished; see the failed trials in {storage_url or RunDir(out).search_db}")
     rows = sort_rows(rows)

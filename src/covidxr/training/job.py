@@ -37,7 +37,14 @@ from covidxr.models.weights import bundled_weights_file, check_weights
 from covidxr.progress import on_terminal
 from covidxr.results import TrainState
 from covidxr.rundir import RunDir
-from covidxr.training.callbacks import AtomicCheckpointIO, EpochHook, EpochSeed, HistoryCSV, read_history
+from covidxr.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochHook,
+    EpochSeed,
+    HistoryCSV,
+    read_history,
+    write_history_row,
+)
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
 from covidxr.training.head_loop import fit_on_tensors, is_loop_checkpoint
@@ -148,7 +155,7 @@ def train(
     train_targets = list(train_loader.sampler.targets)  # type: ignore[attr-defined]
     weights = class_weights(train_targets, spec.num_outputs) if tc.balance == "weights" else None
     last = run_dir / LAST_CKPT
-    if cached is not None and _one_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
+    if cached is not None and single_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
         splits = probe_splits if probe else None
         groups = train_loader.sampler.groups  # type: ignore[attr-defined]
         return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, splits, on_epoch, groups)
@@ -213,7 +220,7 @@ def _probe_for(key: str, task: str, num_outputs: int, splits: dict[str, tuple[An
     return _PROBES[(key, task)]
 
 
-def _one_process(tc: TrainConfig) -> bool:
+def single_process(tc: TrainConfig) -> bool:
     """Training in this process alone, in full precision: the head loop's case (else Lightning runs it)."""
     single = tc.strategy == "auto" and str(tc.devices) in ("auto", "1") and tc.num_nodes == 1
     return single and tc.accelerator in ("auto", "cpu") and tc.precision == "32-true"
@@ -303,6 +310,42 @@ def run_lung_model(tc: TrainConfig, prepared: PreparedData, run_dir: Path, write
             train_lungs_on(prepared.manifest.subset(fitting), folder, LungTrainConfig(encoder_weights=encoder),
                            prepared.report.duplicate_links(), name="the run's training films")  # fmt: skip
     return load_lung_model(folder).sha256
+
+
+def head_features(cfg: Config, prepared: PreparedData) -> tuple[CachedFeatures, ModelSpec, dict[str, torch.Tensor]]:
+    """The pooled features every head of a grid trains on, extracted once (or read from the cache), the spec
+    they were made for, and the head `train` starts from with this seed (built in the same order, so drawn
+    from the same random numbers): what a search trains stacked heads from without a backbone per trial."""
+    cfg = replace(cfg, train=cfg.train.resolved())
+    L.seed_everything(cfg.data.seed, verbose=False)
+    spec = spec_from_config(cfg.train, prepared.label_map)
+    net = build_model(spec, cfg.train.weights)
+    start = {k: v.detach().clone() for k, v in net.head.state_dict().items()}
+    return _cached_features(cfg, prepared, net.backbone, spec, "pooled"), spec, start
+
+
+def write_head_run(
+    cfg: Config, prepared: PreparedData, run_dir: Path, head_state: dict[str, torch.Tensor],
+    history: list[dict[str, float]], best_epoch: int, best_val_loss: float, cached: CachedFeatures,
+) -> TrainResult:  # fmt: skip
+    """A head trained elsewhere (a search's stacked heads) made into a complete run: the network with that head,
+    its config, spec, split, data report, history and state, as `train` would have left them."""
+    cfg = replace(cfg, train=cfg.train.resolved())
+    L.seed_everything(cfg.data.seed, verbose=False)
+    spec = spec_from_config(cfg.train, prepared.label_map)
+    net = build_model(spec, cfg.train.weights)
+    net.head.load_state_dict(head_state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepared.report.write_json(run_dir / REPORT_FILE)
+    write_split(prepared.split, prepared.manifest, run_dir / SPLITS_FILE)
+    cfg.write_yaml(run_dir / CONFIG_FILE)
+    spec.write(run_dir)
+    for row in history:
+        write_history_row(run_dir / RunDir.history, int(row["epoch"]), row, row["seconds"])
+    save_weights(net, run_dir)
+    state = TrainState("finished", best_epoch, best_val_loss, len(history), cached.hit, cached.key)
+    RunDir(run_dir).write_state(state)
+    return _result(run_dir, spec, state)
 
 
 def _cached_features(

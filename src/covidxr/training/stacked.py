@@ -5,8 +5,9 @@ a few batched matrix products.
 
 Each trial keeps its own learning rate, optimizer (PyTorch's Adam, AdamW, heavy-ball SGD or RMSprop, stepped
 here with its exact formulas on the stacked tensors), dropout, weight decay, schedule and early stopping. Trials
-of one batch size step together on the head loop's sample order, start from one head initialised from the seed,
-and draw the dropout masks the head loop draws (seeded per epoch as it seeds them). `last.pt` is written every
+of one batch size step together on the head loop's sample order, start from the head a run of the same seed
+builds, and draw the dropout masks the head loop draws (seeded per epoch as it seeds them): a point trained
+here ends where its own run would. `last.pt` is written every
 few seconds, so a killed search resumes where it stopped.
 """
 
@@ -159,15 +160,17 @@ def train_heads(
     balanced: bool = False,
     groups: Sequence[Hashable] | None = None,
     checkpoint_dir: Path | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> list[HeadOutcome]:
-    """Every point's head trained to its own early stop; outcomes in the order of `points`."""
+    """Every point's head trained to its own early stop; outcomes in the order of `points`. Every head starts
+    from `init` (a ClassifierHead state: the head a run of this seed builds), else from one seeded here."""
     outcomes: dict[int, HeadOutcome] = {}
     by_batch: dict[int, list[int]] = {}
     for i, p in enumerate(points):
         by_batch.setdefault(p.batch_size, []).append(i)
     for batch_size, members in sorted(by_batch.items()):
         last = checkpoint_dir / f"heads-batch{batch_size}.pt" if checkpoint_dir else None
-        group = _Group([points[i] for i in members], train, val, task, num_outputs, hidden, seed, last)
+        group = _Group([points[i] for i in members], train, val, task, num_outputs, hidden, seed, last, init)
         done = group.fit(epochs, patience, EpochSampler(train[1].tolist(), seed, balanced, rank=0, world=1,
                                                         groups=groups))  # fmt: skip
         outcomes.update(zip(members, done, strict=True))
@@ -187,12 +190,14 @@ class _Group:
         hidden: int,
         seed: int,
         last: Path | None,
+        init: dict[str, torch.Tensor] | None,
     ) -> None:
         self.points, self.train, self.val, self.task, self.seed, self.last = points, train, val, task, seed, last
         g = len(points)
-        torch.manual_seed(seed)  # the head a one-trial run initialises (its dropout rate draws nothing)
-        head = ClassifierHead(train[0].shape[1], num_outputs, hidden, 0.0)
-        start = dict(head.state_dict())
+        if init is None:
+            torch.manual_seed(seed)
+            init = dict(ClassifierHead(train[0].shape[1], num_outputs, hidden, 0.0).state_dict())
+        start = init
         self.params = [start[n].detach().unsqueeze(0).repeat(g, *([1] * start[n].dim())) for n in NAMES]
         for p in self.params:
             p.requires_grad_(True)
@@ -217,6 +222,7 @@ class _Group:
             "plateau_bad": self.plateau_bad, "wait": self.wait, "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run, "best": self.best, "history": self.history,
         }  # fmt: skip
+        self.last.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.last.with_name(f".{self.last.name}.{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.last)
