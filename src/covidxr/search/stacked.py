@@ -56,8 +56,8 @@ def stacked_search(
     todo = [p for p in grid_points(grid) if point_key(p) not in recorded]
     outcomes: dict[str, HeadOutcome] = {}
     if todo:
-        began = time.perf_counter()
         cached, spec, start = head_features(cfg, prepared)
+        began = time.perf_counter()  # the trials' own time: training, not the one feature extraction
         tc = cfg.train.resolved()
         x, y = cached.select("train", with_copies=True)
         source = {r.path: r.source for r in prepared.manifest.records}
