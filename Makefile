@@ -19,6 +19,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The whole suite on up to 4 pytest-xdist workers, a test file per worker (a file's trained fixtures are built once);
 # test-fast leaves out the tests marked slow (training, servers, full runs). pytest exits 5 when it collected

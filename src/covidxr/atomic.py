@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def write_with(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> Path:
+def write_with(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> Path:
     """`write(fh)` into a temporary beside `path` (per process: two writers never share one), then rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
+    with open(tmp, "wb") if binary else open(tmp, "w", newline="") as fh:
         write(fh)
     tmp.replace(path)
     return path

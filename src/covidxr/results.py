@@ -21,11 +21,11 @@ R = TypeVar("R", bound="JsonRecord")
 
 class JsonRecord:
     def to_json(self) -> dict[str, Any]:
-        return _encode(self)  # type: ignore[no-any-return]
+        return _encode(self)
 
     @classmethod
     def from_json(cls: type[R], raw: dict[str, Any]) -> R:
-        return _decode(cls, raw)  # type: ignore[no-any-return]
+        return _decode(cls, raw)
 
 
 def _encode(value: Any) -> Any:

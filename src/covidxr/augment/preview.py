@@ -40,7 +40,7 @@ def preview_grid(
     return out, hsv_out
 
 
-def _grid(rows: list, out: Path, first_title: str, to_array) -> None:  # type: ignore[no-untyped-def]
+def _grid(rows: list, out: Path, first_title: str, to_array) -> None:
     n_cols = len(rows[0][1])
     fig = Figure(figsize=(2 * n_cols, 2 * len(rows)))
     axes = fig.subplots(len(rows), n_cols, squeeze=False)

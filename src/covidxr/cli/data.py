@@ -105,4 +105,6 @@ def run_demo(
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))
     typer.echo("")
-    typer.echo(run(cfg, run_dir).summary())
+    result = run(cfg, run_dir)
+    if result is not None:  # None only on a helper rank of a distributed run
+        typer.echo(result.summary())

@@ -51,7 +51,7 @@ def _parameter(f: Field[Any], hint: Any) -> inspect.Parameter:
         f.name,
         inspect.Parameter.KEYWORD_ONLY,
         default=option,
-        annotation=annotation | None,  # type: ignore[operator]
+        annotation=annotation | None,
     )
 
 

@@ -139,8 +139,7 @@ def _read_raster(path: Path, max_pixels: int) -> DecodedImage:
             fmt = img.format or path.suffix.lstrip(".").upper()
             mode = img.mode
             img.load()
-            img = ImageOps.exif_transpose(img)
-            pixels, bit_depth = _to_gray(img)
+            pixels, bit_depth = _to_gray(ImageOps.exif_transpose(img))
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:  # only reachable when max_pixels is set above PIL's own limit

@@ -108,7 +108,7 @@ def generate(out: Path | str, n: int = 400, seed: int = 0, images_per_patient: t
     returns the CSV path."""
     out = Path(out)
     rng = np.random.default_rng(seed)
-    rows = []
+    rows: list[list[str]] = []
     patient = 0
     while len(rows) < n:
         anatomy = _patient(rng)

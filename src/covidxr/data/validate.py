@@ -251,7 +251,8 @@ def _lung_facts(manifest: Manifest, record: Record) -> tuple[float, float, float
 
 def difference_hash(pixels: np.ndarray, side: int = HASH_SIDE) -> np.ndarray:
     """dHash: signs of horizontal gradients on a small thumbnail; robust to resizing and re-encoding."""
-    thumb = np.asarray(Image.fromarray(pixels.astype(np.float32), mode="F").resize((side + 1, side), Image.BOX))
+    image = Image.fromarray(pixels.astype(np.float32), mode="F")
+    thumb = np.asarray(image.resize((side + 1, side), Image.Resampling.BOX))
     return np.packbits(thumb[:, 1:] > thumb[:, :-1])
 
 
@@ -261,7 +262,7 @@ def _duplicates(good: list[_Decoded]) -> tuple[list[list[str]], list[tuple[str, 
         by_hash[d.pixel_hash].append(d.record.path)
     exact = [sorted(paths) for paths in by_hash.values() if len(paths) > 1]
     exact_pairs = {frozenset((a, b)) for group in exact for a in group for b in group if a != b}
-    hashes = np.stack([d.dhash for d in good]) if good else np.zeros((0, 1), np.uint8)
+    hashes = np.stack([d.dhash for d in good if d.dhash is not None]) if good else np.zeros((0, 1), np.uint8)
     near = []
     for i in range(len(good)):
         distances = np.unpackbits(hashes[i + 1 :] ^ hashes[i], axis=1).sum(axis=1)

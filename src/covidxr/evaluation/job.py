@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,19 +117,19 @@ def summarise(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> S
     """Metrics at the run's decision rule with patient-bootstrap 95% CIs, confusion matrix, calibration."""
     y, groups = scored.targets, scored.groups()
     predicted = spec.decide(scored.scores)
-    counts = {"n_images": len(y), "n_patients": len(set(groups.tolist()))}
+    n_images, n_patients = len(y), len(set(groups.tolist()))
     if spec.task == "binary":
         score, threshold = scored.positive, spec.threshold
         ci = patient_bootstrap(lambda i: binary_metrics(y[i], score[i], threshold), groups, n_resamples, seed)
         return SplitMetrics(
-            **counts, metrics=binary_metrics(y, score, threshold), ci95={k: list(v) for k, v in ci.items()},
+            n_images, n_patients, metrics=binary_metrics(y, score, threshold), ci95={k: list(v) for k, v in ci.items()},
             confusion=confusion(y, predicted, 2), calibration=reliability(y, score),
         )  # fmt: skip
     full = multiclass_metrics(y, scored.scores, spec.classes)
     ci = patient_bootstrap(lambda i: multiclass_metrics(y[i], scored.scores[i], spec.classes).macro, groups,
                            n_resamples, seed)  # fmt: skip
     return SplitMetrics(
-        **counts, metrics=full.macro, ci95={k: list(v) for k, v in ci.items()},
+        n_images, n_patients, metrics=full.macro, ci95={k: list(v) for k, v in ci.items()},
         confusion=confusion(y, predicted, len(spec.classes)), per_class=full.per_class,
     )  # fmt: skip
 
@@ -337,9 +338,7 @@ def per_label_rates(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int
     out = {}
     for label in sorted(set(labels.tolist())):
         rows = labels == label
-        ci = patient_bootstrap(
-            lambda i, rows=rows: {"rate": float(called[rows][i].mean())}, groups[rows], n_resamples, seed
-        )
+        ci = patient_bootstrap(partial(_rate, called[rows]), groups[rows], n_resamples, seed)
         score = scored.scores[rows, k]
         out[label] = LabelRates(
             n_images=int(rows.sum()), called=spec.classes[k], rate_called=float(called[rows].mean()),
@@ -449,3 +448,8 @@ def read_predictions(run_dir: Path, split: str, manifest: Manifest, spec: ModelS
 def _slug(path: Path | str) -> str:
     name = Path(path).name if Path(path).name not in ("labels.csv", "metadata.csv") else Path(path).parent.name
     return folder_name(name, "external")
+
+
+def _rate(called: np.ndarray, i: np.ndarray) -> dict[str, float]:
+    """The share of films called positive in one bootstrap resample."""
+    return {"rate": float(called[i].mean())}

@@ -31,8 +31,8 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, method: str = "f1") -> fl
     # well-separated validation scores the max-F1 cut is a whole interval, and its edge would overfit.
     candidates = (values[:-1] + values[1:]) / 2
     f1 = np.array([_f1(y, score >= t) for t in candidates])
-    best = np.flatnonzero(f1 == f1.max())
-    return float(candidates[best[len(best) // 2]])
+    tied = np.flatnonzero(f1 == f1.max())
+    return float(candidates[tied[len(tied) // 2]])
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:

@@ -57,7 +57,7 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
         return np.zeros_like(mask, dtype=bool)
     sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, n + 1))
     keep = np.argsort(sizes)[::-1][:2] + 1
-    return ndimage.binary_fill_holes(np.isin(labelled, keep))  # type: ignore[no-any-return]
+    return ndimage.binary_fill_holes(np.isin(labelled, keep))
 
 
 def implausible(mask: np.ndarray) -> str | None:

@@ -151,11 +151,11 @@ def _checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, ep
     write_with(path, lambda fh: torch.save(payload, fh), binary=True)
 
 
-def _resume(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:  # type: ignore[type-arg]
+def _resume(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
     if not path.is_file():
         return {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0, "history": []}
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state["net"])
     opt.load_state_dict(state["opt"])
     log.info("lungs: resuming %s after epoch %d", path.parent, state["epoch"])
-    return state  # type: ignore[no-any-return]
+    return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ INPUT_FACTS = (
 
 
 class EnsembleNet(nn.Module):
-    def __init__(self, members: list[tuple[nn.Module, ModelSpec]], task: str) -> None:
+    def __init__(self, members: Sequence[tuple[nn.Module, ModelSpec]], task: str) -> None:
         super().__init__()
         self.members = nn.ModuleList([net for net, _ in members])
         self.specs = [spec for _, spec in members]

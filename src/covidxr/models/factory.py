@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import torch
 from torch import nn
@@ -96,10 +96,11 @@ def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
     if init_weights is not None:
         spec.weights = apply_weights(backbone, entry, init_weights)
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features
-    width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    facts: Any = backbone  # timm models carry their widths as plain attributes
+    width = int(getattr(facts, "head_hidden_size", None) or facts.num_features)
     if spec.head == "linear":
-        return CovidxrNet(backbone, nn.Linear(int(width), spec.num_outputs))
-    return CovidxrNet(backbone, ClassifierHead(int(width), spec.num_outputs, spec.hidden, spec.dropout))
+        return CovidxrNet(backbone, nn.Linear(width, spec.num_outputs))
+    return CovidxrNet(backbone, ClassifierHead(width, spec.num_outputs, spec.hidden, spec.dropout))
 
 
 def apply_freeze(net: CovidxrNet, policy: str, last_k: int = 1) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from covidxr.atomic import write_json
+from covidxr.data.choices import Equalize, LungInput, ResizeMode
 from covidxr.data.dataset import LungFinder, Preprocess
 from covidxr.data.labels import DEFAULT_POSITIVE
 from covidxr.errors import CovidxrError
@@ -37,14 +38,14 @@ class ModelSpec:
     dropout: float = 0.3
     freeze: str = "head"
     head: str = "mlp"  # mlp (the study's Dense(64)-ReLU-Dropout) | linear (the fitted linear probe)
-    resize: str = "squash"  # squash | pad | crop (see data.dataset.Preprocess)
+    resize: ResizeMode = "squash"  # see data.dataset.Preprocess
     border_crop: float = 0.0
-    equalize: str = "none"  # none | hist | clahe
+    equalize: Equalize = "none"
     lung_box: tuple[float, float, float, float] | None = None  # --lung-crop: box from the training lung masks
     threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
     temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
     tta: bool = False  # score the mean logits over small shifts and scales (models.tta); set by evaluate --tta
-    lungs: str = "none"  # none | crop | mask: each film restricted to its own lungs by the run's lung model
+    lungs: LungInput = "none"  # none | crop | mask: each film restricted to its own lungs by the run's lung model
     lung_model: str | None = None  # sha256 of the run's lung model weights (RunDir.lungs), when lungs is not none
     extra: dict[str, Any] = field(default_factory=dict)
     finder: LungFinder | None = field(default=None, compare=False, repr=False)  # the loaded lung model; not saved
@@ -75,13 +76,13 @@ class ModelSpec:
     def preprocess(self) -> Preprocess:
         return Preprocess(
             self.input_size,
-            tuple(self.mean),
-            tuple(self.std),
+            (self.mean[0], self.mean[1], self.mean[2]),
+            (self.std[0], self.std[1], self.std[2]),
             self.resize,
             self.border_crop,
-            self.equalize,  # type: ignore[arg-type]
-            tuple(self.lung_box) if self.lung_box else None,  # type: ignore[arg-type]
-            self.lungs,  # type: ignore[arg-type]
+            self.equalize,
+            (self.lung_box[0], self.lung_box[1], self.lung_box[2], self.lung_box[3]) if self.lung_box else None,
+            self.lungs,
             self.finder,
         )
 

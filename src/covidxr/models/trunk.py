@@ -22,19 +22,20 @@ def stages(backbone: nn.Module) -> list[nn.Module] | None:
 
     if isinstance(backbone, SimpleCNN):
         return list(backbone.blocks)
+    part = backbone.get_submodule
     if isinstance(backbone, EfficientNet):
-        head = nn.Sequential(backbone.conv_head, backbone.bn2)
-        return [nn.Sequential(backbone.conv_stem, backbone.bn1), *backbone.blocks, head]
+        head = nn.Sequential(part("conv_head"), part("bn2"))
+        return [nn.Sequential(part("conv_stem"), part("bn1")), *part("blocks").children(), head]
     if isinstance(backbone, ResNet):
-        stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool)
-        return [stem, backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+        stem = nn.Sequential(part("conv1"), part("bn1"), part("act1"), part("maxpool"))
+        return [stem, *(part(f"layer{i}") for i in range(1, 5))]
     return None
 
 
 def _pool(backbone: nn.Module) -> nn.Module:
     if isinstance(backbone, SimpleCNN):
         return nn.Sequential(backbone.pool, nn.Flatten(1))
-    return backbone.global_pool  # timm's SelectAdaptivePool2d, flattening (num_classes=0)
+    return backbone.get_submodule("global_pool")  # timm's SelectAdaptivePool2d, flattening (num_classes=0)
 
 
 def split_trunk(backbone: nn.Module, last_k: int, input_size: int) -> tuple[nn.Module, nn.Module] | None:

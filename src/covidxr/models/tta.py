@@ -37,7 +37,8 @@ class TestTimeAugmented(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         outs = []
-        for theta in self.thetas:
+        thetas: torch.Tensor = self.get_buffer("thetas")
+        for theta in thetas:
             grid = F.affine_grid(theta.expand(b, 2, 3).to(x.dtype), list(x.shape), align_corners=False)
             outs.append(self.net(F.grid_sample(x, grid, padding_mode="border", align_corners=False)))
         return torch.stack(outs).mean(dim=0)

@@ -31,6 +31,8 @@ def bundled_weights_file(backbone: Backbone) -> Path | None:
         package = importlib.import_module(backbone.bundled_weights)
     except ImportError:
         return None
+    if package.__file__ is None:
+        return None
     files = sorted((Path(package.__file__).parent / "models").glob("*.pth"))
     return files[0] if files else None
 
@@ -95,9 +97,9 @@ def hub_available(backbone: Backbone, timeout: float = 3.0) -> bool:
         import timm
         from huggingface_hub import try_to_load_from_cache
 
-        repo = getattr(timm.get_pretrained_cfg(backbone.timm_name), "hf_hub_id", None)
+        repo = getattr(timm.get_pretrained_cfg(backbone.timm_name or ""), "hf_hub_id", None)
         files = ("model.safetensors", "pytorch_model.bin")
-        return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+        return isinstance(repo, str) and any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
     try:
         socket.create_connection(HUB_HOST, timeout=timeout).close()
     except OSError:
@@ -133,7 +135,7 @@ def _from_hub(module: nn.Module, backbone: Backbone) -> str:
     import timm
 
     try:
-        hub_model = timm.create_model(backbone.timm_name, pretrained=True, num_classes=0)
+        hub_model = timm.create_model(backbone.timm_name or "", pretrained=True, num_classes=0)
     except Exception as exc:  # hub refused, cache missing: the user needs the alternatives, not a trace
         raise _no_imagenet(backbone, f"timm's hub download failed ({type(exc).__name__})") from exc
     module.load_state_dict(hub_model.state_dict(), strict=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from itertools import product
 from pathlib import Path
@@ -34,7 +35,7 @@ class Range:
 
 
 Grid = dict[str, list[Any]]
-Space = dict[str, "list[Any] | Range"]
+Space = Mapping[str, "list[Any] | Range"]  # read-only: a Grid is a Space
 
 
 def load_grid(path: Path | str) -> Space:
@@ -46,7 +47,7 @@ def load_grid(path: Path | str) -> Space:
     if not isinstance(raw, dict) or not raw:
         raise CovidxrError(f"{path}: a grid is a mapping of training field -> list of values")
     known = {f.name for f in fields(TrainConfig)}
-    grid: Space = {}
+    grid: dict[str, list[Any] | Range] = {}
     for name, values in raw.items():
         if name not in known:
             raise CovidxrError(f"{path}: {name!r} is not a training field; known: {', '.join(sorted(known))}")
@@ -75,11 +76,11 @@ def as_grid(space: Space) -> Grid:
     ranges = [name for name, values in space.items() if isinstance(values, Range)]
     if ranges:
         raise CovidxrError(f"{', '.join(ranges)}: a range needs --sampler tpe or random; a grid lists values")
-    return {name: list(values) for name, values in space.items()}  # type: ignore[arg-type]
+    return {name: list(values) for name, values in space.items() if not isinstance(values, Range)}
 
 
-def grid_points(grid: Space) -> list[dict[str, Any]]:
-    grid = as_grid(grid)
+def grid_points(space: Space) -> list[dict[str, Any]]:
+    grid = as_grid(space)
     names = list(grid)
     return [dict(zip(names, combo, strict=True)) for combo in product(*(grid[n] for n in names))]
 

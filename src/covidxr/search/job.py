@@ -131,7 +131,7 @@ def _requeue_failed(study: optuna.Study, grid: Space, states: dict[str, str]) ->
         )
 
 
-def _objective(cfg: Config, space: Space, out: Path, study: optuna.Study, prepared: PreparedData, sampler: str):  # type: ignore[no-untyped-def]
+def _objective(cfg: Config, space: Space, out: Path, study: optuna.Study, prepared: PreparedData, sampler: str):
     from covidxr.training.job import CONFIG_FILE, train
 
     def objective(trial: optuna.Trial) -> float:

@@ -19,7 +19,7 @@ PRUNE_AFTER_EPOCHS = 3  # epochs a trial always gets: early validation loss is n
 
 def make_sampler(name: str, space: Space, seed: int) -> optuna.samplers.BaseSampler:
     if name == "grid":
-        return optuna.samplers.GridSampler(as_grid(space), seed=seed)  # type: ignore[arg-type]
+        return optuna.samplers.GridSampler(as_grid(space), seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -46,7 +46,7 @@ def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     return params
 
 
-def pruning_reporter(trial: optuna.Trial):  # type: ignore[no-untyped-def]
+def pruning_reporter(trial: optuna.Trial):
     """Per-epoch hook for the trainer: report the validation loss (negated: the study maximises F1) and stop
     the trial when the pruner says so."""
 

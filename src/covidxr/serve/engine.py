@@ -35,7 +35,7 @@ def physical_cores() -> int:
     return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
-def onnx_session(path: Path, threads: int | None = None):  # type: ignore[no-untyped-def]
+def onnx_session(path: Path, threads: int | None = None):
     """A CPU session with every graph optimisation and one intra-op thread per physical core."""
     require("export", "onnxruntime")
     import onnxruntime as ort

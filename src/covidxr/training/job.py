@@ -137,7 +137,7 @@ def train(
     probe: LinearProbe | None = None
     if tc.freeze == "head" and tc.feature_cache:
         cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
-        probe_splits = {s: tuple(t.numpy() for t in cached.select(s, s == "train")) for s in ("train", "val", "test")}
+        probe_splits = {s: _as_numpy(cached.select(s, s == "train")) for s in ("train", "val", "test")}
         if main:
             probe = _probe_for(cached.key, lm.task, spec.num_outputs, probe_splits)
         if tc.head == "linear" and probe is not None:
@@ -175,7 +175,7 @@ def train(
             callbacks=[
                 EpochSeed(cfg.data.seed),
                 HistoryCSV(run_dir),
-                EarlyStopping(monitor="val_loss", mode="min", patience=tc.patience),
+                EarlyStopping(monitor="val_loss", mode="min", patience=int(tc.patience or 0)),
                 checkpoint,
                 *([EpochHook(on_epoch)] if on_epoch else []),
             ],
@@ -209,6 +209,10 @@ def train(
 
 
 _PROBES: dict[tuple[str, str], LinearProbe] = {}  # this process's probes by feature-cache key
+
+
+def _as_numpy(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[Any, Any]:
+    return pair[0].numpy(), pair[1].numpy()
 
 
 def _probe_for(key: str, task: str, num_outputs: int, splits: dict[str, tuple[Any, Any]]) -> LinearProbe:
@@ -443,9 +447,9 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     groups = balance_groups(tc.balance, train_ds.targets, [r.source for r in train_ds.records] * (1 + train_ds.copies))
     sampler = EpochSampler(train_ds.targets, cfg.data.seed, _balanced(tc.balance), dataset=train_ds, groups=groups)
     in_order = EpochSampler(val_ds.targets, cfg.data.seed, shuffle=False)
-    workers = {"num_workers": tc.num_workers, "persistent_workers": False}
-    train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, **workers)
-    val = DataLoader(Indexed(val_ds), batch_size=tc.batch_size, sampler=in_order, **workers)
+    n = tc.num_workers
+    train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, num_workers=n)
+    val = DataLoader(Indexed(val_ds), batch_size=tc.batch_size, sampler=in_order, num_workers=n)
     return train, val
 
 

@@ -64,7 +64,7 @@ class ClassifierModule(L.LightningModule):
         if tc.optimizer not in OPTIMIZERS:
             raise CovidxrError(f"unknown optimizer {tc.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.net, self.task, self.tc, self.class_weights = net, task, tc, class_weights
-        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"train": [], "val": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -122,7 +122,7 @@ class ClassifierModule(L.LightningModule):
 
 # Our names -> timm's optimizer factory with the plain-PyTorch defaults this project has always trained with:
 # `sgd` is heavy-ball momentum (timm's `sgd` is Nesterov), RMSprop keeps PyTorch's alpha (timm's default is 0.9).
-TIMM_OPTIMIZER = {
+TIMM_OPTIMIZER: dict[str, tuple[str, dict[str, Any]]] = {
     "adam": ("adam", {}),
     "adamw": ("adamw", {}),
     "sgd": ("momentum", {}),

@@ -45,7 +45,7 @@ class EpochSampler(Sampler[int]):
         """Lightning calls this before each epoch."""
         self.epoch = epoch
         if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)  # type: ignore[union-attr]
+            self.dataset.set_epoch(epoch)
 
     def _shard(self) -> tuple[int, int]:
         rank, world = rank_and_world()

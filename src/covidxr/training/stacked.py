@@ -289,8 +289,8 @@ class _Group:
         for g in self.active.nonzero().flatten().tolist():
             scores = positive_scores(train_logits[g], self.task).numpy()
             losses = per_sample_loss(train_logits[g], y_train[order], self.task).numpy()
-            logged = {f"train_{k}": v for k, v in epoch_log(*once_per_item(order.numpy(), scores, targets, losses),
-                                                             self.task).items()}  # fmt: skip
+            item_scores, item_targets, item_losses = once_per_item(order.numpy(), scores, targets, losses)
+            logged = {f"train_{k}": v for k, v in epoch_log(item_scores, item_targets, item_losses, self.task).items()}
             val_scores = positive_scores(val_logits[g], self.task).numpy()
             val_losses = per_sample_loss(val_logits[g], y_val, self.task).numpy()
             logged |= {f"val_{k}": v for k, v in epoch_log(val_scores, y_val.numpy(), val_losses, self.task).items()}
