@@ -306,6 +306,7 @@ class Explanation(JsonRecord):
     cam_in_lungs: dict[str, list[float]] | None = None  # predicted class -> [mean share inside, CI low, CI high, n]
     lung_area: float | None = None  # mean share of the input the lungs cover: an evenly spread CAM's share inside
     lungs_from: dict[str, int] | None = None  # where the films' lungs came from (lungs.as_seen): counts
+    cam: str | None = None  # the CAM method and layer (explain.gradcam.cam_name)
 
 
 # --- search -----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from covidxr.data.readers import iter_image_files, read_image
 from covidxr.errors import CovidxrError, ImageReadError
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.explain.activations import dead_filters, feature_maps, first_conv, top_channels, weight_stats
-from covidxr.explain.gradcam import grad_cam, overlay
+from covidxr.explain.gradcam import DEFAULT_CAM_METHOD, cam_name, grad_cam, overlay
 from covidxr.explain.localisation import chance_rate, energy_inside, pointing_hit
 from covidxr.explain.uncertainty import mc_dropout, referral_curve
 from covidxr.lungs.as_seen import record_lungs
@@ -150,11 +150,17 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> Filters:
 
 
 def explain_run(
-    run_dir: Path | str, mc_passes: int = 30, gallery: int = 4, model: tuple[CovidxrNet, ModelSpec] | None = None
+    run_dir: Path | str,
+    mc_passes: int = 30,
+    gallery: int = 4,
+    model: tuple[CovidxrNet, ModelSpec] | None = None,
+    cam_layer: str | None = None,
+    cam_method: str = DEFAULT_CAM_METHOD,
 ) -> Explanation:
     """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
     with lesion masks, CAM energy inside each film's own lungs per class, MC-dropout referral curve; plus filters.
-    `model`: the run's network and spec when the caller has loaded them already."""
+    `model`: the run's network and spec when the caller has loaded them already; `cam_layer`: another module of
+    the backbone than the registry's CAM layer, `cam_method` another of explain.gradcam.CAM_METHODS."""
     run_dir = Path(run_dir)
     net, spec = model or load_model(run_dir)
     pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
@@ -162,7 +168,7 @@ def explain_run(
     targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
     preds = spec.decide(u["mean"])
     correct = preds == targets
-    cams = np.concatenate([grad_cam(net, spec, chunk, "predicted") for chunk in x.split(16)])
+    cams = np.concatenate([grad_cam(net, spec, chunk, "predicted", cam_layer, cam_method) for chunk in x.split(16)])
     inside, area, lungs_from = _cam_in_lungs(pairs, cams, spec)
     groups = np.array([r.group for _, r in pairs])
     result = Explanation(
@@ -172,11 +178,12 @@ def explain_run(
             float(u["std"][correct].mean()) if correct.any() else None,
         ],
         filters=filters_report(run_dir),
-        localisation=_localisation(net, spec, pairs, x, targets, preds),
+        localisation=_localisation(net, spec, pairs, x, targets, preds, cam_layer, cam_method),
         cam_in_lungs={c: _mean_with_ci(inside[preds == k], groups[preds == k]) for k, c in enumerate(spec.classes)
                       if (preds == k).any()},
         lungs_from=lungs_from,
         lung_area=area,
+        cam=cam_name(spec, cam_layer, cam_method),
     )  # fmt: skip
     _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
     write_json(run_dir / EXPLAIN_FILE, result.to_json())  # last: its presence means the explanations are complete
@@ -210,7 +217,7 @@ def _class_of(spec: ModelSpec, label: str) -> str:
 
 
 def _localisation(net: CovidxrNet, spec: ModelSpec, pairs: list[Any], x: torch.Tensor, targets: np.ndarray,
-                  preds: np.ndarray) -> Localisation | None:  # fmt: skip
+                  preds: np.ndarray, layer: str | None, method: str) -> Localisation | None:  # fmt: skip
     """Pointing game and energy inside the lesion mask for true positives that carry a mask (phantoms)."""
     from PIL import Image
 
@@ -220,7 +227,7 @@ def _localisation(net: CovidxrNet, spec: ModelSpec, pairs: list[Any], x: torch.T
         if not mask_rel or targets[i] != 1 or preds[i] != 1:
             continue
         mask = np.asarray(Image.open(manifest.root / mask_rel)) > 0
-        cam = grad_cam(net, spec, x[i : i + 1], "positive")[0]
+        cam = grad_cam(net, spec, x[i : i + 1], "positive", layer, method)[0]
         hits.append(pointing_hit(cam, mask))
         energy.append(energy_inside(cam, mask))
         chance.append(chance_rate(mask))
