@@ -170,33 +170,39 @@ def train_heads(
         by_batch.setdefault(p.batch_size, []).append(i)
     for batch_size, members in sorted(by_batch.items()):
         last = checkpoint_dir / f"heads-batch{batch_size}.pt" if checkpoint_dir else None
-        group = _Group([points[i] for i in members], train, val, task, num_outputs, hidden, seed, last, init)
+        shared = _Shared(train, val, task, num_outputs, hidden, seed)
+        group = _Group([points[i] for i in members], shared, last, init)
         done = group.fit(epochs, patience, EpochSampler(train[1].tolist(), seed, balanced, rank=0, world=1,
                                                         groups=groups))  # fmt: skip
         outcomes.update(zip(members, done, strict=True))
     return [outcomes[i] for i in range(len(points))]
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every trial of a grid trains on and how: the features, the task, the head's shape, the seed."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    task: str
+    num_outputs: int
+    hidden: int
+    seed: int
+
+
 class _Group:
     """Trials of one batch size: stacked weights, optimizer, schedule and early-stopping state."""
 
     def __init__(
-        self,
-        points: list[HeadPoint],
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor],
-        task: str,
-        num_outputs: int,
-        hidden: int,
-        seed: int,
-        last: Path | None,
-        init: dict[str, torch.Tensor] | None,
+        self, points: list[HeadPoint], shared: _Shared, last: Path | None, init: dict[str, torch.Tensor] | None
     ) -> None:
-        self.points, self.train, self.val, self.task, self.seed, self.last = points, train, val, task, seed, last
+        self.points, self.train, self.val, self.task = points, shared.train, shared.val, shared.task
+        self.seed, self.last = shared.seed, last
         g = len(points)
         if init is None:
-            torch.manual_seed(seed)
-            init = dict(ClassifierHead(train[0].shape[1], num_outputs, hidden, 0.0).state_dict())
+            torch.manual_seed(shared.seed)
+            width = shared.train[0].shape[1]
+            init = dict(ClassifierHead(width, shared.num_outputs, shared.hidden, 0.0).state_dict())
         start = init
         self.params = [start[n].detach().unsqueeze(0).repeat(g, *([1] * start[n].dim())) for n in NAMES]
         for p in self.params:
