@@ -1,5 +1,6 @@
-"""Stacked heads train as the head loop trains each of them alone: PyTorch's optimizers step for step, the same
-sample order and dropout masks, per-trial early stopping and schedule, and a resume after a kill."""
+"""Stacked heads train as the head loop trains each of them alone: each with its own optimizer over its slice of
+the stack, the same sample order and dropout masks, per-trial early stopping and schedule, and a resume after a
+kill."""
 
 from __future__ import annotations
 
@@ -12,36 +13,7 @@ from covidxr.config import TrainConfig
 from covidxr.models.head import ClassifierHead
 from covidxr.training.callbacks import read_history
 from covidxr.training.head_loop import fit_on_tensors
-from covidxr.training.module import make_optimizer
-from covidxr.training.stacked import NAMES, HeadPoint, StackedOptimizer, train_heads
-
-
-@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "rmsprop"])
-def test_stacked_optimizer_steps_as_pytorch_does(kind: str) -> None:
-    torch.manual_seed(0)
-    points = [
-        HeadPoint(lr, kind, 0.3, 8, wd, mom) for lr, wd, mom in ((1e-2, 0.0, 0.9), (3e-3, 0.01, 0.5), (1e-3, 0.1, 0.0))
-    ]
-    start = [torch.randn(3, 5, 4), torch.randn(3, 5)]
-    stacked = [t.clone().requires_grad_(True) for t in start]
-    optimizer = StackedOptimizer(stacked, points)
-    alone = [[torch.nn.Parameter(t[g].clone()) for t in start] for g in range(3)]
-    references = [make_optimizer(torch.nn.ParameterList(alone[g]), kind, p.lr, p.weight_decay, p.momentum)
-                  for g, p in enumerate(points)]  # fmt: skip
-    active = torch.tensor([True, True, False])  # a stopped trial does not move
-    for _ in range(6):
-        grads = [torch.randn_like(t) for t in start]
-        for t, grad in zip(stacked, grads, strict=True):
-            t.grad = grad.clone()
-        optimizer.step(active)
-        for g in range(2):
-            for t, grad in zip(alone[g], grads, strict=True):
-                t.grad = grad[g].clone()
-            references[g].step()
-    for g in range(2):
-        for t, ref in zip(stacked, alone[g], strict=True):
-            assert torch.allclose(t[g], ref, atol=1e-6), (kind, g)
-    assert all(torch.equal(t[2], s[2]) for t, s in zip(stacked, start, strict=True))
+from covidxr.training.stacked import NAMES, HeadPoint, train_heads
 
 
 def _features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +28,7 @@ def test_stacked_heads_train_as_the_head_loop_trains_each_alone(tmp_path: Path) 
     points = [
         HeadPoint(1e-2, "adam", 0.3, 8),
         HeadPoint(3e-2, "sgd", 0.5, 8, weight_decay=1e-3),
+        HeadPoint(3e-3, "rmsprop", 0.3, 8, momentum=0.5),
         HeadPoint(1e-3, "adamw", 0.3, 16, weight_decay=1e-2, plateau=True),
     ]
     outcomes = train_heads(points, train, val, "binary", 2, 16, epochs=12, patience=3, seed=7)

@@ -130,12 +130,15 @@ TIMM_OPTIMIZER: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_optimizer(net: nn.Module, name: str, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters; the Lightning module and the head loop share it. Parameters
-    are passed as a list, so timm applies the weight decay to all of them, as before."""
+def make_optimizer(
+    net: nn.Module | list[dict[str, Any]], name: str, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters; the Lightning module, the head loop and the stacked heads
+    share it. Parameters are passed as a list, so timm applies the weight decay to all of them, as before; param
+    groups (dicts) may set their own lr, weight_decay and momentum (the stacked heads: one group a trial)."""
     from timm.optim import create_optimizer_v2
 
-    params = [p for p in net.parameters() if p.requires_grad]
+    params: list[Any] = [p for p in net.parameters() if p.requires_grad] if isinstance(net, nn.Module) else net
     if not params:
         raise CovidxrError("nothing to train: every parameter is frozen")
     opt, extra = TIMM_OPTIMIZER[name]

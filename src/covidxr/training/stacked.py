@@ -3,12 +3,13 @@ their head's settings, and one 64-unit head is too small to keep a core busy —
 more than its arithmetic. Stacking the heads' weights (first dimension: the trial) makes one step of every head
 a few batched matrix products.
 
-Each trial keeps its own learning rate, optimizer (PyTorch's Adam, AdamW, heavy-ball SGD or RMSprop, stepped
-here with its exact formulas on the stacked tensors), dropout, weight decay, schedule and early stopping. Trials
-of one batch size step together on the head loop's sample order, start from the head a run of the same seed
-builds, and draw the dropout masks the head loop draws (seeded per epoch as it seeds them): a point trained
-here ends where its own run would. `last.pt` is written every
-few seconds, so a killed search resumes where it stopped.
+Each trial keeps its own learning rate, optimizer, dropout, weight decay, schedule and early stopping: its
+optimizer is the one its own run would use (make_optimizer: PyTorch's, as timm builds it), a parameter group per
+trial over its slice of the stacked weights — views, so the in-place steps update the stack and nothing is
+copied. Trials of one batch size and optimizer step together on the head loop's sample order, start from the
+head a run of the same seed builds, and draw the dropout masks the head loop draws (seeded per epoch as it seeds
+them): a point trained here ends where its own run would. Each stack's state is written every few seconds, so a
+killed search resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from covidxr.models.head import ClassifierHead, positive_scores
-from covidxr.training.module import epoch_log, per_sample_loss
+from covidxr.training.module import epoch_log, make_optimizer, per_sample_loss
 from covidxr.training.sampling import EpochSampler, once_per_item
 
 SAVE_EVERY_S = 2.0
 PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD = 0.5, 4, 1e-4  # torch's ReduceLROnPlateau as make_schedule
-BETAS, EPS, RMS_ALPHA = (0.9, 0.999), 1e-8, 0.99
+PLATEAU_EPS = 1e-8  # ReduceLROnPlateau's smallest change of rate worth making
 NAMES = ("0.weight", "0.bias", "3.weight", "3.bias")  # ClassifierHead's parameters, in this order
 
 
@@ -56,77 +58,6 @@ class HeadOutcome:
     history: list[dict[str, float]]  # history.csv rows: epoch, train_*, val_*, seconds
 
 
-class StackedOptimizer:
-    """PyTorch's optimizers on stacked parameters (first dimension: the trial), each trial with its own kind,
-    learning rate, weight decay and momentum; only the `active` trials step."""
-
-    def __init__(self, params: list[torch.Tensor], points: Sequence[HeadPoint]) -> None:
-        self.params = params
-        self.kinds = [p.optimizer for p in points]
-        self.lr = torch.tensor([p.lr for p in points], dtype=torch.float64)
-        self.wd = torch.tensor([p.weight_decay for p in points], dtype=torch.float64)
-        self.momentum = torch.tensor([p.momentum for p in points], dtype=torch.float64)
-        self.steps = torch.zeros(len(points), dtype=torch.long)
-        self.state = {name: [torch.zeros_like(p) for p in params] for name in ("m", "v", "buf")}
-        self.has_buf = torch.zeros(len(points), dtype=torch.bool)
-
-    def _index(self, kind: str, active: torch.Tensor) -> torch.Tensor:
-        chosen = torch.tensor([k == kind for k in self.kinds]) & active
-        return chosen.nonzero().flatten()
-
-    @staticmethod
-    def _shape(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-    @torch.no_grad()
-    def step(self, active: torch.Tensor) -> None:
-        self.steps += active.long()
-        for kind in set(self.kinds):
-            idx = self._index(kind, active)
-            if len(idx) == 0:
-                continue
-            lr, wd, mom, steps = self.lr[idx], self.wd[idx], self.momentum[idx], self.steps[idx]
-            first = ~self.has_buf[idx]
-            for k, p in enumerate(self.params):
-                assert p.grad is not None
-                param, grad = p[idx], p.grad[idx]
-                s = {name: state[k][idx] for name, state in self.state.items()}
-                if kind == "adamw":
-                    param = param * (1 - self._shape(lr * wd, param))
-                else:
-                    grad = grad + self._shape(wd, param) * param
-                if kind in ("adam", "adamw"):
-                    b1, b2 = BETAS
-                    s["m"] = s["m"].lerp(grad, 1 - b1)
-                    s["v"] = s["v"] * b2 + (1 - b2) * grad * grad
-                    c1 = 1 - b1 ** steps.to(torch.float64)
-                    c2 = 1 - b2 ** steps.to(torch.float64)
-                    denom = s["v"].sqrt() / self._shape(c2.sqrt(), param) + EPS
-                    param = param - self._shape(lr / c1, param) * s["m"] / denom
-                elif kind == "sgd":
-                    buf = torch.where(self._shape(first, param).bool(), grad, self._shape(mom, param) * s["buf"] + grad)
-                    s["buf"] = buf
-                    param = param - self._shape(lr, param) * buf
-                elif kind == "rmsprop":
-                    s["v"] = s["v"] * RMS_ALPHA + (1 - RMS_ALPHA) * grad * grad
-                    step = grad / (s["v"].sqrt() + EPS)
-                    s["buf"] = self._shape(mom, param) * s["buf"] + step
-                    param = param - self._shape(lr, param) * s["buf"]
-                else:
-                    raise ValueError(f"unknown optimizer {kind!r}")
-                p.index_copy_(0, idx, param)
-                for name, value in s.items():
-                    self.state[name][k].index_copy_(0, idx, value)
-            self.has_buf[idx] = True
-
-    def state_dict(self) -> dict[str, object]:
-        return {"lr": self.lr, "steps": self.steps, "has_buf": self.has_buf, "state": self.state}
-
-    def load_state_dict(self, saved: dict[str, object]) -> None:
-        self.lr, self.steps, self.has_buf = saved["lr"], saved["steps"], saved["has_buf"]  # type: ignore[assignment]
-        self.state = saved["state"]  # type: ignore[assignment]
-
-
 def _masks(shape: tuple[int, int], p: float, seed: int, epoch: int, sizes: list[int]) -> list[torch.Tensor]:
     """The dropout multipliers a one-trial run draws in this epoch: its RNG is seeded as the head loop seeds it
     (seed * 10_007 + epoch) and the head's forward draws nothing else."""
@@ -139,12 +70,15 @@ def _masks(shape: tuple[int, int], p: float, seed: int, epoch: int, sizes: list[
 
 
 def _forward(params: list[torch.Tensor], x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-    """(G, B, C) logits of every head on one batch (B, D); `masks` (G, B, H) are the dropout multipliers."""
+    """(G, B, C) logits of every head on one batch (B, D); `masks` (G, B, H) are the dropout multipliers. The
+    first layer is one matrix product over all heads' units (G * H), whose gradient is one product too."""
     w1, b1, w2, b2 = params
-    hidden = torch.relu(torch.einsum("bd,ghd->gbh", x, w1) + b1[:, None, :])
+    g, h, d = w1.shape
+    hidden = (x @ w1.reshape(g * h, d).t()).view(len(x), g, h).transpose(0, 1)
+    hidden = torch.relu(hidden + b1[:, None, :])
     if masks is not None:
         hidden = hidden * masks
-    return torch.einsum("gbh,gch->gbc", hidden, w2) + b2[:, None, :]
+    return torch.bmm(hidden, w2.transpose(1, 2)) + b2[:, None, :]
 
 
 def train_heads(
@@ -165,11 +99,11 @@ def train_heads(
     """Every point's head trained to its own early stop; outcomes in the order of `points`. Every head starts
     from `init` (a ClassifierHead state: the head a run of this seed builds), else from one seeded here."""
     outcomes: dict[int, HeadOutcome] = {}
-    by_batch: dict[int, list[int]] = {}
+    stacks: dict[tuple[int, str], list[int]] = {}  # one stack per batch size and optimizer
     for i, p in enumerate(points):
-        by_batch.setdefault(p.batch_size, []).append(i)
-    for batch_size, members in sorted(by_batch.items()):
-        last = checkpoint_dir / f"heads-batch{batch_size}.pt" if checkpoint_dir else None
+        stacks.setdefault((p.batch_size, p.optimizer), []).append(i)
+    for (batch_size, optimizer), members in sorted(stacks.items()):
+        last = checkpoint_dir / f"heads-batch{batch_size}-{optimizer}.pt" if checkpoint_dir else None
         shared = _Shared(train, val, task, num_outputs, hidden, seed)
         group = _Group([points[i] for i in members], shared, last, init)
         done = group.fit(epochs, patience, EpochSampler(train[1].tolist(), seed, balanced, rank=0, world=1,
@@ -191,7 +125,7 @@ class _Shared:
 
 
 class _Group:
-    """Trials of one batch size: stacked weights, optimizer, schedule and early-stopping state."""
+    """Trials of one batch size and optimizer: stacked weights, optimizer, schedule and early-stopping state."""
 
     def __init__(
         self, points: list[HeadPoint], shared: _Shared, last: Path | None, init: dict[str, torch.Tensor] | None
@@ -203,11 +137,13 @@ class _Group:
             torch.manual_seed(shared.seed)
             width = shared.train[0].shape[1]
             init = dict(ClassifierHead(width, shared.num_outputs, shared.hidden, 0.0).state_dict())
-        start = init
-        self.params = [start[n].detach().unsqueeze(0).repeat(g, *([1] * start[n].dim())) for n in NAMES]
-        for p in self.params:
-            p.requires_grad_(True)
-        self.optimizer = StackedOptimizer(self.params, points)
+        self.stacks = [init[n].detach().unsqueeze(0).repeat(g, *([1] * init[n].dim())) for n in NAMES]
+        self.trial_params = [nn.ParameterList([stack[i] for stack in self.stacks]) for i in range(g)]  # views
+        groups = [{"params": list(params), "lr": p.lr, "weight_decay": p.weight_decay}
+                  | ({"momentum": p.momentum} if p.optimizer in ("sgd", "rmsprop") else {})
+                  for params, p in zip(self.trial_params, points, strict=True)]  # fmt: skip
+        first = points[0]
+        self.optimizer = make_optimizer(groups, first.optimizer, first.lr, first.weight_decay, first.momentum)
         self.active = torch.ones(g, dtype=torch.bool)
         self.best_loss = torch.full((g,), math.inf, dtype=torch.float64)
         self.plateau_best = torch.full((g,), math.inf, dtype=torch.float64)
@@ -215,7 +151,7 @@ class _Group:
         self.wait = torch.zeros(g, dtype=torch.long)
         self.best_epoch = torch.full((g,), -1, dtype=torch.long)
         self.epochs_run = torch.zeros(g, dtype=torch.long)
-        self.best = [p.detach().clone() for p in self.params]
+        self.best = [stack.clone() for stack in self.stacks]
         self.history: list[list[dict[str, float]]] = [[] for _ in range(g)]
         self.epoch = 0
 
@@ -223,7 +159,7 @@ class _Group:
         if self.last is None:
             return
         state = {
-            "epoch": self.epoch, "params": [p.detach() for p in self.params], "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "stacks": self.stacks, "optimizer": self.optimizer.state_dict(),
             "active": self.active, "best_loss": self.best_loss, "plateau_best": self.plateau_best,
             "plateau_bad": self.plateau_bad, "wait": self.wait, "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run, "best": self.best, "history": self.history,
@@ -237,9 +173,8 @@ class _Group:
         if self.last is None or not self.last.is_file():
             return
         saved = torch.load(self.last, map_location="cpu", weights_only=True)
-        with torch.no_grad():
-            for p, value in zip(self.params, saved["params"], strict=True):
-                p.copy_(value)
+        for stack, value in zip(self.stacks, saved["stacks"], strict=True):
+            stack.copy_(value)  # in place: the trials' parameters are views of the stacks
         self.optimizer.load_state_dict(saved["optimizer"])
         for name in ("epoch", "active", "best_loss", "plateau_best", "plateau_bad", "wait", "best_epoch",
                      "epochs_run", "best", "history"):  # fmt: skip
@@ -251,6 +186,7 @@ class _Group:
         x_val, y_val = self.val
         batch_size = self.points[0].batch_size
         rates = sorted({p.dropout for p in self.points})
+        hidden = self.stacks[0].shape[1]
         which = torch.tensor([rates.index(p.dropout) for p in self.points])
         saved_at = time.monotonic()
         while self.epoch < epochs and bool(self.active.any()):
@@ -259,20 +195,13 @@ class _Group:
             order = torch.tensor(list(sampler), dtype=torch.long)
             batches = list(order.split(batch_size))
             sizes = [len(b) for b in batches]
-            masks = [_masks((0, self.params[0].shape[1]), p, self.seed, self.epoch, sizes) for p in rates]
+            masks = [_masks((0, hidden), p, self.seed, self.epoch, sizes) for p in rates]
             seen_logits = []
             for k, batch in enumerate(batches):
                 x, y = x_train[batch], y_train[batch]
-                logits = _forward(self.params, x, torch.stack([m[k] for m in masks])[which])
-                losses = per_sample_loss(logits.reshape(-1, logits.shape[-1]), y.repeat(len(self.points)), self.task)
-                loss = (losses.view(len(self.points), -1).mean(dim=1) * self.active).sum()
-                for p in self.params:
-                    p.grad = None
-                loss.backward()
-                self.optimizer.step(self.active)
-                seen_logits.append(logits.detach())
+                seen_logits.append(self._step(x, y, torch.stack([m[k] for m in masks])[which]))
             with torch.no_grad():
-                val_logits = _forward(self.params, x_val, None)
+                val_logits = _forward(self.stacks, x_val, None)
             self._end_epoch(torch.cat(seen_logits, dim=1), order, y_train, val_logits, y_val, patience, began)
             self.epoch += 1
             if time.monotonic() - saved_at > SAVE_EVERY_S:
@@ -280,6 +209,19 @@ class _Group:
                 saved_at = time.monotonic()
         self._save()
         return [self._outcome(g) for g in range(len(self.points))]
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One batch for every trial: one batched forward and backward, each trial's slice of the gradient given
+        to its parameter group, one optimizer step."""
+        leaves = [stack.detach().requires_grad_(True) for stack in self.stacks]  # the stacks, not copies
+        logits = _forward(leaves, x, masks)
+        losses = per_sample_loss(logits.reshape(-1, logits.shape[-1]), y.repeat(len(self.points)), self.task)
+        (losses.view(len(self.points), -1).mean(dim=1) * self.active).sum().backward()
+        for g, params in enumerate(self.trial_params):
+            for param, leaf in zip(params, leaves, strict=True):
+                param.grad = leaf.grad[g] if leaf.grad is not None else None
+        self.optimizer.step()
+        return logits.detach()
 
     def _outcome(self, g: int) -> HeadOutcome:
         state = {n: self.best[k][g].clone() for k, n in enumerate(NAMES)}
@@ -308,8 +250,8 @@ class _Group:
                 continue
             if loss < self.best_loss[g]:
                 self.best_loss[g], self.best_epoch[g], self.wait[g] = loss, self.epoch, 0
-                for k, p in enumerate(self.params):
-                    self.best[k][g] = p.detach()[g]
+                for k, stack in enumerate(self.stacks):
+                    self.best[k][g] = stack[g]
             else:
                 self.wait[g] += 1
             if self.points[g].plateau:
@@ -324,5 +266,7 @@ class _Group:
         else:
             self.plateau_bad[g] += 1
         if self.plateau_bad[g] > PLATEAU_PATIENCE:
-            self.optimizer.lr[g] *= PLATEAU_FACTOR
+            group = self.optimizer.param_groups[g]
+            if group["lr"] * (1 - PLATEAU_FACTOR) > PLATEAU_EPS:
+                group["lr"] *= PLATEAU_FACTOR
             self.plateau_bad[g] = 0
