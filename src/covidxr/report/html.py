@@ -263,17 +263,40 @@ SECTIONS: list[Callable[[RunFiles], Section | None]] = [
 ]
 
 
-def _img(plots: Path, name: str) -> Markup:
-    """A figure of the run embedded as a data URI; nothing where the figure was not drawn."""
-    path = plots / f"{name}.png"
+def embed_png(path: Path, alt: str) -> Markup:
+    """A PNG embedded as a data URI (the page stays one file); nothing where it was not drawn."""
     if not path.is_file():
         return Markup("")
     data = base64.b64encode(path.read_bytes()).decode()
-    return Markup('<img src="data:image/png;base64,{}" alt="{}">').format(data, name.replace("_", " "))
+    return Markup('<img src="data:image/png;base64,{}" alt="{}">').format(data, alt)
+
+
+def _img(plots: Path, name: str) -> Markup:
+    """A figure of the run, by name."""
+    return embed_png(plots / f"{name}.png", name.replace("_", " "))
 
 
 def _num(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_page(
+    title: str, sections: list[Section], warnings: list[str], audited: bool, plots: Path | None = None
+) -> str:
+    """The page (templates/report.html.j2) around its sections' partials: warnings first, then each section."""
+    env = Environment(loader=PackageLoader("covidxr.report", "templates"), autoescape=select_autoescape(["j2"]))
+    if plots is not None:
+        env.globals["plot"] = partial(_img, plots)
+    env.filters["num"] = _num
+    bodies = [Markup(env.get_template(f"sections/{s.anchor}.html.j2").render(**s.context)) for s in sections]
+    return env.get_template("report.html.j2").render(
+        run_name=title,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+        version=__version__,
+        warnings=warnings,
+        audited=audited,
+        sections=list(zip(sections, bodies, strict=True)),
+    )
 
 
 def write_report(run_dir: Path | str) -> Path:
@@ -281,18 +304,8 @@ def write_report(run_dir: Path | str) -> Path:
     files = RunFiles(run_dir)
     run = files.run
     plots = run_plots(files)
-    env = Environment(loader=PackageLoader("covidxr.report", "templates"), autoescape=select_autoescape(["j2"]))
-    env.globals["plot"] = partial(_img, plots)
-    env.filters["num"] = _num
     sections = [s for s in (build(files) for build in SECTIONS) if s is not None]
-    bodies = [Markup(env.get_template(f"sections/{s.anchor}.html.j2").render(**s.context)) for s in sections]
     evaluation = files.evaluation
-    html = env.get_template("report.html.j2").render(
-        run_name=run.root.name,
-        generated=time.strftime("%Y-%m-%d %H:%M"),
-        version=__version__,
-        warnings=evaluation.warnings if evaluation else [],
-        audited=bool(evaluation and evaluation.audit),
-        sections=list(zip(sections, bodies, strict=True)),
-    )
+    warnings = evaluation.warnings if evaluation else []
+    html = render_page(run.root.name, sections, warnings, bool(evaluation and evaluation.audit), plots)
     return write_text(run.report, html)

@@ -18,8 +18,9 @@ from covidxr.data.prepare import PreparedData
 from covidxr.results import SETTINGS, VAL_METRICS, LeaderboardRow
 from covidxr.rundir import RunDir
 from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
-from covidxr.training.job import head_features, single_process, write_head_run
-from covidxr.training.sampling import balance_groups
+from covidxr.training.feature_cache import CachedFeatures
+from covidxr.training.job import cached_groups, head_features, single_process, write_head_run
+from covidxr.training.sampling import is_balanced
 from covidxr.training.stacked import HeadOutcome, HeadPoint, train_heads
 
 HEAD_FIELDS = frozenset({"lr", "batch_size", "optimizer", "dropout", "weight_decay", "momentum"})
@@ -55,17 +56,16 @@ def stacked_search(
     }
     todo = [p for p in grid_points(grid) if point_key(p) not in recorded]
     outcomes: dict[str, HeadOutcome] = {}
+    cached: CachedFeatures | None = None
     if todo:
         cached, spec, start = head_features(cfg, prepared)
         began = time.perf_counter()  # the trials' own time: training, not the one feature extraction
         tc = cfg.train.resolved()
-        x, y = cached.select("train", with_copies=True)
-        source = {r.path: r.source for r in prepared.manifest.records}
-        groups = balance_groups(tc.balance, y.tolist(), [source[p] for p in cached.paths("train", with_copies=True)])
         trained = train_heads(
-            [_point(apply_params(cfg, p)) for p in todo], (x, y), cached.select("val", with_copies=False),
-            spec.task, spec.num_outputs, tc.hidden, int(tc.epochs or 0), int(tc.patience or 0), cfg.data.seed,
-            balanced=tc.balance in ("sampler", "source"), groups=groups, checkpoint_dir=out / STACKED_DIR, init=start,
+            [_point(apply_params(cfg, p)) for p in todo], cached.select("train", with_copies=True),
+            cached.select("val", with_copies=False), spec.task, spec.num_outputs, tc.hidden, int(tc.epochs or 0),
+            int(tc.patience or 0), cfg.data.seed, balanced=is_balanced(tc.balance),
+            groups=cached_groups(tc.balance, cached, prepared), checkpoint_dir=out / STACKED_DIR, init=start,
         )  # fmt: skip
         seconds = (time.perf_counter() - began) / len(todo)
         distributions = {name: optuna.distributions.CategoricalDistribution(values) for name, values in grid.items()}
@@ -75,9 +75,8 @@ def stacked_search(
     rows = [_row(t, cfg) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     best = min(rows, key=LeaderboardRow.sort_key)
     key = point_key({name: best.params[name] for name in grid})
-    if key in outcomes and not (Path(best.run) / RunDir.weights).is_file():
+    if cached is not None and key in outcomes and not (Path(best.run) / RunDir.weights).is_file():
         outcome = outcomes[key]
-        cached, _, _ = head_features(cfg, prepared)  # a cache hit: the features were extracted above
         params = {name: best.params[name] for name in grid}
         write_head_run(apply_params(cfg, params), prepared, Path(best.run), outcome.best_state, outcome.history,
                        outcome.best_epoch, outcome.best_val_loss, cached)  # fmt: skip

@@ -46,9 +46,9 @@ class CachedFeatures:
     def _index(self, split: str, with_copies: bool) -> list[int]:
         return [i for i, r in enumerate(self.rows) if r["split"] == split and (with_copies or r["copy"] == 0)]
 
-    def paths(self, split: str, with_copies: bool) -> list[str]:
-        """The film of each row `select` returns, in the same order."""
-        return [self.rows[i]["path"] for i in self._index(split, with_copies)]
+    def rows_of(self, split: str, with_copies: bool) -> list[dict[str, Any]]:
+        """The row (path, copy, split, target) of each feature row `select` returns, in the same order."""
+        return [self.rows[i] for i in self._index(split, with_copies)]
 
     def select(self, split: str, with_copies: bool) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._index(split, with_copies)

@@ -29,7 +29,7 @@ from covidxr.models.head import positive_scores
 from covidxr.rundir import RunDir
 from covidxr.training.callbacks import write_history_row
 from covidxr.training.module import classification_loss, epoch_log, make_optimizer, make_schedule, per_sample_loss
-from covidxr.training.sampling import EpochSampler, once_per_item
+from covidxr.training.sampling import EpochSampler, is_balanced, once_per_item
 
 LOOP_KEY = "head_loop"  # marks a last.ckpt written by this loop (a Lightning one resumes through Lightning)
 SAVE_EVERY_S = 2.0  # seconds between last.ckpt writes: a kill loses at most that much work
@@ -80,9 +80,7 @@ def fit_on_tensors(
         x_val, y_val = val
         optimizer = make_optimizer(net, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)  # type: ignore[arg-type]
         schedule = make_schedule(optimizer, tc.lr_schedule)  # type: ignore[arg-type]
-        sampler = EpochSampler(
-            y_train.tolist(), seed, tc.balance in ("sampler", "source"), rank=0, world=1, groups=groups
-        )
+        sampler = EpochSampler(y_train.tolist(), seed, is_balanced(tc.balance), rank=0, world=1, groups=groups)
         best_loss, best_epoch, best_state, wait, start_epoch = math.inf, -1, copy.deepcopy(net.state_dict()), 0, 0
         if last.is_file():
             saved = torch.load(last, map_location="cpu", weights_only=True)

@@ -51,7 +51,7 @@ from covidxr.training.head_loop import fit_on_tensors, is_loop_checkpoint
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.module import ClassifierModule
-from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights
+from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights, is_balanced
 
 CONFIG_FILE = RunDir.config
 LAST_CKPT = RunDir.last_ckpt
@@ -320,12 +320,18 @@ def head_features(cfg: Config, prepared: PreparedData) -> tuple[CachedFeatures, 
     """The pooled features every head of a grid trains on, extracted once (or read from the cache), the spec
     they were made for, and the head `train` starts from with this seed (built in the same order, so drawn
     from the same random numbers): what a search trains stacked heads from without a backbone per trial."""
+    cfg, spec, net = _seeded_net(cfg, prepared)
+    start = {k: v.detach().clone() for k, v in net.head.state_dict().items()}
+    return _cached_features(cfg, prepared, net.backbone, spec, "pooled"), spec, start
+
+
+def _seeded_net(cfg: Config, prepared: PreparedData) -> tuple[Config, ModelSpec, CovidxrNet]:
+    """The resolved config, spec and network `train` builds for this seed, in its order (so the head's random
+    initial weights are the ones a run gets)."""
     cfg = replace(cfg, train=cfg.train.resolved())
     L.seed_everything(cfg.data.seed, verbose=False)
     spec = spec_from_config(cfg.train, prepared.label_map)
-    net = build_model(spec, cfg.train.weights)
-    start = {k: v.detach().clone() for k, v in net.head.state_dict().items()}
-    return _cached_features(cfg, prepared, net.backbone, spec, "pooled"), spec, start
+    return cfg, spec, build_model(spec, cfg.train.weights)
 
 
 def write_head_run(
@@ -334,10 +340,7 @@ def write_head_run(
 ) -> TrainResult:  # fmt: skip
     """A head trained elsewhere (a search's stacked heads) made into a complete run: the network with that head,
     its config, spec, split, data report, history and state, as `train` would have left them."""
-    cfg = replace(cfg, train=cfg.train.resolved())
-    L.seed_everything(cfg.data.seed, verbose=False)
-    spec = spec_from_config(cfg.train, prepared.label_map)
-    net = build_model(spec, cfg.train.weights)
+    cfg, spec, net = _seeded_net(cfg, prepared)
     net.head.load_state_dict(head_state)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepared.report.write_json(run_dir / REPORT_FILE)
@@ -414,17 +417,19 @@ def _cached_features(
     return load_or_compute(cache_dir, key, compute)
 
 
-def _balanced(balance: str) -> bool:
-    return balance in ("sampler", "source")
+def cached_groups(balance: str, cached: CachedFeatures, prepared: PreparedData) -> list[Hashable] | None:
+    """What a balanced draw over the cached training rows evens out (sampling.balance_groups), from each row's
+    film's source."""
+    source = {r.path: r.source for r in prepared.manifest.records}
+    rows = cached.rows_of("train", with_copies=True)  # row facts only: no feature is copied
+    return balance_groups(balance, [r["target"] for r in rows], [source[r["path"]] for r in rows])
 
 
 def _feature_loaders(cfg: Config, cached: CachedFeatures, prepared: PreparedData) -> tuple[DataLoader, DataLoader]:
     x_train, y_train = cached.select("train", with_copies=True)
     x_val, y_val = cached.select("val", with_copies=False)
-    source = {r.path: r.source for r in prepared.manifest.records}
-    sources = [source[p] for p in cached.paths("train", with_copies=True)]
-    groups = balance_groups(cfg.train.balance, y_train.tolist(), sources)
-    sampler = EpochSampler(y_train.tolist(), cfg.data.seed, _balanced(cfg.train.balance), groups=groups)
+    groups = cached_groups(cfg.train.balance, cached, prepared)
+    sampler = EpochSampler(y_train.tolist(), cfg.data.seed, is_balanced(cfg.train.balance), groups=groups)
     in_order = EpochSampler(y_val.tolist(), cfg.data.seed, shuffle=False)
     train_set = TensorDataset(x_train, y_train, torch.arange(len(y_train)))
     train = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
@@ -445,7 +450,7 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     )  # fmt: skip
     val_ds = XrayDataset(manifest.root, split.records(manifest, "val"), lm, pre, max_pixels=cfg.data.max_pixels)
     groups = balance_groups(tc.balance, train_ds.targets, [r.source for r in train_ds.records] * (1 + train_ds.copies))
-    sampler = EpochSampler(train_ds.targets, cfg.data.seed, _balanced(tc.balance), dataset=train_ds, groups=groups)
+    sampler = EpochSampler(train_ds.targets, cfg.data.seed, is_balanced(tc.balance), dataset=train_ds, groups=groups)
     in_order = EpochSampler(val_ds.targets, cfg.data.seed, shuffle=False)
     n = tc.num_workers
     train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, num_workers=n)

@@ -88,6 +88,11 @@ class Indexed(Dataset[tuple[torch.Tensor, int, int]]):
         return x, y, index
 
 
+def is_balanced(balance: str) -> bool:
+    """Whether `--balance` asks for balanced draws (of classes, or of source x class pairs)."""
+    return balance in ("sampler", "source")
+
+
 def balance_groups(balance: str, targets: Sequence[int], sources: Sequence[str]) -> list[Hashable] | None:
     """The groups a balanced draw gives equal weight: each (source, class) pair with `source`, so no hospital's
     share of a class decides what the model learns of it; None (classes, or no balanced draw) otherwise."""
