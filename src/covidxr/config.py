@@ -50,7 +50,9 @@ class TrainConfig:
     """Hyperparameters; epochs, lr, patience and schedule come from the recipe unless given."""
 
     backbone: str = option("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
-    weights: str = option("imagenet", "imagenet | none | PATH (.safetensors or state dict)")
+    weights: str = option(
+        "imagenet", "imagenet | xrv (torchxrayvision's backbones) | none | PATH (.safetensors or state dict)"
+    )
     freeze: FreezePolicy = option("head", "head | last-k | full")
     last_k: int = option(1, "stages trained with --freeze last-k")
     input_size: int | None = option(None, "override the backbone's input size (299 for the Inceptions)")

@@ -25,8 +25,8 @@ def _top1(name: str, photo: np.ndarray) -> int:
 
     entry = get_backbone(name)
     model = timm.create_model(entry.timm_name, pretrained=False)  # with its ImageNet classifier
-    origin = apply_weights(model, entry, "imagenet")
-    assert origin.startswith("imagenet:bundled:")
+    init = apply_weights(model, entry, "imagenet")
+    assert init.origin.startswith("imagenet:bundled:") and init.sha256 is not None and len(init.sha256) == 64
     size, mean, std = entry.input_config()
     x = torch.from_numpy(photo).permute(2, 0, 1).float()[None] / 255
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
@@ -56,7 +56,7 @@ def test_random_init_classifies_nothing_in_particular() -> None:
 
 def test_missing_imagenet_weights_offline_give_the_clear_error() -> None:
     entry = get_backbone("resnet50")
-    with pytest.raises(CovidxrError, match=r"no ImageNet weights for resnet50.*--weights PATH.*--weights none"):
+    with pytest.raises(CovidxrError, match=r"no imagenet weights for resnet50.*import.*PATH.*none"):
         apply_weights(create_backbone(entry), entry, "imagenet")
     with pytest.raises(CovidxrError, match="trained from scratch"):
         check_weights(get_backbone("simple_cnn"), "imagenet")
@@ -75,8 +75,8 @@ def test_state_dict_with_module_prefix_and_classifier_loads(tmp_path: Path) -> N
     torch.save(state, tmp_path / "w.pth")
     entry = get_backbone("simple_cnn")
     target = create_backbone(entry)
-    origin = apply_weights(target, entry, str(tmp_path / "w.pth"))
-    assert origin.startswith("file:w.pth:")
+    init = apply_weights(target, entry, str(tmp_path / "w.pth"))
+    assert init.origin.startswith("file:w.pth:") and init.sha256 is not None
     for k, v in _reference_state().items():
         assert torch.equal(target.state_dict()[k], v)
 

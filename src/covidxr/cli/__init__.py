@@ -21,6 +21,7 @@ from covidxr.cli.train import (
     serve_cmd,
     train_cmd,
 )
+from covidxr.cli.weights import weights_app
 from covidxr.errors import CovidxrError
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ app.command("compare", help="Leaderboard table of finished runs.")(compare_cmd)
 app.add_typer(data_app, name="data")
 app.add_typer(lungs_app, name="lungs")
 app.add_typer(augment_app, name="augment")
+app.add_typer(weights_app, name="weights")
 app.command("run", help="The main job: inspect, split, train, evaluate, audit, report.")(run_cmd)
 app.command("train", help="Train a classifier into a run directory; resumable.")(train_cmd)
 app.command("evaluate", help="Test metrics with CIs, shortcut audit, report; --data for external validation.")(

@@ -30,7 +30,8 @@ LungFinder = Callable[[np.ndarray], tuple[np.ndarray | None, Box]]
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Gray [0, 1] array -> normalised (3, size, size) tensor. `augment` runs on [0, 1] RGB before normalising.
+    """Gray [0, 1] array -> normalised (channels, size, size) tensor. `augment` runs on [0, 1] RGB before
+    normalising; a one-channel network gets the first (the film is grey, its channels alike).
 
     Against acquisition cues, before resizing: `lungs` restricts each film to its own lungs, found by the run's
     lung model (`finder`): `crop` to their box plus a margin, `mask` also flattens everything outside them to the
@@ -50,6 +51,7 @@ class Preprocess:
     lung_box: Box | None = None  # x0, y0, x1, y1 fractions (data.lungs)
     lungs: LungInput = "none"
     finder: LungFinder | None = field(default=None, compare=False, repr=False)
+    channels: int = 3  # the network's input channels: the grey film once per channel
 
     def to_unit_gray(self, pixels: np.ndarray) -> np.ndarray:
         """The image as the network will see it, before resizing: cropped, equalised, squared."""
@@ -84,7 +86,8 @@ class Preprocess:
         return resized.expand(3, -1, -1).contiguous()
 
     def normalise(self, rgb: torch.Tensor) -> torch.Tensor:
-        return TF.normalize(rgb, list(self.mean), list(self.std))
+        """[0, 1] RGB -> the network's input: normalised, its own number of channels."""
+        return TF.normalize(rgb, list(self.mean), list(self.std))[..., : self.channels, :, :]
 
     def __call__(self, pixels: np.ndarray, augment: Transform | None = None) -> torch.Tensor:
         rgb = self.to_unit_rgb(pixels)

@@ -18,10 +18,15 @@ DEAD_EPS = 1e-6
 
 
 def stage_layers(net: CovidxrNet) -> list[str]:
-    """The stem and the end of each stage (timm's feature_info; simple_cnn: each block), as backbone paths."""
+    """The stem and the end of each stage (timm's feature_info; simple_cnn: each block; torchxrayvision's
+    models: the last module of each stage), as backbone paths."""
+    from covidxr.models.xrv import XrvBackbone
+
     backbone = net.backbone
     if isinstance(backbone, SimpleCNN):
         return [f"blocks.{i}" for i in range(len(backbone.blocks))]
+    if isinstance(backbone, XrvBackbone):
+        return backbone.stage_ends()
     info = getattr(backbone, "feature_info", None)
     names = [f["module"] for f in info] if info is not None else []
     return [n for n in names if n]

@@ -131,7 +131,8 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> Filters:
     for i, ax in enumerate(axes.flat):
         if i < n:
             k = kernels[i].permute(1, 2, 0).numpy()
-            ax.imshow((k - k.min()) / max(float(k.max() - k.min()), 1e-8))
+            k = k[..., 0] if k.shape[-1] == 1 else k  # a one-channel network's kernels, in grey
+            ax.imshow((k - k.min()) / max(float(k.max() - k.min()), 1e-8), cmap="gray")
         ax.axis("off")
     fig.suptitle(f"first-layer filters ({kernels.shape[0]} of {tuple(kernels.shape[1:])})", fontsize=9)
     _save(fig, out / "filters.png")

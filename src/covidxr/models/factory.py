@@ -48,12 +48,16 @@ class CovidxrNet(nn.Module):
 
 
 def create_backbone(backbone: Backbone, spec: ModelSpec | None = None) -> nn.Module:
-    if backbone.timm_name is None:
+    if backbone.source == "covidxr":
         widths = tuple(spec.extra.get("cnn_widths", ())) if spec else ()
         return SimpleCNN(widths) if widths else SimpleCNN()
+    if backbone.source == "xrv":
+        from covidxr.models.xrv import create_xrv_backbone
+
+        return create_xrv_backbone(backbone)
     import timm
 
-    return timm.create_model(backbone.timm_name, pretrained=False, num_classes=0)
+    return timm.create_model(backbone.timm_name or backbone.name, pretrained=False, num_classes=0)
 
 
 def spec_for(
@@ -69,10 +73,12 @@ def spec_for(
     head: str = "mlp",
 ) -> ModelSpec:
     """A spec with the backbone's own input size and normalisation (optionally a smaller input for speed)."""
-    size, mean, std = get_backbone(backbone).input_config()
+    entry = get_backbone(backbone)
+    size, mean, std = entry.input_config()
     return ModelSpec(
-        backbone, weights, task, classes, positive, input_size or size, mean, std, hidden, dropout, freeze, head=head
-    )
+        backbone, weights, task, classes, positive, input_size or size, mean, std, hidden, dropout, freeze, head=head,
+        channels=entry.channels,
+    )  # fmt: skip
 
 
 def spec_from_config(tc: TrainConfig, label_map: LabelMap) -> ModelSpec:
@@ -89,12 +95,14 @@ def spec_from_config(tc: TrainConfig, label_map: LabelMap) -> ModelSpec:
 
 
 def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
-    """Build the network; with `init_weights` (imagenet/none/path) the backbone is initialised and
-    `spec.weights` records the origin. Without it, weights are left random for a checkpoint to fill."""
+    """Build the network; with `init_weights` (imagenet/xrv/none/path) the backbone is initialised and
+    `spec.weights` / `spec.weights_sha256` record where from. Without it, weights are left random for a
+    checkpoint to fill."""
     entry = get_backbone(spec.backbone)
     backbone = create_backbone(entry, spec)
     if init_weights is not None:
-        spec.weights = apply_weights(backbone, entry, init_weights)
+        init = apply_weights(backbone, entry, init_weights)
+        spec.weights, spec.weights_sha256 = init.origin, init.sha256
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features
     facts: Any = backbone  # timm models carry their widths as plain attributes
     width = int(getattr(facts, "head_hidden_size", None) or facts.num_features)

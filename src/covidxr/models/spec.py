@@ -27,7 +27,7 @@ SPEC_FILE = RunDir.spec
 @dataclass
 class ModelSpec:
     backbone: str
-    weights: str  # where the initial backbone weights came from (imagenet:bundled:..., imagenet:hub, file:..., none)
+    weights: str  # where the initial weights came from: imagenet:bundled:..., imagenet:cache:..., file:..., none
     task: str
     classes: list[str]
     positive: str | None
@@ -47,6 +47,8 @@ class ModelSpec:
     tta: bool = False  # score the mean logits over small shifts and scales (models.tta); set by evaluate --tta
     lungs: LungInput = "none"  # none | crop | mask: each film restricted to its own lungs by the run's lung model
     lung_model: str | None = None  # sha256 of the run's lung model weights (RunDir.lungs), when lungs is not none
+    channels: int = 3  # input channels: 1 for torchxrayvision's backbones (their scaling is in mean/std)
+    weights_sha256: str | None = None  # sha256 of the initial backbone weights file that was loaded
     extra: dict[str, Any] = field(default_factory=dict)
     finder: LungFinder | None = field(default=None, compare=False, repr=False)  # the loaded lung model; not saved
 
@@ -84,6 +86,7 @@ class ModelSpec:
             (self.lung_box[0], self.lung_box[1], self.lung_box[2], self.lung_box[3]) if self.lung_box else None,
             self.lungs,
             self.finder,
+            self.channels,
         )
 
     def write(self, run_dir: Path) -> Path:

@@ -2,7 +2,7 @@
 once (the feature-cache idea one level up) and train only the tail and the head on it.
 
 Only backbones whose forward is a plain chain of timm's coarse stages can be cut (EfficientNet, ResNet, the
-study's CNN); the cut is checked numerically against the whole backbone before it is used.
+study's CNN, torchxrayvision's models); the cut is checked numerically against the whole backbone before it is used.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ def stages(backbone: nn.Module) -> list[nn.Module] | None:
     from timm.models.efficientnet import EfficientNet
     from timm.models.resnet import ResNet
 
+    from covidxr.models.xrv import XrvBackbone
+
     if isinstance(backbone, SimpleCNN):
         return list(backbone.blocks)
+    if isinstance(backbone, XrvBackbone):
+        return backbone.stages()
     part = backbone.get_submodule
     if isinstance(backbone, EfficientNet):
         head = nn.Sequential(part("conv_head"), part("bn2"))
@@ -33,12 +37,18 @@ def stages(backbone: nn.Module) -> list[nn.Module] | None:
 
 
 def _pool(backbone: nn.Module) -> nn.Module:
+    from covidxr.models.xrv import XrvBackbone
+
+    if isinstance(backbone, XrvBackbone):
+        return backbone.pool
     if isinstance(backbone, SimpleCNN):
         return nn.Sequential(backbone.pool, nn.Flatten(1))
     return backbone.get_submodule("global_pool")  # timm's SelectAdaptivePool2d, flattening (num_classes=0)
 
 
-def split_trunk(backbone: nn.Module, last_k: int, input_size: int) -> tuple[nn.Module, nn.Module] | None:
+def split_trunk(
+    backbone: nn.Module, last_k: int, input_size: int, channels: int = 3
+) -> tuple[nn.Module, nn.Module] | None:
     """(trunk, tail) with tail(trunk(x)) == backbone(x), the tail holding the last k stages and the pooling;
     None when this backbone cannot be cut or the cut does not reproduce it."""
     parts = stages(backbone)
@@ -49,7 +59,7 @@ def split_trunk(backbone: nn.Module, last_k: int, input_size: int) -> tuple[nn.M
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():
-        x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(2, channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
         same = torch.allclose(tail(trunk(x)), backbone(x), atol=CUT_TOLERANCE)
     backbone.train(was_training)
     return (trunk, tail) if same else None

@@ -231,7 +231,8 @@ def create_app(
     @app.get("/v1/model")
     def model() -> dict[str, Any]:
         info: dict[str, Any] = {
-            "model_id": model_id, "backbone": spec.backbone, "weights": spec.weights, "task": spec.task,
+            "model_id": model_id, "backbone": spec.backbone, "weights": spec.weights,
+            "weights_sha256": spec.weights_sha256, "channels": spec.channels, "task": spec.task,
             "classes": spec.classes, "input_size": spec.input_size, "threshold": spec.threshold, "engine": engine,
             "temperature": spec.temperature, "head": spec.head, "lungs": spec.lungs, "lung_model": spec.lung_model,
         }  # fmt: skip

@@ -132,7 +132,8 @@ def train(
         spec.write(run_dir)
         RunDir(run_dir).write_state(TrainState("running"))
 
-    cut = split_trunk(net.backbone, tc.last_k, spec.input_size) if tc.freeze == "last-k" and tc.feature_cache else None
+    cut_trunk = tc.freeze == "last-k" and tc.feature_cache
+    cut = split_trunk(net.backbone, tc.last_k, spec.input_size, spec.channels) if cut_trunk else None
     cached: CachedFeatures | None = None
     probe: LinearProbe | None = None
     if tc.freeze == "head" and tc.feature_cache:
