@@ -80,13 +80,16 @@ def test_a_timm_imagenet_file_is_imported_once_and_runs_use_it_offline(phantoms:
     assert "fc.weight" not in load_file(str(entry.file))  # the classifier is not part of the feature extractor
 
     run = tmp_path / "run"
-    trained = covidxr("train", "--data", str(phantoms), "--out", str(run), "--backbone", "resnet50", "--weights",
-                      "imagenet", "--input-size", "64", "--epochs", "2")  # fmt: skip
-    assert trained.returncode == 0, trained.stderr
+    job = covidxr("run", "--data", str(phantoms), "--out", str(run), "--backbone", "resnet50", "--weights",
+                  "imagenet", "--input-size", "64", "--epochs", "2")  # fmt: skip
+    assert job.returncode == 0, job.stderr
     spec = json.loads((run / "model.json").read_text())
     assert spec["weights_sha256"] == entry.sha256 and spec["weights"].startswith("imagenet:cache:file:")
     weights = load_file(str(run / "best.safetensors"))
     assert torch.equal(weights["backbone.conv1.weight"], published["conv1.weight"])  # frozen: the imported file
+    assert (run / "metrics.json").is_file() and (run / "explain.json").is_file()
+    exported = covidxr("export", str(run))
+    assert exported.returncode == 0 and "max |diff|" in exported.stdout, exported.stderr
 
 
 @pytest.mark.slow
@@ -167,6 +170,21 @@ def test_the_xrv_backbones_compute_what_torchxrayvision_computes(cache: Path, tm
     resnet.fc = torch.nn.Identity()
     with torch.no_grad():
         assert torch.allclose(ours(x), resnet.eval()(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [DENSENET, "xrv-resnet50-res512-all"])
+def test_last_k_cuts_the_xrv_backbones_into_a_cached_trunk_and_a_trainable_tail(name: str) -> None:
+    from covidxr.models.factory import frozen_parameter_names
+    from covidxr.models.trunk import split_trunk
+
+    backbone = create_backbone(get_backbone(name))
+    cut = split_trunk(backbone, 1, 64, channels=1)
+    assert cut is not None  # tail(trunk(x)) reproduced the whole backbone
+    _, tail = cut
+    frozen = set(frozen_parameter_names(backbone, 1))
+    tail_params = {id(p) for p in tail.parameters()}
+    assert frozen and all(id(backbone.get_parameter(n)) not in tail_params for n in frozen)
+    assert len(frozen) + sum(1 for _ in tail.parameters()) == sum(1 for _ in backbone.parameters())
 
 
 def test_files_that_do_not_fit_and_wrong_tags_are_one_clear_error(cache: Path, tmp_path: Path) -> None:

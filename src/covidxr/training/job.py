@@ -368,6 +368,7 @@ def _cached_features(
     key = {
         "backbone": spec.backbone,
         "weights": spec.weights,
+        "weights_sha256": spec.weights_sha256,
         "seed": cfg.data.seed,  # random init (weights none) and the augmented copies depend on it
         "input_size": spec.input_size,
         "mean": spec.mean,
