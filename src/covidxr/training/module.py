@@ -45,10 +45,11 @@ def classification_loss(
 
 
 def _all_gather(tensor: torch.Tensor, world: int) -> torch.Tensor:
-    """Every rank's tensor (same shape everywhere), concatenated in rank order."""
+    """Every rank's shard (same length everywhere), back in the epoch's order: EpochSampler deals item i of the
+    order to rank i % world, so row j of rank r was the order's item j * world + r."""
     out = [torch.empty_like(tensor) for _ in range(world)]
     torch.distributed.all_gather(out, tensor.contiguous())
-    return torch.cat(out)
+    return torch.stack(out, dim=1).flatten(0, 1)
 
 
 class ClassifierModule(L.LightningModule):
@@ -102,8 +103,8 @@ class ClassifierModule(L.LightningModule):
 
     def _gathered(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, targets, per-sample losses) of the epoch over every rank, one row per data-set item in
-        item order: shards are gathered and the items that padded them dropped, so two processes compute the
-        numbers one would."""
+        item order: shards are gathered back into the epoch's order, so each item keeps its first draw and the
+        repeats that padded the shards fall away, and two processes compute the numbers one would."""
         outputs = self._outputs[stage]
         parts = [torch.cat([o[k] for o in outputs]) for k in range(4)]
         if self.trainer.world_size > 1:  # equal shard lengths (EpochSampler): a plain all-gather
