@@ -69,7 +69,7 @@ def test_a_timm_imagenet_file_is_imported_once_and_runs_use_it_offline(phantoms:
     published = timm.create_model("resnet50", pretrained=False).state_dict()  # with its ImageNet classifier
     torch.save(published, tmp_path / "resnet50_a1_0-14fe96d1.pth")
     assert listed("resnet50")["cached"] == "no"
-    with pytest.raises(CovidxrError, match=r"no imagenet weights for resnet50.*covidxr weights import resnet50 FILE"):
+    with pytest.raises(CovidxrError, match=r"no ImageNet weights for resnet50.*covidxr weights import resnet50 FILE"):
         check_weights(get_backbone("resnet50"), "imagenet")
 
     done = covidxr("weights", "import", "resnet50", str(tmp_path / "resnet50_a1_0-14fe96d1.pth"))
@@ -205,7 +205,7 @@ def test_files_that_do_not_fit_and_wrong_tags_are_one_clear_error(cache: Path, t
         check_weights(get_backbone(DENSENET), "imagenet")
     with pytest.raises(CovidxrError, match="published weights are --weights imagenet, not xrv"):
         check_weights(get_backbone("resnet50"), "xrv")
-    with pytest.raises(CovidxrError, match=r"no xrv weights for .*covidxr weights import"):
+    with pytest.raises(CovidxrError, match=r"no torchxrayvision weights for .*covidxr weights import"):
         check_weights(get_backbone(DENSENET), "xrv")
     with pytest.raises(CovidxrError, match=r"cannot be reached.*weights import"):  # HF_HUB_OFFLINE: no network
         fetch_weights("resnet50")

@@ -56,7 +56,7 @@ def test_random_init_classifies_nothing_in_particular() -> None:
 
 def test_missing_imagenet_weights_offline_give_the_clear_error() -> None:
     entry = get_backbone("resnet50")
-    with pytest.raises(CovidxrError, match=r"no imagenet weights for resnet50.*import.*PATH.*none"):
+    with pytest.raises(CovidxrError, match=r"no ImageNet weights for resnet50.*import.*PATH.*none"):
         apply_weights(create_backbone(entry), entry, "imagenet")
     with pytest.raises(CovidxrError, match="trained from scratch"):
         check_weights(get_backbone("simple_cnn"), "imagenet")

@@ -276,6 +276,7 @@ def test_a_drawing_sampler_retries_a_failed_trial_once_and_stops_when_all_fail(
         search(_cfg(phantoms, cache), space, tmp_path / "s", n_resamples=20, sampler="random", trials=2)
     study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
     assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
-    retries = [t for t in study.trials if "retry_of" in t.user_attrs]
-    assert retries and all(study.trials[t.user_attrs["retry_of"]].params == t.params for t in retries)
-    assert len({t.user_attrs["retry_of"] for t in retries}) == len(retries)  # each failure retried once at most
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retries = [t for t in study.trials if retried(t) is not None]
+    assert retries and all(study.trials[retried(t)].params == t.params for t in retries)
+    assert len({retried(t) for t in retries}) == len(retries)  # each failure retried once at most

@@ -24,6 +24,7 @@ from covidxr.weightfiles import file_digest, load_by_order
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.", "head.fc.")
 LIGHTNING_PREFIX = "model."
+WEIGHTS_NAMES = {"imagenet": "ImageNet", "xrv": "torchxrayvision"}  # the --weights tags, as messages say them
 XRV_PREFIX = "net."  # models.xrv keeps torchxrayvision's parameter names under `net.`
 TRUST_PICKLE_HINT = (
     "covidxr unpickles a file only when told to, for that file: `covidxr weights import NAME FILE --trust-pickle`, "
@@ -183,8 +184,9 @@ def check_tag(backbone: Backbone, tag: str) -> None:
 
 def _unavailable(backbone: Backbone, why: str) -> CovidxrError:
     bundled = "tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2"
+    kind = WEIGHTS_NAMES.get(backbone.pretrained or "", "")
     return CovidxrError(
-        f"no {backbone.pretrained} weights for {backbone.name}: none are bundled or in covidxr's weight cache, and "
+        f"no {kind} weights for {backbone.name}: none are bundled or in covidxr's weight cache, and "
         f"{why}. Offline, bring the file and run `covidxr weights import {backbone.name} FILE` once (or fetch it "
         f"on a machine with a network and copy the cache), or use --weights PATH, --weights none (random init), "
         f"or a backbone with bundled weights ({bundled}); `covidxr weights list` shows what is ready"

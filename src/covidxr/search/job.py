@@ -3,9 +3,10 @@ study's grid (every point exactly once, the default) or `--sampler tpe|random` d
 on validation loss. Resumable and shareable: trials live in an Optuna storage (SQLite in the output folder by
 default, or any SQLAlchemy URL so workers on many machines share one study).
 
-Optuna's GridSampler counts failed trials as done and, once every point has started, hands out running points
-again. So each worker loop here also: fails trials whose heartbeat stopped (a killed worker), re-queues each
-failed point once, stops when nothing is left to start, and skips a point another worker already holds.
+A failed trial — one that raised, or one whose heartbeat stopped (a killed worker) — is queued again once, with
+its values, by Optuna's own retry callback, so its run resumes from its checkpoint. Optuna's GridSampler counts
+failed trials as done and, once every point has started, hands out running points again; so each worker loop
+here also stops when nothing is left to start and skips a point another worker already holds.
 """
 
 from __future__ import annotations
@@ -52,14 +53,24 @@ class SearchResult:
     report: Path
 
 
+RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+
+def retry_failed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """An optimize callback: a trial that raised is queued again (as the storage does for a stale heartbeat)."""
+    if trial.state == optuna.trial.TrialState.FAIL:
+        RETRY(study, trial)
+
+
 def storage_for(out: Path, url: str | None) -> optuna.storages.RDBStorage:
     url = url or f"sqlite:///{RunDir(out).search_db.resolve()}"
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.x
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-        )
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            failed_trial_callback=RETRY,
+        )  # fmt: skip
 
 
 def _load_study(
@@ -92,7 +103,8 @@ def _load_study(
 
 
 def _point_states(study: optuna.Study, grid: Space) -> dict[str, str]:
-    """Per grid point: complete | running | failed (retries used up) | pending."""
+    """Per grid point: complete | running (or queued again) | failed (every try failed: the retry callback
+    queues a failed point again at once while it has retries left) | pending."""
     by_key: dict[str, list[optuna.trial.FrozenTrial]] = {}
     for t in study.get_trials(deepcopy=False):
         by_key.setdefault(t.user_attrs.get("key", point_key(t.params)), []).append(t)
@@ -100,35 +112,15 @@ def _point_states(study: optuna.Study, grid: Space) -> dict[str, str]:
     for params in grid_points(grid):
         trials = by_key.get(point_key(params), [])
         kinds = {t.state for t in trials}
-        fails = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
         if optuna.trial.TrialState.COMPLETE in kinds:
             states[point_key(params)] = "complete"
         elif optuna.trial.TrialState.RUNNING in kinds or optuna.trial.TrialState.WAITING in kinds:
             states[point_key(params)] = "running"
-        elif fails > MAX_RETRIES:
+        elif kinds == {optuna.trial.TrialState.FAIL}:
             states[point_key(params)] = "failed"
-        elif fails:
-            states[point_key(params)] = "retry"
         else:
             states[point_key(params)] = "pending"
     return states
-
-
-def _requeue_failed(study: optuna.Study, grid: Space, states: dict[str, str]) -> None:
-    """A WAITING copy of the failed trial, grid id included (as Optuna's own retry callback does)."""
-    retry = {k for k, state in states.items() if state == "retry"}
-    failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
-    for key in retry:
-        last = max((t for t in failed if t.user_attrs.get("key", point_key(t.params)) == key), key=lambda t: t.number)
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=optuna.trial.TrialState.WAITING,
-                params=last.params,
-                distributions=last.distributions,
-                user_attrs={"key": key, "retry_of": last.number},
-                system_attrs={**last.system_attrs, "failed_trial": last.number},
-            )
-        )
 
 
 def _objective(cfg: Config, space: Space, out: Path, study: optuna.Study, prepared: PreparedData, sampler: str):
@@ -191,19 +183,18 @@ def work(
         states = _point_states(study, grid)
         if all(s in ("complete", "failed") for s in states.values()):
             return ran
-        _requeue_failed(study, grid, states)
         waiting = any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
         if not waiting and "pending" not in states.values():
             time.sleep(HEARTBEAT_S)  # the rest is running in other workers; wait for them or their heartbeat
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[retry_failed])
         ran += 1
 
 
 def _draw(study: optuna.Study, objective: Any, trials: int) -> int:
     """A drawing sampler's worker: start trials until `trials` have finished (complete or pruned) or are
-    running elsewhere. A failed trial (a killed worker's, once its heartbeat stops) is drawn again once with the
-    same values, so its run resumes from its checkpoint."""
+    running elsewhere (so not Optuna's MaxTrialsCallback, which counts finished trials only). A failed trial is
+    queued again by the retry callback."""
     ran = 0
     while True:
         with warnings.catch_warnings():
@@ -213,17 +204,13 @@ def _draw(study: optuna.Study, objective: Any, trials: int) -> int:
         by_state = {s: [t for t in all_trials if t.state == s] for s in optuna.trial.TrialState}
         finished = len(by_state[optuna.trial.TrialState.COMPLETE]) + len(by_state[optuna.trial.TrialState.PRUNED])
         busy = len(by_state[optuna.trial.TrialState.RUNNING]) + len(by_state[optuna.trial.TrialState.WAITING])
-        if finished >= trials or len(all_trials) >= DRAW_LIMIT * trials:
+        started = len(all_trials) - len(by_state[optuna.trial.TrialState.WAITING])
+        if finished >= trials or started >= DRAW_LIMIT * trials:
             return ran
-        if finished + busy >= trials:
+        if finished + busy >= trials and not by_state[optuna.trial.TrialState.WAITING]:
             time.sleep(HEARTBEAT_S)  # the last trials are running in other workers
             continue
-        retried = {t.user_attrs.get("retry_of") for t in all_trials}
-        for failed in by_state[optuna.trial.TrialState.FAIL]:
-            if failed.number not in retried and "retry_of" not in failed.user_attrs:
-                study.enqueue_trial(failed.params, user_attrs={"retry_of": failed.number})
-                break
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[retry_failed])
         ran += 1
 
 
