@@ -105,6 +105,20 @@ class SplitMetrics(JsonRecord):
     classes_present: list[str] | None = None  # external sets: which of the run's classes they hold
 
 
+@dataclass(frozen=True)
+class RunCalibration(JsonRecord):
+    """calibration.json: how the run's logits become scores and decisions, fitted on the val split by one step
+    (evaluation.calibration.calibrate) and read by every stage through ModelSpec: logits divided by the
+    temperature, the binary threshold on the positive score, test-time augmentation on or off. A run not yet
+    calibrated decides with the identity (T 1, threshold 0.5)."""
+
+    temperature: float = 1.0
+    threshold: float = 0.5
+    threshold_method: str | None = None
+    tta: bool = False
+    fitted_on: str | None = None  # "val" once fitted
+
+
 @dataclass
 class Calibration(JsonRecord):
     method: str

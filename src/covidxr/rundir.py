@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 from covidxr.atomic import write_json
 from covidxr.errors import CovidxrError
-from covidxr.results import Evaluation, Explanation, ExternalEvaluation, JsonRecord, TrainState
+from covidxr.results import Evaluation, Explanation, ExternalEvaluation, JsonRecord, RunCalibration, TrainState
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -38,7 +38,7 @@ class RunDir:
     # lungs stage
     lungs = _Entry("lungs")  # the lung model the run's inputs are cut with (lungs.json + lungs.safetensors)
     # training stage
-    spec = _Entry("model.json")  # ModelSpec: backbone, classes, preprocessing, threshold, temperature
+    spec = _Entry("model.json")  # ModelSpec: backbone, classes, preprocessing, weights (written once, by training)
     weights = _Entry("best.safetensors")  # the best epoch's network
     best_ckpt = _Entry("best.ckpt")
     last_ckpt = _Entry("last.ckpt")  # what a resumed run continues from
@@ -47,6 +47,7 @@ class RunDir:
     linear_probe = _Entry("linear_probe.json")
     ensemble = _Entry("ensemble.json")  # members of an ensemble run
     # evaluation stage
+    calibration = _Entry("calibration.json")  # RunCalibration: temperature, threshold, TTA (fitted on val)
     metrics = _Entry("metrics.json")
     predictions = _Entry("predictions.csv")
     external = _Entry("external")  # one folder per external data set
@@ -81,6 +82,13 @@ class RunDir:
 
     def write_state(self, state: TrainState) -> None:
         write_json(self.state, state.to_json())
+
+    def read_calibration(self) -> RunCalibration | None:
+        """calibration.json, or None before the run was calibrated."""
+        return _read(self.calibration, RunCalibration)
+
+    def write_calibration(self, calibration: RunCalibration) -> None:
+        write_json(self.calibration, calibration.to_json())
 
     def read_evaluation(self) -> Evaluation | None:
         """metrics.json, or None before the run was evaluated (it is written last, whole)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +94,27 @@ def test_model_spec_carries_the_preprocessing(tmp_path: Path) -> None:
     from covidxr.models.spec import ModelSpec
 
     spec = spec_for("tf_efficientnet_lite0", ["not COVID-19", "COVID-19"], "binary", "COVID-19")
-    spec.resize, spec.border_crop, spec.equalize = "crop", 0.05, "clahe"
-    spec.write(tmp_path)
+    replace(spec, resize="crop", border_crop=0.05, equalize="clahe").write(tmp_path)
     pre = ModelSpec.read(tmp_path).preprocess
     assert (pre.resize, pre.border_crop, pre.equalize) == ("crop", 0.05, "clahe")
+    with pytest.raises(FrozenInstanceError):
+        spec.input_size = 64  # type: ignore[misc]
+
+
+def test_a_model_json_from_before_calibration_json_keeps_its_decision_rule(tmp_path: Path) -> None:
+    import json
+
+    from covidxr.models.factory import spec_for
+    from covidxr.models.spec import ModelSpec
+    from covidxr.results import RunCalibration
+    from covidxr.rundir import RunDir
+
+    spec_for("tf_efficientnet_lite0", ["not COVID-19", "COVID-19"], "binary", "COVID-19").write(tmp_path)
+    old = json.loads((tmp_path / "model.json").read_text()) | {"threshold": 0.37, "temperature": 1.8, "tta": True}
+    (tmp_path / "model.json").write_text(json.dumps(old))  # as evaluation wrote it before
+    assert (ModelSpec.read(tmp_path).threshold, ModelSpec.read(tmp_path).temperature) == (0.37, 1.8)
+    RunDir(tmp_path).write_calibration(RunCalibration(2.0, 0.6, "f1", False, "val"))  # a newer fit wins
+    assert ModelSpec.read(tmp_path).calibration == RunCalibration(2.0, 0.6, "f1", False, "val")
 
 
 def test_lung_box_from_the_masks_crops_every_image_alike(tmp_path: Path) -> None:

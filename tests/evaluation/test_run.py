@@ -44,7 +44,10 @@ def test_phantom_report_is_complete_and_the_audit_stays_quiet(phantom_run: RunRe
     assert audit is not None and audit.warnings == [] and "Warning:" not in html
     assert audit.metadata_baseline.auc < 0.8 and audit.lung_occlusion.auc_occluded < 0.8
     assert metrics.threshold is not None
-    assert json.loads((run_dir / "model.json").read_text())["threshold"] == metrics.threshold.value
+    calibration = json.loads((run_dir / "calibration.json").read_text())  # the one place the decision rule lives
+    assert calibration["threshold"] == metrics.threshold.value and calibration["fitted_on"] == "val"
+    assert calibration["temperature"] == metrics.calibration.temperature
+    assert {"threshold", "temperature", "tta"}.isdisjoint(json.loads((run_dir / "model.json").read_text()))
     saved = json.loads((run_dir / "metrics.json").read_text())  # the file is the result, and reads back whole
     assert json.dumps(Evaluation.from_json(saved).to_json()) == json.dumps(saved) == json.dumps(metrics.to_json())
     with (run_dir / "predictions.csv").open() as fh:

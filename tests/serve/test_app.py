@@ -84,7 +84,7 @@ def test_health_model_docs_and_page(client: TestClient, run_dir: Path) -> None:
     assert client.get("/health").json()["status"] == "ok"
     info = client.get("/v1/model").json()
     assert info["backbone"] == "tf_efficientnet_lite0" and info["input_size"] == 224
-    assert info["temperature"] == json.loads((run_dir / "model.json").read_text())["temperature"]
+    assert info["temperature"] == json.loads((run_dir / "calibration.json").read_text())["temperature"]
     assert info["training_data"]["usable"] == 120
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/predict", "/v1/model", "/health"}
     assert "not a diagnostic device" in client.get("/").text

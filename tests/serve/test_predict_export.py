@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +118,15 @@ def test_predict_cli(run_dir: Path, folder: Path, tmp_path: Path) -> None:
 def test_the_runs_temperature_reaches_torch_and_onnx_scores_alike(run_dir: Path, folder: Path, tmp_path: Path) -> None:
     import shutil
 
-    from covidxr.models.spec import ModelSpec
+    from covidxr.rundir import RunDir
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.onnx", "*.ckpt"))
     before = predict_to_file(copy, [folder], tmp_path / "t1.csv") and list(csv.DictReader((tmp_path / "t1.csv").open()))
-    spec = ModelSpec.read(copy)
-    fitted, spec.temperature = spec.temperature, 2.5  # what evaluation writes after fitting it on validation
-    spec.write(copy)
+    calibration = RunDir(copy).read_calibration()
+    assert calibration is not None
+    fitted = calibration.temperature
+    RunDir(copy).write_calibration(replace(calibration, temperature=2.5))  # as calibration writes a fitted one
     export_run(copy, "onnx")
     predict_to_file(copy, [folder], tmp_path / "torch.csv", engine="torch")
     predict_to_file(copy, [folder], tmp_path / "onnx.csv", engine="onnx")
@@ -156,8 +158,10 @@ def test_test_time_augmentation_is_chosen_once_and_used_everywhere(run_dir: Path
         assert not torch.allclose(TestTimeAugmented(net).eval()(x), net(x), atol=1e-4)  # the moved views count
     tta_run = Path(shutil.copytree(run_dir, tmp_path / "tta-run"))
     plain = load_engine(tta_run).scores(x.numpy())
+    trained = (tta_run / "model.json").read_bytes()
     metrics = evaluate_run(tta_run, n_resamples=0, audit=False, tta=True)
-    assert metrics.tta and json.loads((tta_run / "model.json").read_text())["tta"] is True
+    assert (tta_run / "model.json").read_bytes() == trained  # evaluation leaves the training stage's file alone
+    assert metrics.tta and json.loads((tta_run / "calibration.json").read_text())["tta"] is True
     engine = load_engine(tta_run)
     assert isinstance(engine.scoring, TestTimeAugmented)
     assert not np.allclose(engine.scores(x.numpy()), plain, atol=1e-4)

@@ -21,9 +21,8 @@ from covidxr.data.prepare import PreparedData, inspect_data
 from covidxr.data.split import Split, make_split
 from covidxr.data.validate import label_by_source, short_source
 from covidxr.errors import CovidxrError
-from covidxr.evaluation.calibration import fit_temperature
+from covidxr.evaluation.calibration import calibrate
 from covidxr.evaluation.metrics import roc_auc
-from covidxr.evaluation.threshold import choose_threshold
 from covidxr.rundir import RunDir, folder_name
 
 BY_SOURCE_FILE = RunDir.by_source
@@ -82,11 +81,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
         )  # fmt: skip
         ctx = EvalContext.load(trained.run_dir)
         val = ctx.score(rest, split.records(rest, "val"))
-        ctx.spec.temperature = fit_temperature(val.logits, val.targets, ctx.spec.task)
-        val = ctx.rescore(val)
-        if ctx.spec.task == "binary":
-            ctx.spec.threshold = choose_threshold(val.targets, val.positive, threshold_method)
-        ctx.spec.write(ctx.run_dir)
+        ctx.spec = calibrate(ctx.run_dir, ctx.spec, val.logits, val.targets, threshold_method)
         scored = ctx.score(manifest.subset(held), held)
         k = ctx.spec.audit_class
         called = ctx.spec.decide(scored.scores) == k

@@ -1,12 +1,19 @@
-"""Calibration of the positive score: expected calibration error and the reliability-diagram bins."""
+"""Calibration: the run's temperature, threshold and TTA choice fitted on val and written once
+(calibration.json); the expected calibration error and reliability-diagram bins that judge it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit, log_softmax
 
-from covidxr.results import Reliability
+from covidxr.evaluation.threshold import choose_threshold
+from covidxr.models.spec import ModelSpec
+from covidxr.results import Reliability, RunCalibration
+from covidxr.rundir import RunDir
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0  # the search's bounds; T < 1 only where validation shows a mistake
 
@@ -62,3 +69,17 @@ def no_mistakes(logits: np.ndarray, y: np.ndarray, task: str) -> bool:
     if task == "binary":
         return bool(np.all((logits[:, 1] > 0) == (y == 1)))
     return bool(np.all(logits.argmax(axis=1) == y))
+
+
+def calibrate(run_dir: Path, spec: ModelSpec, val_logits: np.ndarray, val_targets: np.ndarray,
+              threshold_method: str) -> ModelSpec:  # fmt: skip
+    """Fit temperature, then the binary threshold on the calibrated val scores; write calibration.json (the one
+    place they live; TTA as the spec has it, since the logits were scored with it) and return the spec using it."""
+    temperature = fit_temperature(val_logits, val_targets, spec.task)
+    threshold, method = 0.5, None
+    if spec.task == "binary":
+        scores = spec.with_calibration(temperature=temperature).scores(torch.from_numpy(val_logits)).numpy()
+        threshold, method = choose_threshold(val_targets, scores[:, 1], threshold_method), threshold_method
+    fitted = RunCalibration(temperature, threshold, method, spec.tta, "val")
+    RunDir(run_dir).write_calibration(fitted)
+    return spec.with_calibration(**vars(fitted))

@@ -39,11 +39,11 @@ from covidxr.evaluation.audit import (
     metadata_features,
 )
 from covidxr.evaluation.bootstrap import patient_bootstrap
-from covidxr.evaluation.calibration import fit_temperature, reliability
+from covidxr.evaluation.calibration import calibrate, reliability
 from covidxr.evaluation.fair import fair_score, fair_summary
 from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion, multiclass_metrics, roc_auc
 from covidxr.evaluation.predict import predict_logits
-from covidxr.evaluation.threshold import choose_threshold, threshold_for_specificity
+from covidxr.evaluation.threshold import threshold_for_specificity
 from covidxr.lungs.as_seen import hide, record_lungs
 from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
@@ -57,6 +57,7 @@ from covidxr.results import (
     FairScore,
     LabelRates,
     Occlusion,
+    RunCalibration,
     SourceRates,
     SplitMetrics,
     Threshold,
@@ -232,22 +233,20 @@ def evaluate_run(
     ctx: EvalContext | None = None,
     manifest: Manifest | None = None,
 ) -> Evaluation:
-    """Internal evaluation of a finished run. Returns (and writes) metrics.json; sets the threshold in model.json.
-    `tta` switches test-time augmentation on or off for this and every later use of the run (None: as it is).
+    """Internal evaluation of a finished run: calibrates it on val (calibration.json: temperature, threshold,
+    TTA), then returns and writes metrics.json and predictions.csv. `tta` switches test-time augmentation on or off
+    for this and every later use of the run (None: as it is).
     `ctx` and `manifest`: the run's model and usable images when the caller has them already (`covidxr run`)."""
     ctx = ctx or EvalContext.load(run_dir)
-    if tta is not None:
-        ctx.spec.tta = tta
+    ctx.spec = replace(ctx.spec, calibration=RunCalibration(tta=ctx.spec.tta if tta is None else tta))  # raw
     if not ctx.cfg.data.paths:
         raise CovidxrError(f"{run_dir}: config.yaml names no data set")
     manifest = manifest or _usable(ctx.cfg.data)
     split = read_split(ctx.run_dir / SPLITS_FILE, manifest)
     val = ctx.score(manifest, split.records(manifest, "val"))
-    test = ctx.score(manifest, split.records(manifest, "test"))
+    uncalibrated = test = ctx.score(manifest, split.records(manifest, "test"))
     seed = ctx.cfg.data.seed
-    ctx.spec.temperature = 1.0
-    uncalibrated = ctx.rescore(test)
-    ctx.spec.temperature = fit_temperature(val.logits, val.targets, ctx.spec.task)
+    ctx.spec = calibrate(ctx.run_dir, ctx.spec, val.logits, val.targets, threshold_method)
     val, test = ctx.rescore(val), ctx.rescore(test)
     k = ctx.spec.audit_class
     calibration = Calibration(
@@ -257,12 +256,10 @@ def evaluate_run(
     )  # fmt: skip
     chosen = at95 = None
     if ctx.spec.task == "binary":
-        ctx.spec.threshold = choose_threshold(val.targets, val.positive, threshold_method)
         chosen = Threshold(ctx.spec.threshold, threshold_method, "val")
         t95 = threshold_for_specificity(val.targets, val.positive, 0.95)
         m95 = binary_metrics(test.targets, test.positive, t95)
         at95 = AtSpecificity(t95, "val", m95["recall"], m95["specificity"])
-    ctx.spec.write(ctx.run_dir)
     result = Evaluation(
         ctx.spec.task, ctx.spec.classes, ctx.spec.tta, calibration,
         val=summarise(val, ctx.spec, 0, seed),  # no CIs on val: it chose the threshold

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from covidxr.atomic import write_json
 from covidxr.errors import CovidxrError
 from covidxr.models.spec import ModelSpec
-from covidxr.results import TrainState
+from covidxr.results import RunCalibration, TrainState
 from covidxr.rundir import RunDir
 
 ENSEMBLE_FILE = RunDir.ensemble
@@ -79,8 +80,8 @@ def create_ensemble(runs: list[Path], out: Path) -> Path:
         shutil.copy(runs[0] / name, out / name)
     if first.lungs != "none":  # the members' one lung model (INPUT_FACTS checked its sha256) cuts the ensemble's films
         shutil.copytree(runs[0] / RunDir.lungs, out / RunDir.lungs, dirs_exist_ok=True)
-    spec = ModelSpec(**{**first.__dict__, "head": "ensemble", "temperature": 1.0, "threshold": 0.5})
-    spec.extra = {"members": [f"{s.backbone} ({s.head} head, T {s.temperature:.2f})" for s in specs]}
+    members = [f"{s.backbone} ({s.head} head, T {s.temperature:.2f})" for s in specs]
+    spec = replace(first, head="ensemble", calibration=RunCalibration(), extra={"members": members})
     spec.write(out)
     write_json(out / ENSEMBLE_FILE, {"members": [str(r.resolve()) for r in runs]})
     RunDir(out).write_state(TrainState("finished", ensemble=len(runs)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -87,28 +88,30 @@ def spec_from_config(tc: TrainConfig, label_map: LabelMap) -> ModelSpec:
         tc.backbone, list(label_map.classes), label_map.task, label_map.positive, tc.weights, tc.hidden,
         tc.dropout, tc.freeze, tc.input_size, tc.head,
     )  # fmt: skip
-    spec.resize, spec.border_crop, spec.equalize = tc.resize, tc.border_crop, tc.equalize
-    spec.lungs = tc.lungs or "none"
-    if tc.backbone == "simple_cnn":
-        spec.extra["cnn_widths"] = list(tc.cnn_widths)
-    return spec
+    extra = {"cnn_widths": list(tc.cnn_widths)} if tc.backbone == "simple_cnn" else {}
+    return replace(spec, resize=tc.resize, border_crop=tc.border_crop, equalize=tc.equalize,
+                   lungs=tc.lungs or "none", extra=extra)  # fmt: skip
 
 
 def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
-    """Build the network; with `init_weights` (imagenet/xrv/none/path) the backbone is initialised and
-    `spec.weights` / `spec.weights_sha256` record where from. Without it, weights are left random for a
-    checkpoint to fill."""
+    """Build the network; with `init_weights` (imagenet/xrv/none/path) the backbone is initialised, without
+    them its weights are left random for a checkpoint to fill."""
+    return build_initialised(spec, init_weights)[0]
+
+
+def build_initialised(spec: ModelSpec, init_weights: str | None) -> tuple[CovidxrNet, ModelSpec]:
+    """The network, and the spec recording where its initial weights came from (`weights`, `weights_sha256`)."""
     entry = get_backbone(spec.backbone)
     backbone = create_backbone(entry, spec)
     if init_weights is not None:
         init = apply_weights(backbone, entry, init_weights)
-        spec.weights, spec.weights_sha256 = init.origin, init.sha256
+        spec = replace(spec, weights=init.origin, weights_sha256=init.sha256)
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features
     facts: Any = backbone  # timm models carry their widths as plain attributes
     width = int(getattr(facts, "head_hidden_size", None) or facts.num_features)
     if spec.head == "linear":
-        return CovidxrNet(backbone, nn.Linear(width, spec.num_outputs))
-    return CovidxrNet(backbone, ClassifierHead(width, spec.num_outputs, spec.hidden, spec.dropout))
+        return CovidxrNet(backbone, nn.Linear(width, spec.num_outputs)), spec
+    return CovidxrNet(backbone, ClassifierHead(width, spec.num_outputs, spec.hidden, spec.dropout)), spec
 
 
 def apply_freeze(net: CovidxrNet, policy: str, last_k: int = 1) -> None:

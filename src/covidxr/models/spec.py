@@ -1,12 +1,14 @@
 """ModelSpec (`model.json`): everything needed to rebuild a trained model and feed it correctly.
 
-Evaluate, explain, predict, export and serve read the model's facts from here and nowhere else.
+Evaluate, explain, predict, export and serve read the model's facts from here and nowhere else. It is frozen:
+training writes model.json once; the run's calibration (calibration.json, fitted later on val) and its lung
+model are attached when the run is read, and a changed spec is a new one (`dataclasses.replace`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,17 @@ from covidxr.data.dataset import LungFinder, Preprocess
 from covidxr.data.labels import DEFAULT_POSITIVE
 from covidxr.errors import CovidxrError
 from covidxr.models.head import positive_scores
+from covidxr.results import RunCalibration
 from covidxr.rundir import RunDir
 
 SPEC_FILE = RunDir.spec
 
 
-@dataclass
+LEGACY_CALIBRATION = ("threshold", "temperature", "tta")  # in model.json before calibration.json existed
+NOT_SAVED = ("finder", "calibration")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     backbone: str
     weights: str  # where the initial weights came from: imagenet:bundled:..., imagenet:cache:..., file:..., none
@@ -42,15 +49,32 @@ class ModelSpec:
     border_crop: float = 0.0
     equalize: Equalize = "none"
     lung_box: tuple[float, float, float, float] | None = None  # --lung-crop: box from the training lung masks
-    threshold: float = 0.5  # decision threshold on the positive score; Evaluation sets it on the val split
-    temperature: float = 1.0  # logits are divided by it before scores (temperature scaling, fitted on val)
-    tta: bool = False  # score the mean logits over small shifts and scales (models.tta); set by evaluate --tta
     lungs: LungInput = "none"  # none | crop | mask: each film restricted to its own lungs by the run's lung model
     lung_model: str | None = None  # sha256 of the run's lung model weights (RunDir.lungs), when lungs is not none
     channels: int = 3  # input channels: 1 for torchxrayvision's backbones (their scaling is in mean/std)
     weights_sha256: str | None = None  # sha256 of the initial backbone weights file that was loaded
     extra: dict[str, Any] = field(default_factory=dict)
     finder: LungFinder | None = field(default=None, compare=False, repr=False)  # the loaded lung model; not saved
+    calibration: RunCalibration = field(default_factory=RunCalibration, compare=False)  # calibration.json
+
+    def with_calibration(self, **changes: Any) -> ModelSpec:
+        """This spec with some calibration values changed (an ONNX graph that holds the temperature: T 1)."""
+        return replace(self, calibration=replace(self.calibration, **changes))
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the positive score, chosen on the val split."""
+        return self.calibration.threshold
+
+    @property
+    def temperature(self) -> float:
+        """Logits are divided by it before scores (temperature scaling, fitted on val)."""
+        return self.calibration.temperature
+
+    @property
+    def tta(self) -> bool:
+        """Score the mean logits over small shifts and scales (models.tta); chosen by evaluate --tta."""
+        return self.calibration.tta
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class scores: sigmoids of the study's binary head, softmax for multiclass."""
@@ -90,13 +114,13 @@ class ModelSpec:
         )
 
     def write(self, run_dir: Path) -> Path:
-        saved = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "finder"}
+        saved = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_SAVED}
         return write_json(Path(run_dir) / SPEC_FILE, saved)
 
-    def attach_lungs(self, run_dir: Path) -> None:
-        """Load the run's lung model as this spec's finder, checked against the sha256 the run recorded."""
+    def with_lungs(self, run_dir: Path) -> ModelSpec:
+        """This spec with the run's lung model as its finder, checked against the sha256 the run recorded."""
         if self.lungs == "none":
-            return
+            return self
         from covidxr.lungs import LungView, load_lung_model
 
         model = load_lung_model(Path(run_dir) / RunDir.lungs)
@@ -105,7 +129,7 @@ class ModelSpec:
                 f"{model.folder}: this lung model (sha256 {model.sha256[:12]}) is not the one the run was trained "
                 f"with ({(self.lung_model or 'none')[:12]}); the classifier only fits the films its own lung model cut"
             )
-        self.finder = LungView(model)
+        return replace(self, finder=LungView(model))
 
     @classmethod
     def read(cls, run_dir: Path) -> ModelSpec:
@@ -117,6 +141,6 @@ class ModelSpec:
         except json.JSONDecodeError as exc:
             raise CovidxrError(f"{path}: not valid JSON ({exc})") from exc
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-        spec = cls(**raw)
-        spec.attach_lungs(Path(run_dir))
-        return spec
+        legacy = RunCalibration(**{k: raw.pop(k) for k in LEGACY_CALIBRATION if k in raw})
+        calibration = RunDir(run_dir).read_calibration() or legacy
+        return cls(**raw, calibration=calibration).with_lungs(Path(run_dir))

@@ -6,7 +6,6 @@ always the fp32 one."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -76,7 +75,7 @@ class OnnxEngine(Engine):
         if int8 and (run_dir / INT8_FILE).is_file():
             path = run_dir / INT8_FILE
         self.path = path
-        self.spec = replace(ModelSpec.read(run_dir), temperature=1.0)  # the graph divides by it already
+        self.spec = ModelSpec.read(run_dir).with_calibration(temperature=1.0)  # the graph divides by it already
         self.session = onnx_session(path)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

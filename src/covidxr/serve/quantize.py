@@ -10,7 +10,7 @@ gate fails, the weights are quantised again with 7-bit range (`reduce_range`) be
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def _split_sets(run_dir: Path, spec: ModelSpec) -> dict[str, XrayDataset]:
 
 def _scored(session: Any, spec: ModelSpec, images: XrayDataset) -> tuple[np.ndarray, np.ndarray]:
     """(scores, targets) of one ONNX model over a set, streamed in batches (the graph holds the temperature)."""
-    unit = replace(spec, temperature=1.0)
+    unit = spec.with_calibration(temperature=1.0)
     scores, targets = [], []
     for x, y in DataLoader(images, batch_size=BATCH):
         scores.append(unit.scores(torch.from_numpy(session.run(None, {"image": x.numpy()})[0])).numpy())

@@ -28,7 +28,7 @@ from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.errors import CovidxrError
 from covidxr.lungs.segmenter import SegmenterSpec
-from covidxr.models.factory import CovidxrNet, apply_freeze, build_model, save_weights, spec_from_config
+from covidxr.models.factory import CovidxrNet, apply_freeze, build_initialised, save_weights, spec_from_config
 from covidxr.models.head import positive_scores
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
@@ -121,11 +121,11 @@ def train(
         raise CovidxrError("--head linear fits on cached frozen features: it needs --freeze head and the feature cache")
     spec = spec_from_config(tc, lm)
     if tc.lung_crop:  # from the training split's masks: the one model choice that depends on the data
-        spec.lung_box = lung_box(prepared.manifest.root, prepared.split.records(prepared.manifest, "train"))
+        box = lung_box(prepared.manifest.root, prepared.split.records(prepared.manifest, "train"))
+        spec = replace(spec, lung_box=box)
     if spec.lungs != "none":
-        spec.lung_model = run_lung_model(tc, prepared, run_dir, write=main)
-        spec.attach_lungs(run_dir)
-    net = build_model(spec, tc.weights)
+        spec = replace(spec, lung_model=run_lung_model(tc, prepared, run_dir, write=main)).with_lungs(run_dir)
+    net, spec = build_initialised(spec, tc.weights)
     apply_freeze(net, tc.freeze, tc.last_k)
     if main:
         cfg.write_yaml(run_dir / CONFIG_FILE)
@@ -331,8 +331,8 @@ def _seeded_net(cfg: Config, prepared: PreparedData) -> tuple[Config, ModelSpec,
     initial weights are the ones a run gets)."""
     cfg = replace(cfg, train=cfg.train.resolved())
     L.seed_everything(cfg.data.seed, verbose=False)
-    spec = spec_from_config(cfg.train, prepared.label_map)
-    return cfg, spec, build_model(spec, cfg.train.weights)
+    net, spec = build_initialised(spec_from_config(cfg.train, prepared.label_map), cfg.train.weights)
+    return cfg, spec, net
 
 
 def write_head_run(
