@@ -11,7 +11,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def train(
     """Train as `cfg` says into `run_dir`. With `resume`, the run's own config is used and training continues
     from `last.ckpt`; a finished run is left as it is. `prepared` lets many runs on one data set (a search)
     inspect and split it once; `on_epoch(epoch, val_loss)` sees every epoch and may stop the run by raising
-    (a search's pruner)."""
+    (a search's pruner). Cached features in one process train in the head loop, everything else in Lightning."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
@@ -106,8 +106,7 @@ def train(
     if not cfg.data.paths:
         raise CovidxrError("no data set given (--data)")
     cfg = replace(cfg, train=cfg.train.resolved())
-    tc = cfg.train
-    check_weights(get_backbone(tc.backbone), tc.weights)
+    check_weights(get_backbone(cfg.train.backbone), cfg.train.weights)
     main = is_main_process()  # helper ranks of a distributed run read the run directory, never write it
     run_dir.mkdir(parents=True, exist_ok=True)
     if prepared is None:
@@ -115,11 +114,41 @@ def train(
     elif main:
         prepared.report.write_json(run_dir / REPORT_FILE)
         write_split(prepared.split, prepared.manifest, run_dir / SPLITS_FILE)
+    net, spec = _start(cfg, prepared, run_dir, main)
+    inputs = _inputs(cfg, prepared, net, spec, main)
+    if cfg.train.head == "linear" and inputs.probe is not None and inputs.cached is not None:
+        return _linear_head_run(run_dir, net, spec, inputs.probe, inputs.probe_splits, inputs.cached)
+    last = run_dir / LAST_CKPT
+    if inputs.cached is not None and single_process(cfg.train) and (not last.exists() or is_loop_checkpoint(last)):
+        return _loop_run(cfg, run_dir, net, spec, inputs, on_epoch)
+    return _lightning_run(cfg, run_dir, net, spec, inputs, on_epoch, last if resume and last.exists() else None)
+
+
+@dataclass
+class TrainInputs:
+    """What the mode trains and on what: the trainable part (the head; tail and head; the whole network), its
+    loaders, the feature cache behind them (None: images), and the linear probe fitted on pooled features."""
+
+    trainable: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    cached: CachedFeatures | None = None
+    probe: LinearProbe | None = None
+    probe_splits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def loss_weights(self, tc: TrainConfig, num_outputs: int) -> torch.Tensor | None:
+        """`--balance weights`: the loss weighted against the training split's class frequencies."""
+        targets = list(self.train_loader.sampler.targets)  # type: ignore[attr-defined]
+        return class_weights(targets, num_outputs) if tc.balance == "weights" else None
+
+
+def _start(cfg: Config, prepared: PreparedData, run_dir: Path, main: bool) -> tuple[CovidxrNet, ModelSpec]:
+    """The seeded network and its spec (lung box, lung model, initial weights), written with the config."""
+    tc = cfg.train
     L.seed_everything(cfg.data.seed, verbose=False)
-    lm = prepared.label_map
     if tc.head == "linear" and not (tc.freeze == "head" and tc.feature_cache):
         raise CovidxrError("--head linear fits on cached frozen features: it needs --freeze head and the feature cache")
-    spec = spec_from_config(tc, lm)
+    spec = spec_from_config(tc, prepared.label_map)
     if tc.lung_crop:  # from the training split's masks: the one model choice that depends on the data
         box = lung_box(prepared.manifest.root, prepared.split.records(prepared.manifest, "train"))
         spec = replace(spec, lung_box=box)
@@ -131,36 +160,39 @@ def train(
         cfg.write_yaml(run_dir / CONFIG_FILE)
         spec.write(run_dir)
         RunDir(run_dir).write_state(TrainState("running"))
+    return net, spec
 
-    cut_trunk = tc.freeze == "last-k" and tc.feature_cache
-    cut = split_trunk(net.backbone, tc.last_k, spec.input_size, spec.channels) if cut_trunk else None
-    cached: CachedFeatures | None = None
-    probe: LinearProbe | None = None
+
+def _inputs(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpec, main: bool) -> TrainInputs:
+    """Frozen backbone: its pooled features cached, the head trains on them; last-k: the frozen trunk's output
+    cached, the tail and head train on it; else images through the whole network."""
+    tc = cfg.train
     if tc.freeze == "head" and tc.feature_cache:
         cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
-        probe_splits = {s: _as_numpy(cached.select(s, s == "train")) for s in ("train", "val", "test")}
-        if main:
-            probe = _probe_for(cached.key, lm.task, spec.num_outputs, probe_splits)
-        if tc.head == "linear" and probe is not None:
-            return _linear_head_run(run_dir, net, spec, probe, probe_splits, cached)
-        train_loader, val_loader = _feature_loaders(cfg, cached, prepared)
-        trainable: torch.nn.Module = net.head
-    elif cut is not None:  # last-k: the frozen trunk's output is cached, the tail and head train on it
+        splits = {s: _as_numpy(cached.select(s, s == "train")) for s in ("train", "val", "test")}
+        probe = _probe_for(cached.key, spec.task, spec.num_outputs, splits) if main else None
+        return TrainInputs(net.head, *_feature_loaders(cfg, cached, prepared), cached, probe, splits)
+    cut_trunk = tc.freeze == "last-k" and tc.feature_cache
+    cut = split_trunk(net.backbone, tc.last_k, spec.input_size, spec.channels) if cut_trunk else None
+    if cut is not None:
         trunk, tail = cut
         cached = _cached_features(cfg, prepared, trunk, spec, f"trunk without the last {tc.last_k} stage(s)")
-        train_loader, val_loader = _feature_loaders(cfg, cached, prepared)
-        trainable = torch.nn.Sequential(tail, net.head)
-    else:
-        train_loader, val_loader = _image_loaders(cfg, prepared, spec)
-        trainable = net
-    train_targets = list(train_loader.sampler.targets)  # type: ignore[attr-defined]
-    weights = class_weights(train_targets, spec.num_outputs) if tc.balance == "weights" else None
-    last = run_dir / LAST_CKPT
-    if cached is not None and single_process(tc) and (not last.exists() or is_loop_checkpoint(last)):
-        splits = probe_splits if probe else None
-        groups = train_loader.sampler.groups  # type: ignore[attr-defined]
-        return _loop_run(cfg, run_dir, net, spec, trainable, cached, weights, probe, splits, on_epoch, groups)
-    module = ClassifierModule(trainable, lm.task, tc, weights)
+        return TrainInputs(torch.nn.Sequential(tail, net.head), *_feature_loaders(cfg, cached, prepared), cached)
+    return TrainInputs(net, *_image_loaders(cfg, prepared, spec))
+
+
+def _lightning_run(
+    cfg: Config,
+    run_dir: Path,
+    net: CovidxrNet,
+    spec: ModelSpec,
+    inputs: TrainInputs,
+    on_epoch: Callable[[int, float], None] | None,
+    resume_from: Path | None,
+) -> TrainResult:
+    """Images, or any run across processes or accelerators: Lightning's Trainer; rank 0 writes the run."""
+    tc = cfg.train
+    module = ClassifierModule(inputs.trainable, spec.task, tc, inputs.loss_weights(tc, spec.num_outputs))
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
         enable_version_counter=False,
@@ -189,14 +221,15 @@ def train(
             enable_progress_bar=on_terminal(),  # a log gets history.csv's rows, not a bar's updates
             log_every_n_steps=1,
         )
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+        trainer.fit(module, inputs.train_loader, inputs.val_loader, ckpt_path=str(resume_from) if resume_from else None)
     if not trainer.is_global_zero:
         return _result(run_dir, spec, TrainState("running"))
     best = torch.load(run_dir / BEST_CKPT, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
     save_weights(net, run_dir)
-    if probe is not None:
-        _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
+    if inputs.probe is not None:
+        _compare_with_probe(net, spec, inputs.probe, inputs.probe_splits).write(run_dir)
+    cached = inputs.cached
     state = TrainState(
         "finished",
         best_epoch=int(best["epoch"]),
@@ -236,24 +269,23 @@ def _loop_run(
     run_dir: Path,
     net: CovidxrNet,
     spec: ModelSpec,
-    trainable: torch.nn.Module,
-    cached: CachedFeatures,
-    weights: torch.Tensor | None,
-    probe: LinearProbe | None,
-    probe_splits: dict[str, tuple[Any, Any]] | None,
+    inputs: TrainInputs,
     on_epoch: Callable[[int, float], None] | None,
-    groups: list[Hashable] | None,
 ) -> TrainResult:
     """Cached features, one process: the plain loop (training.head_loop) instead of Lightning's machinery."""
+    cached, trainable = inputs.cached, inputs.trainable
+    assert cached is not None  # train() takes this path only on cached features
     trainable.train()
+    groups = inputs.train_loader.sampler.groups  # type: ignore[attr-defined]
     loop = fit_on_tensors(
         trainable, spec.task, cached.select("train", with_copies=True), cached.select("val", with_copies=False),
-        cfg.train, cfg.data.seed, weights, run_dir, run_dir / LAST_CKPT, on_epoch, groups,
+        cfg.train, cfg.data.seed, inputs.loss_weights(cfg.train, spec.num_outputs), run_dir, run_dir / LAST_CKPT,
+        on_epoch, groups,
     )  # fmt: skip
     trainable.load_state_dict(loop.best_state)
     save_weights(net, run_dir)
-    if probe is not None and probe_splits is not None:
-        _compare_with_probe(net, spec, probe, probe_splits).write(run_dir)
+    if inputs.probe is not None:
+        _compare_with_probe(net, spec, inputs.probe, inputs.probe_splits).write(run_dir)
     state = TrainState(
         "finished", loop.best_epoch, loop.best_val_loss, loop.epochs_run, cached.hit, cached.key
     )  # fmt: skip
