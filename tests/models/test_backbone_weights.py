@@ -61,7 +61,7 @@ def xrv_densenet_file(path: Path) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-def test_a_timm_imagenet_file_is_imported_once_and_runs_use_it_offline(phantoms: Path, cache: Path,
+def test_a_timm_imagenet_file_imported_once_then_trains_exports_and_serves_offline(phantoms: Path, cache: Path,
                                                                        tmp_path: Path) -> None:  # fmt: skip
     import timm
 
@@ -90,6 +90,15 @@ def test_a_timm_imagenet_file_is_imported_once_and_runs_use_it_offline(phantoms:
     assert (run / "metrics.json").is_file() and (run / "explain.json").is_file()
     exported = covidxr("export", str(run))
     assert exported.returncode == 0 and "max |diff|" in exported.stdout, exported.stderr
+    film = sorted((phantoms / "images" / "COVID-19").glob("*.png"))[0]
+    proc, url = serve(run, "--engine", "onnx")
+    try:
+        assert httpx.get(f"{url}/v1/model", timeout=30).json()["weights_sha256"] == entry.sha256
+        answer = httpx.post(f"{url}/v1/predict", files={"file": (film.name, film.read_bytes())}, timeout=120)
+        assert answer.status_code == 200 and 0 <= answer.json()["probabilities"]["COVID-19"] <= 1, answer.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
