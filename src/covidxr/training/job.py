@@ -118,10 +118,22 @@ def train(
     inputs = _inputs(cfg, prepared, net, spec, main)
     if cfg.train.head == "linear" and inputs.probe is not None and inputs.cached is not None:
         return _linear_head_run(run_dir, net, spec, inputs.probe, inputs.probe_splits, inputs.cached)
+    run = Started(cfg, run_dir, net, spec, on_epoch)
     last = run_dir / LAST_CKPT
     if inputs.cached is not None and single_process(cfg.train) and (not last.exists() or is_loop_checkpoint(last)):
-        return _loop_run(cfg, run_dir, net, spec, inputs, on_epoch)
-    return _lightning_run(cfg, run_dir, net, spec, inputs, on_epoch, last if resume and last.exists() else None)
+        return _loop_run(run, inputs)
+    return _lightning_run(run, inputs, last if resume and last.exists() else None)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A run set up to train: its resolved config, folder, seeded network, spec, and the epoch hook."""
+
+    cfg: Config
+    run_dir: Path
+    net: CovidxrNet
+    spec: ModelSpec
+    on_epoch: Callable[[int, float], None] | None
 
 
 @dataclass
@@ -181,16 +193,9 @@ def _inputs(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpe
     return TrainInputs(net, *_image_loaders(cfg, prepared, spec))
 
 
-def _lightning_run(
-    cfg: Config,
-    run_dir: Path,
-    net: CovidxrNet,
-    spec: ModelSpec,
-    inputs: TrainInputs,
-    on_epoch: Callable[[int, float], None] | None,
-    resume_from: Path | None,
-) -> TrainResult:
+def _lightning_run(run: Started, inputs: TrainInputs, resume_from: Path | None) -> TrainResult:
     """Images, or any run across processes or accelerators: Lightning's Trainer; rank 0 writes the run."""
+    cfg, run_dir, net, spec, on_epoch = run.cfg, run.run_dir, run.net, run.spec, run.on_epoch
     tc = cfg.train
     module = ClassifierModule(inputs.trainable, spec.task, tc, inputs.loss_weights(tc, spec.num_outputs))
     checkpoint = ModelCheckpoint(
@@ -264,15 +269,9 @@ def single_process(tc: TrainConfig) -> bool:
     return single and tc.accelerator in ("auto", "cpu") and tc.precision == "32-true"
 
 
-def _loop_run(
-    cfg: Config,
-    run_dir: Path,
-    net: CovidxrNet,
-    spec: ModelSpec,
-    inputs: TrainInputs,
-    on_epoch: Callable[[int, float], None] | None,
-) -> TrainResult:
+def _loop_run(run: Started, inputs: TrainInputs) -> TrainResult:
     """Cached features, one process: the plain loop (training.head_loop) instead of Lightning's machinery."""
+    cfg, run_dir, net, spec, on_epoch = run.cfg, run.run_dir, run.net, run.spec, run.on_epoch
     cached, trainable = inputs.cached, inputs.trainable
     assert cached is not None  # train() takes this path only on cached features
     trainable.train()
