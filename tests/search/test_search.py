@@ -24,6 +24,7 @@ from covidxr.errors import CovidxrError
 from covidxr.results import LeaderboardRow
 from covidxr.search.grid import Range, grid_points, load_grid, point_key
 from covidxr.search.job import search, storage_for
+from covidxr.search.samplers import make_sampler, suggest
 from covidxr.training.callbacks import read_history
 from tests.imagefiles import flip_test_labels
 
@@ -251,7 +252,7 @@ def test_tpe_runs_its_trials_once_prunes_on_val_loss_and_keeps_its_sampler(
 ) -> None:
     space = {"lr": Range(1e-5, 1e-1, log=True), "batch_size": [16, 32]}
     cfg = Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=5, cache_dir=str(cache)))
-    result = search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=5)
+    result = search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=5, stacked=False)
     study = optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None))
     states = Counter(t.state for t in study.trials)
     assert len(study.trials) == 5 and set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
@@ -262,10 +263,55 @@ def test_tpe_runs_its_trials_once_prunes_on_val_loss_and_keeps_its_sampler(
         assert t.state == optuna.trial.TrialState.COMPLETE or len(history) < 5
     assert len(result.rows) == states[optuna.trial.TrialState.COMPLETE]
     assert list((tmp_path / "s" / "trials").glob("*/metrics.json")) == [result.winner / "metrics.json"]
-    search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=5)  # resumed: nothing left to run
+    search(cfg, space, tmp_path / "s", n_resamples=20, sampler="tpe", trials=5, stacked=False)  # nothing left
     assert len(optuna.load_study(study_name="covidxr-search", storage=storage_for(tmp_path / "s", None)).trials) == 5
     with pytest.raises(CovidxrError, match="started with --sampler tpe"):
         search(cfg, space, tmp_path / "s", n_resamples=20, sampler="random", trials=5)
+
+
+def test_drawn_points_train_as_stacked_batches_as_one_run_each_would(
+    phantoms: Path, cache: Path, tmp_path: Path
+) -> None:
+    """The random sampler (seeded) draws the same points either way: stacked in batches they rank as one run per
+    trial ranks them, val F1 within 0.005; only the winner writes a network. A batch a kill left running is drawn
+    again first."""
+    space = {"lr": Range(1e-4, 1e-2, log=True), "dropout": [0.3, 0.6], "batch_size": [16, 32]}
+    cfg = Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=3, cache_dir=str(cache)))  # none pruned
+    stacked_dir = tmp_path / "together"
+    stacked_dir.mkdir()
+    killed = optuna.create_study(
+        study_name="covidxr-search", storage=storage_for(stacked_dir, None),
+        sampler=make_sampler("random", space, cfg.data.seed), direction="maximize",
+    )  # fmt: skip
+    left = killed.ask()  # a point drawn and being trained when its process died
+    left_params = suggest(left, space)
+    killed.set_user_attr("sampler", "random")
+    together = search(cfg, space, stacked_dir, n_resamples=20, sampler="random", trials=10)
+    study = optuna.load_study(study_name="covidxr-search", storage=storage_for(stacked_dir, None))
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL and study.trials[1].params == left_params
+    assert Counter(t.state for t in study.trials)[optuna.trial.TrialState.COMPLETE] == 10
+    assert len(together.rows) == len({t.user_attrs["key"] for t in study.trials if t.user_attrs})  # a row a point
+    assert list((stacked_dir / "trials").glob("*/best.safetensors")) == [together.winner / "best.safetensors"]
+
+    (tmp_path / "alone").mkdir()
+    shutil.copy(stacked_dir / "splits.csv", tmp_path / "alone" / "splits.csv")
+    alone = optuna.create_study(
+        study_name="covidxr-search", storage=storage_for(tmp_path / "alone", None),
+        sampler=make_sampler("random", space, cfg.data.seed), direction="maximize",
+    )  # fmt: skip
+    alone.set_user_attr("sampler", "random")
+    alone.enqueue_trial(left_params)  # the same first point, as the stacked search drew it again
+    one_each = search(cfg, space, tmp_path / "alone", n_resamples=20, sampler="random", trials=10, stacked=False)
+
+    def by_point(rows: list[LeaderboardRow]) -> dict[tuple[object, ...], float]:
+        return {tuple(r.value(k) for k in space): r.metrics["val_f1"] for r in rows}
+
+    f1_together, f1_alone = by_point(together.rows), by_point(one_each.rows)
+    assert f1_together.keys() == f1_alone.keys()
+    assert all(abs(f1_together[k] - f1_alone[k]) <= 0.005 for k in f1_alone)
+    assert [tuple(r.value(k) for k in space) for r in together.rows] == [
+        tuple(r.value(k) for k in space) for r in one_each.rows
+    ]  # the same ranking
 
 
 def test_a_drawing_sampler_retries_a_failed_trial_once_and_stops_when_all_fail(

@@ -25,7 +25,7 @@ def search_cmd(
     config: Path | None = typer.Option(None, "--config", help="YAML config for everything the grid leaves fixed"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for test CIs"),
     one_at_a_time: bool = typer.Option(
-        False, "--one-at-a-time", help="a run per grid point even where the points' heads could train together"
+        False, "--one-at-a-time", help="a run per point even where the points' heads could train together"
     ),
     **options: Any,
 ) -> None:

@@ -69,7 +69,7 @@ def storage_for(out: Path, url: str | None) -> optuna.storages.RDBStorage:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.x
         return optuna.storages.RDBStorage(
             url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            failed_trial_callback=RETRY,
+            heartbeat_stale_trial_callback=RETRY,
         )  # fmt: skip
 
 
@@ -276,9 +276,9 @@ def search(
     stacked: bool = True,
 ) -> SearchResult:
     """Run (or resume) the search, then evaluate the winner on test once and write its report. The grid runs
-    every point: together, as stacked heads, when the points differ only in head settings and one worker runs
-    on this machine's study (unless `stacked` is False), else one run per point; `tpe` and `random` run `trials`
-    trials."""
+    every point, `tpe` and `random` run `trials` trials: together, as stacked heads (drawn points in batches),
+    when the points differ only in head settings and one worker runs on this machine's study (unless `stacked`
+    is False), else one run per point (drawn trials pruned on validation loss)."""
     from covidxr.evaluation.job import evaluate_run
     from covidxr.report.html import write_report
     from covidxr.training.job import train
@@ -296,9 +296,9 @@ def search(
     write_text(out / RunDir.grid, json.dumps(grid, indent=2, default=vars))
     name = study_name or "covidxr-search"
     _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
-    if stacked and stackable(cfg, grid, sampler, workers, storage_url):  # heads on the same features: together
+    if stacked and stackable(cfg, grid, workers, storage_url):  # heads on the same features: together
         study = _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)
-        rows = stacked_search(cfg, grid, out, study, prepared, TRIALS_DIR)
+        rows = stacked_search(cfg, grid, out, study, prepared, TRIALS_DIR, sampler, trials or 0)
     else:
         _run_workers(cfg, grid, out, storage_url, name, workers, sampler, trials)
         rows = _trial_rows(_load_study(storage_url, out, name, grid, cfg.data.seed, sampler))
