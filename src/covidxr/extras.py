@@ -12,6 +12,7 @@ EXTRAS = {
     "search": ("optuna", "psycopg"),
     "serve": ("fastapi", "uvicorn", "python_multipart"),
     "export": ("onnx", "onnxruntime", "onnxscript"),
+    "xrv": ("torchxrayvision",),
 }
 
 

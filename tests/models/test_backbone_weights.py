@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from covidxr.models.registry import BACKBONES, get_backbone
 from covidxr.models.weight_cache import cached_weights, fetch_weights, import_weights, weight_table
 from covidxr.models.weights import apply_weights, check_weights
 from tests.servers import serve
+from tests.test_cli import covidxr
 
 xrv = pytest.importorskip("torchxrayvision", reason="the xrv extra is part of [all]; CI installs it")
 DENSENET = "xrv-densenet121-res224-all"
@@ -37,11 +35,6 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty weight cache of this test's own (the subprocesses inherit it)."""
     monkeypatch.setenv("COVIDXR_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def covidxr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "covidxr", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600, env=os.environ.copy())  # fmt: skip
 
 
 def listed(name: str) -> dict[str, str]:

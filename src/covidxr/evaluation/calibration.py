@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,4 +83,4 @@ def calibrate(run_dir: Path, spec: ModelSpec, val_logits: np.ndarray, val_target
         threshold, method = choose_threshold(val_targets, scores[:, 1], threshold_method), threshold_method
     fitted = RunCalibration(temperature, threshold, method, spec.tta, "val")
     RunDir(run_dir).write_calibration(fitted)
-    return spec.with_calibration(**vars(fitted))
+    return replace(spec, calibration=fitted)

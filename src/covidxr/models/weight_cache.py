@@ -8,7 +8,6 @@ Layout: `$COVIDXR_CACHE/weights/<backbone>/<tag>.safetensors` beside `<tag>.json
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from covidxr.atomic import write_json, write_with
+from covidxr.cache import cache_root
 from covidxr.errors import CovidxrError
 from covidxr.models.registry import BACKBONES, Backbone, get_backbone
 from covidxr.models.weights import (
@@ -33,7 +33,7 @@ from covidxr.weightfiles import file_digest
 
 
 def weights_cache_dir() -> Path:
-    return Path(os.environ.get("COVIDXR_CACHE", Path.home() / ".cache" / "covidxr")) / "weights"
+    return cache_root() / "weights"
 
 
 @dataclass(frozen=True)

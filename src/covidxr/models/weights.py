@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from covidxr.errors import CovidxrError
+from covidxr.extras import require
 from covidxr.models.registry import Backbone
 from covidxr.weightfiles import file_digest, load_by_order
 
@@ -124,7 +125,7 @@ def apply_weights(module: nn.Module, backbone: Backbone, weights: str) -> Initia
 
     if weights == "none":
         return Initialised("none")
-    if weights in ("imagenet", "xrv"):
+    if weights in WEIGHTS_NAMES:
         check_tag(backbone, weights)
         bundled = bundled_weights_file(backbone)
         if bundled is not None:
@@ -196,12 +197,10 @@ def _unavailable(backbone: Backbone, why: str) -> CovidxrError:
 def check_weights(backbone: Backbone, weights: str) -> None:
     """Fail in seconds, before any data work, when the requested weights cannot be had."""
     if backbone.source == "xrv":
-        from covidxr.models.xrv import xrv_models
-
-        xrv_models()  # the optional extra, named when missing
+        require("xrv")  # torchxrayvision builds these: the optional extra, named when missing
     if weights == "none":
         return
-    if weights in ("imagenet", "xrv"):
+    if weights in WEIGHTS_NAMES:
         from covidxr.models.weight_cache import cached_weights
 
         check_tag(backbone, weights)

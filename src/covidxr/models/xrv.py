@@ -15,16 +15,15 @@ import torch
 from torch import nn
 
 from covidxr.errors import CovidxrError
+from covidxr.extras import require
 from covidxr.models.registry import Backbone
-
-INSTALL_HINT = "pip install 'covidxr[xrv]'"
 
 
 def xrv_models() -> Any:
-    try:
-        import torchxrayvision
-    except ImportError:
-        raise CovidxrError(f"the torchxrayvision backbones need the optional extra: {INSTALL_HINT}") from None
+    """torchxrayvision's models module, or the clear error naming the extra."""
+    require("xrv")
+    import torchxrayvision
+
     return torchxrayvision.models
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from covidxr.cache import cache_root
 from covidxr.progress import progress
 
 FEATURES_FILE = "features.npy"
@@ -28,7 +29,7 @@ META_FILE = "meta.json"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("COVIDXR_CACHE", Path.home() / ".cache" / "covidxr")) / "features"
+    return cache_root() / "features"
 
 
 def cache_key(parts: dict[str, Any]) -> str:
