@@ -36,7 +36,7 @@ from covidxr.search.job import search
 from covidxr.search.leaderboard import run_row
 from covidxr.training.feature_cache import CachedFeatures
 from covidxr.training.job import train
-from covidxr.training.module import classification_loss, make_optimizer
+from covidxr.training.steps import classification_loss, make_optimizer
 
 GRID = {
     "lr": [0.001, 0.0003, 0.0001],

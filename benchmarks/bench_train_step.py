@@ -1,5 +1,5 @@
-"""Training-step throughput: covidxr (Lightning module + trainer, full fine-tuning) vs a bare timm + PyTorch
-loop, same model, batch, inputs and loss. Target: covidxr >= 0.9x the bare loop.
+"""Training-step throughput: covidxr (its one training loop on Lightning Fabric, full fine-tuning) vs a bare
+timm + PyTorch loop, same model, batch, inputs and loss. Target: covidxr >= 0.9x the bare loop.
 
 Runs alternate (bare, covidxr, bare, covidxr, ...) so that drift in machine speed hits both alike.
 Usage: python benchmarks/bench_train_step.py [--steps 6] [--batch 16] [--repeats 2] [--models resnet50 ...]
@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
-import warnings
+from pathlib import Path
 
-import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import write_result
-from covidxr.config import TrainConfig
+from covidxr.engine.loop import fit, make_fabric
 from covidxr.models.factory import apply_freeze, build_model, spec_for
 from covidxr.training.job import quiet_lightning
-from covidxr.training.module import ClassifierModule
+from covidxr.training.sampling import EpochSampler
+from covidxr.training.steps import ClassifierSteps, make_optimizer
 
 WARMUP = 2
 
@@ -60,29 +60,31 @@ def bare_loop(name: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     return _rate(stamps, len(batches[0][1]))
 
 
-class _Stamps(L.Callback):
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
+class _Stamped:
+    """The training batches, noting the time each is asked for (the end of the step before)."""
 
-    def on_train_batch_end(self, *args: object) -> None:
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        self.batches, self.stamps = batches, []
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for batch in self.batches:
+            self.stamps.append(time.perf_counter())
+            yield batch
         self.stamps.append(time.perf_counter())
 
 
 def covidxr_loop(name: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """One epoch of covidxr's training loop (engine.loop on Fabric, the classifier's steps) over the batches."""
     net, _ = make_net(name)
-    module = ClassifierModule(net, "binary", TrainConfig(optimizer="adam", lr=1e-4, lr_schedule="none"))
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
-    loader = DataLoader(TensorDataset(x, y), batch_size=len(batches[0][1]), shuffle=False)
-    stamps = _Stamps()
-    with quiet_lightning(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer = L.Trainer(
-            max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[stamps],
-        )  # fmt: skip
-        trainer.fit(module, loader)
-    return _rate(stamps.stamps, len(batches[0][1]))
+    n = len(batches[0][1])
+    indexed = [(x, y, torch.arange(k * n, (k + 1) * n)) for k, (x, y) in enumerate(batches)]
+    stamped = _Stamped(indexed)
+    sampler = EpochSampler([int(v) for _, y in batches for v in y], 0, shuffle=False)
+    steps = ClassifierSteps("binary", stamped, indexed[:1], sampler)
+    optimizer = make_optimizer(net, "adam", 1e-4, 0.0, 0.9)
+    with tempfile.TemporaryDirectory() as folder, quiet_lightning():
+        fit(make_fabric(), net, optimizer, steps, Path(folder), epochs=1, patience=1, seed=0)
+    return _rate(stamped.stamps[1:], n)
 
 
 def _rate(stamps: list[float], batch: int) -> float:

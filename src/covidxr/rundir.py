@@ -40,7 +40,6 @@ class RunDir:
     # training stage
     spec = _Entry("model.json")  # ModelSpec: backbone, classes, preprocessing, weights (written once, by training)
     weights = _Entry("best.safetensors")  # the best epoch's network
-    best_ckpt = _Entry("best.ckpt")
     last_ckpt = _Entry("last.ckpt")  # what a resumed run continues from
     history = _Entry("history.csv")  # one row per epoch
     state = _Entry("state.json")  # TrainState: running or finished, best epoch

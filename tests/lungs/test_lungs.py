@@ -88,11 +88,11 @@ def test_segmenter_trains_on_shipped_masks_and_resumes_where_it_stopped(
     assert model.spec.weights.startswith("imagenet:") and len(model.sha256) == 64
     with (out / HISTORY).open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[-1]["val_dice"]) > 0.5  # two epochs at 64 px already find the phantoms' lungs
     resumed = train_lungs(DataConfig(paths=(str(data),)), out, LungTrainConfig(**{**vars(SMALL), "epochs": 3}))
     with (out / HISTORY).open() as fh:
-        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3]  # epochs 1-2 kept, not redone
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1, 2]  # epochs 0-1 kept, not redone
     assert resumed.epochs_run == 3
 
 

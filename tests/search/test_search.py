@@ -20,12 +20,12 @@ import sqlalchemy
 import yaml
 
 from covidxr.config import Config, DataConfig, TrainConfig
+from covidxr.engine.history import read_history
 from covidxr.errors import CovidxrError
 from covidxr.results import LeaderboardRow
 from covidxr.search.grid import Range, grid_points, load_grid, point_key
 from covidxr.search.job import search, storage_for
 from covidxr.search.samplers import make_sampler, suggest
-from covidxr.training.callbacks import read_history
 from tests.imagefiles import flip_test_labels
 
 pytestmark = pytest.mark.slow  # trains a model or starts a server: in `make test`, not in `make test-fast`

@@ -9,18 +9,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidxr.config import TrainConfig
+from covidxr.engine.history import read_history
+from covidxr.engine.loop import LoopResult, fit, make_fabric
 from covidxr.models.head import ClassifierHead
-from covidxr.training.callbacks import read_history
-from covidxr.training.head_loop import fit_on_tensors
+from covidxr.training.sampling import EpochSampler
 from covidxr.training.stacked import NAMES, HeadPoint, train_heads
+from covidxr.training.steps import ClassifierSteps, TensorBatches, make_optimizer, make_schedule
+
+Pair = tuple[torch.Tensor, torch.Tensor]
 
 
-def _features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(n: int, seed: int) -> Pair:
     generator = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 2
     x = torch.randn(n, 24, generator=generator) + 0.8 * y[:, None].float()
     return x, y
+
+
+def _alone(head: ClassifierHead, train: Pair, val: Pair, p: HeadPoint, folder: Path, seed: int) -> LoopResult:
+    """The head trained alone, as a run trains it: the one loop on its cached features."""
+    sampler = EpochSampler(train[1].tolist(), seed)
+    in_order = EpochSampler(val[1].tolist(), seed, shuffle=False)
+    steps = ClassifierSteps("binary", TensorBatches(*train, sampler, p.batch_size), TensorBatches(*val, in_order, 64),
+                            sampler)  # fmt: skip
+    optimizer = make_optimizer(head, p.optimizer, p.lr, p.weight_decay, p.momentum)
+    schedule = make_schedule(optimizer, "plateau" if p.plateau else "none")
+    return fit(make_fabric(), head, optimizer, steps, folder, epochs=12, patience=3, seed=seed, schedule=schedule)
 
 
 def test_stacked_heads_train_as_the_head_loop_trains_each_alone(tmp_path: Path) -> None:
@@ -35,12 +49,9 @@ def test_stacked_heads_train_as_the_head_loop_trains_each_alone(tmp_path: Path) 
     for g, p in enumerate(points):
         torch.manual_seed(7)
         head = ClassifierHead(24, 2, 16, p.dropout)
-        schedule = "plateau" if p.plateau else "none"
-        tc = TrainConfig(optimizer=p.optimizer, lr=p.lr, batch_size=p.batch_size, weight_decay=p.weight_decay,
-                         momentum=p.momentum, epochs=12, patience=3, lr_schedule=schedule)  # fmt: skip
         run = tmp_path / f"alone{g}"
         run.mkdir()
-        alone = fit_on_tensors(head, "binary", train, val, tc, 7, None, run, run / "last.ckpt")
+        alone = _alone(head, train, val, p, run, seed=7)
         history = read_history(run / "history.csv")
         stacked = outcomes[g]
         assert (stacked.best_epoch, stacked.epochs_run) == (alone.best_epoch, alone.epochs_run), g

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,10 +23,10 @@ from covidxr.data.labels import LabelMap
 from covidxr.data.sources import load_manifest
 from covidxr.data.split import read_split
 from covidxr.data.synth import generate
+from covidxr.engine.history import HISTORY_COLUMNS, read_history
 from covidxr.errors import CovidxrError
 from covidxr.models.factory import load_model
 from covidxr.models.head import positive_scores
-from covidxr.training.callbacks import HISTORY_COLUMNS, read_history
 from covidxr.training.job import train
 from covidxr.training.metrics import epoch_metrics
 
@@ -99,18 +100,19 @@ def test_feature_cache_is_hit_then_invalidated_by_augmentation(phantoms: Path, t
 def test_the_head_loop_resumes_after_a_crash_as_if_never_stopped(
     phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cached features in one process train in the plain loop; a crash after epoch 3's checkpoint and a resume
-    give exactly the history and best epoch of a run that never stopped."""
-    import covidxr.training.head_loop as loop
+    """Cached features train in the one loop; a crash after epoch 3's checkpoint and a resume give exactly the
+    history and best epoch of a run that never stopped."""
+    import covidxr.engine.loop as loop
 
     cfg = _cfg(phantoms, epochs=8, patience=8, lr=1e-3, balance="sampler")
     straight = train(cfg, tmp_path / "a")
-    assert loop.is_loop_checkpoint(straight.run_dir / "last.ckpt")  # the loop ran, not Lightning
+    saved = torch.load(straight.run_dir / "last.ckpt", weights_only=True)
+    assert saved["format"] == loop.CHECKPOINT_FORMAT and saved["progress"]["epoch"] == 7
     monkeypatch.setattr(loop, "SAVE_EVERY_S", 0.0)
     write = loop.write_history_row
 
-    def crash_in_epoch_4(path: Path, epoch: int, metrics: dict[str, float], seconds: float) -> None:
-        write(path, epoch, metrics, seconds)
+    def crash_in_epoch_4(path: Path, epoch: int, metrics: dict[str, float], seconds: float, columns: Any) -> None:
+        write(path, epoch, metrics, seconds, columns)
         if epoch == 4:
             raise RuntimeError("simulated kill before epoch 4's checkpoint")
 
@@ -130,7 +132,7 @@ def test_the_head_loop_resumes_after_a_crash_as_if_never_stopped(
 def test_source_balanced_draws_reach_the_head_loop_with_each_rows_own_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import covidxr.training.head_loop as loop
+    import covidxr.training.job as loop
 
     data = tmp_path / "two-hospitals"
     generate(data, n=60, seed=4)
@@ -152,7 +154,8 @@ def test_source_balanced_draws_reach_the_head_loop_with_each_rows_own_source(
 
     monkeypatch.setattr(loop, "EpochSampler", spy)
     run = train(_cfg(data, tmp_path / "cache", epochs=2, balance="source", augment_copies=1), tmp_path / "run")
-    (drawn,) = seen
+    drawn, val_order = seen  # the training draw, then validation in order
+    assert not val_order.shuffle and not val_order.balanced
     source = {r["path"]: r["source"] for r in rows}
     with (run.run_dir / "splits.csv").open(newline="") as fh:
         train_paths = [r["path"] for r in csv.DictReader(fh) if r["split"] == "train"]

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.errors import CovidxrError
-from covidxr.training.module import ClassifierModule, classification_loss
 from covidxr.training.sampling import EpochSampler, balance_groups, class_weights
+from covidxr.training.steps import classification_loss, make_optimizer
 
 
 def test_binary_loss_is_bce_on_one_hot_targets() -> None:
@@ -88,7 +88,7 @@ def test_sharded_sampler_covers_the_epoch_once_with_equal_shards_and_a_new_draw_
 
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(CovidxrError, match="unknown optimizer"):
-        ClassifierModule(torch.nn.Linear(2, 2), "binary", TrainConfig(optimizer="lbfgs"))  # type: ignore[arg-type]
+        make_optimizer(torch.nn.Linear(2, 2), "lbfgs", 1e-3, 0.0, 0.9)
 
 
 def test_config_yaml_roundtrip_and_unknown_fields(tmp_path: Path) -> None:
@@ -183,8 +183,6 @@ def test_timms_optimizer_factory_builds_what_plain_pytorch_would(name: str) -> N
     """The choices keep their PyTorch meaning through timm: heavy-ball SGD (not Nesterov), RMSprop's alpha 0.99,
     weight decay on every trainable parameter; frozen parameters are left out."""
     from torch import nn
-
-    from covidxr.training.module import make_optimizer
 
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
     net[0].requires_grad_(False)

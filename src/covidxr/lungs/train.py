@@ -1,34 +1,33 @@
 """`covidxr lungs train`: the segmenter on films with lung masks, split by patient, resumable after kill -9.
 
-Dice + BCE on the segmenter's logits, AdamW, early stopping on validation Dice; `last.ckpt` (tensors and numbers
-only) is written whole after every epoch, so a killed job rerun with the same folder continues where it stopped.
+Dice + BCE on the segmenter's logits, AdamW, early stopping on validation Dice, in the one training loop
+(engine.loop): its `last.ckpt` lets a killed job rerun with the same folder continue where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from covidxr.atomic import write_csv, write_with
 from covidxr.config import DataConfig
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest
 from covidxr.data.prepare import inspect_data
 from covidxr.data.split import DEFAULT_FRACTIONS, Split, load_or_make_split
+from covidxr.engine.loop import fit, make_fabric
 from covidxr.errors import DataError
 from covidxr.lungs.films import MaskedFilms, augment, with_masks
 from covidxr.lungs.segmenter import SegmenterSpec, build_net, save_lung_model, to_input
 from covidxr.rundir import RunDir
 
 log = logging.getLogger(__name__)
-CHECKPOINT = RunDir.last_ckpt  # the same names as a classifier run's: a lung model folder reads like one
-HISTORY = RunDir.history
+HISTORY = RunDir.history  # the same names as a classifier run's (and last.ckpt): a lung model folder reads like one
 
 
 @dataclass(frozen=True)
@@ -77,9 +76,10 @@ def _batch(films: MaskedFilms, index: torch.Tensor, spec: SegmenterSpec, train: 
 def mean_dice(net: torch.nn.Module, films: MaskedFilms, spec: SegmenterSpec, batch_size: int) -> float:
     net.eval()
     scores = []
+    device = next(net.parameters()).device
     for start in range(0, len(films), batch_size):
         x, y = _batch(films, torch.arange(start, min(start + batch_size, len(films))), spec, train=False)
-        pred = (torch.sigmoid(net(x)) >= spec.threshold).flatten(1)
+        pred = (torch.sigmoid(net(x.to(device))) >= spec.threshold).flatten(1).cpu()
         truth = y.flatten(1).bool()
         total = pred.sum(1) + truth.sum(1)
         scores += torch.where(total > 0, 2 * (pred & truth).sum(1) / total.clamp(min=1), 1.0).tolist()
@@ -112,50 +112,43 @@ def train_lungs_on(
     spec = SegmenterSpec(input_size=cfg.input_size)
     net, origin = build_net(spec, cfg.encoder_weights)
     spec = SegmenterSpec(**(asdict(spec) | {"weights": origin}))
+    if not len(parts["val"]):
+        raise DataError(f"{name or manifest.root}: no validation film with a lung mask; give more films with masks")
+    fabric = make_fabric()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = _resume(out / CHECKPOINT, net, opt)
-    history: list[dict[str, float]] = state["history"]
-    epoch, best, best_epoch, stale = state["epoch"], state["best"], state["best_epoch"], state["stale"]
-    while epoch < cfg.epochs and stale < cfg.patience:
-        started = time.perf_counter()
-        torch.manual_seed(cfg.seed * 10_007 + epoch)  # the shuffle and augmentation of an epoch, wherever it resumes
-        net.train()
-        losses = []
-        for index in torch.randperm(len(parts["train"])).split(cfg.batch_size):
-            x, y = _batch(parts["train"], index, spec, train=True)
-            loss = loss_fn(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        val_dice = mean_dice(net, parts["val"], spec, cfg.batch_size)
-        epoch += 1
-        if val_dice > best:
-            best, best_epoch, stale = val_dice, epoch, 0
-            save_lung_model(out, spec, net)
-        else:
-            stale += 1
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
-                        "seconds": time.perf_counter() - started})  # fmt: skip
-        write_csv(out / HISTORY, list(history[0]), history)
-        _checkpoint(out / CHECKPOINT, net, opt, epoch, best, best_epoch, stale, history)
-        log.info("lungs epoch %d/%d: loss %.4f, val Dice %.4f (best %.4f at %d)", epoch, cfg.epochs,
-                 history[-1]["train_loss"], val_dice, best, best_epoch)  # fmt: skip
-    return LungTrainResult(out, best_epoch, best, epoch, split, len(masked.records))
+    steps = SegmenterSteps(parts["train"], parts["val"], spec, cfg.batch_size)
+    loop = fit(fabric, net, opt, steps, out, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed)
+    net.load_state_dict(loop.best_state)
+    save_lung_model(out, spec, net.cpu())
+    log.info("lungs: best val Dice %.4f at epoch %d of %d", loop.best_value, loop.best_epoch, loop.epochs_run)
+    return LungTrainResult(out, loop.best_epoch, loop.best_value, loop.epochs_run, split, len(masked.records))
 
 
-def _checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, best: float,
-                best_epoch: int, stale: int, history: list[dict[str, float]]) -> None:  # fmt: skip
-    payload = {"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "best": best,
-               "best_epoch": best_epoch, "stale": stale, "history": history}  # fmt: skip
-    write_with(path, lambda fh: torch.save(payload, fh), binary=True)
+class SegmenterSteps:
+    """The segmenter's part of the one loop (training.loop): Dice + BCE on augmented training films in a
+    shuffled order, validation Dice as the number to beat."""
 
+    monitor, maximize = "val_dice", True
+    columns: tuple[str, ...] = ("epoch", "train_loss", "val_dice", "seconds")
 
-def _resume(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
-    if not path.is_file():
-        return {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0, "history": []}
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state["net"])
-    opt.load_state_dict(state["opt"])
-    log.info("lungs: resuming %s after epoch %d", path.parent, state["epoch"])
-    return state
+    def __init__(self, train: MaskedFilms, val: MaskedFilms, spec: SegmenterSpec, batch_size: int) -> None:
+        self.train, self.val, self.spec, self.batch_size = train, val, spec, batch_size
+        self._losses: list[float] = []
+
+    def train_batches(self, epoch: int) -> list[torch.Tensor]:
+        """The epoch's shuffle (drawn after the loop seeded the epoch): indices of each batch."""
+        self._losses = []
+        return list(torch.randperm(len(self.train)).split(self.batch_size))
+
+    def train_loss(self, net: torch.nn.Module, index: torch.Tensor) -> torch.Tensor:
+        x, y = _batch(self.train, index, self.spec, train=True)
+        device = next(net.parameters()).device
+        loss = loss_fn(net(x.to(device)), y.to(device))
+        self._losses.append(float(loss.detach()))
+        return loss
+
+    def epoch_numbers(self, fabric: L.Fabric, net: torch.nn.Module) -> dict[str, float]:
+        return {
+            "train_loss": float(np.mean(self._losses)),
+            "val_dice": mean_dice(net, self.val, self.spec, self.batch_size),
+        }

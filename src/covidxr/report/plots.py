@@ -12,10 +12,10 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from covidxr.data.manifest import Manifest
 from covidxr.data.readers import read_image
+from covidxr.engine.history import read_history
 from covidxr.models.spec import ModelSpec
 from covidxr.report.inputs import RunFiles
 from covidxr.results import Reliability
-from covidxr.training.callbacks import read_history
 
 if TYPE_CHECKING:
     from covidxr.evaluation.job import Scored

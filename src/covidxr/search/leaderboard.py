@@ -8,10 +8,10 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from covidxr.atomic import write_csv
+from covidxr.engine.history import read_history
 from covidxr.errors import CovidxrError
 from covidxr.results import SETTINGS, VAL_METRICS, LeaderboardRow
 from covidxr.rundir import RunDir
-from covidxr.training.callbacks import read_history
 
 LEADERBOARD_FILE = RunDir.leaderboard
 

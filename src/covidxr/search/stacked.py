@@ -16,14 +16,14 @@ from typing import Any
 
 import optuna
 
-from covidxr.config import Config
+from covidxr.config import Config, TrainConfig
 from covidxr.data.prepare import PreparedData
 from covidxr.results import SETTINGS, VAL_METRICS, LeaderboardRow
 from covidxr.rundir import RunDir
 from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
 from covidxr.search.samplers import suggest
 from covidxr.training.feature_cache import CachedFeatures
-from covidxr.training.job import cached_groups, head_features, single_process, write_head_run
+from covidxr.training.job import cached_groups, head_features, write_head_run
 from covidxr.training.sampling import is_balanced
 from covidxr.training.stacked import HeadOutcome, HeadPoint, train_heads
 
@@ -40,9 +40,15 @@ def stackable(cfg: Config, space: Space, workers: int = 1, storage_url: str | No
     tc = cfg.train
     return (
         set(space) <= HEAD_FIELDS and tc.freeze == "head" and tc.feature_cache
-        and tc.head == "mlp" and tc.balance != "weights" and single_process(tc) and workers == 1
+        and tc.head == "mlp" and tc.balance != "weights" and _single_process(tc) and workers == 1
         and storage_url is None
     )  # fmt: skip
+
+
+def _single_process(tc: TrainConfig) -> bool:
+    """Training in this process alone, in full precision on the CPU: where the stacked heads run."""
+    single = tc.strategy == "auto" and str(tc.devices) in ("auto", "1") and tc.num_nodes == 1
+    return single and tc.accelerator in ("auto", "cpu") and tc.precision == "32-true"
 
 
 def _point(cfg: Config) -> HeadPoint:

@@ -1,7 +1,7 @@
-"""`train`: data -> model -> Lightning fit -> run directory, resumable after any interruption.
+"""`train`: data -> model -> the training loop -> run directory, resumable after any interruption.
 
-Run directory: config.yaml, data_report.json, splits.csv, model.json, best.safetensors, best.ckpt,
-last.ckpt, history.csv, state.json.
+Run directory: config.yaml, data_report.json, splits.csv, model.json, best.safetensors, last.ckpt, history.csv,
+state.json.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,8 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 
 from covidxr.augment import build_augment, preset
 from covidxr.config import Config, TrainConfig
@@ -26,6 +25,8 @@ from covidxr.data.dataset import XrayDataset
 from covidxr.data.lungs import lung_box
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
+from covidxr.engine.history import read_history, write_history_row
+from covidxr.engine.loop import fit, make_fabric
 from covidxr.errors import CovidxrError
 from covidxr.lungs.segmenter import SegmenterSpec
 from covidxr.models.factory import CovidxrNet, apply_freeze, build_initialised, save_weights, spec_from_config
@@ -34,28 +35,17 @@ from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
 from covidxr.models.trunk import split_trunk
 from covidxr.models.weights import bundled_weights_file, check_weights
-from covidxr.progress import on_terminal
 from covidxr.results import TrainState
 from covidxr.rundir import RunDir
-from covidxr.training.callbacks import (
-    AtomicCheckpointIO,
-    EpochHook,
-    EpochSeed,
-    HistoryCSV,
-    read_history,
-    write_history_row,
-)
 from covidxr.training.distributed import is_main_process
 from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
-from covidxr.training.head_loop import fit_on_tensors, is_loop_checkpoint
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
-from covidxr.training.module import ClassifierModule
 from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights, is_balanced
+from covidxr.training.steps import Batch, ClassifierSteps, TensorBatches, make_optimizer, make_schedule
 
 CONFIG_FILE = RunDir.config
 LAST_CKPT = RunDir.last_ckpt
-BEST_CKPT = RunDir.best_ckpt
 
 
 @dataclass
@@ -92,7 +82,7 @@ def train(
     """Train as `cfg` says into `run_dir`. With `resume`, the run's own config is used and training continues
     from `last.ckpt`; a finished run is left as it is. `prepared` lets many runs on one data set (a search)
     inspect and split it once; `on_epoch(epoch, val_loss)` sees every epoch and may stop the run by raising
-    (a search's pruner). Cached features in one process train in the head loop, everything else in Lightning."""
+    (a search's pruner). Every mode trains in the one loop (training.loop)."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
@@ -118,11 +108,7 @@ def train(
     inputs = _inputs(cfg, prepared, net, spec, main)
     if cfg.train.head == "linear" and inputs.probe is not None and inputs.cached is not None:
         return _linear_head_run(run_dir, net, spec, inputs.probe, inputs.probe_splits, inputs.cached)
-    run = Started(cfg, run_dir, net, spec, on_epoch)
-    last = run_dir / LAST_CKPT
-    if inputs.cached is not None and single_process(cfg.train) and (not last.exists() or is_loop_checkpoint(last)):
-        return _loop_run(run, inputs)
-    return _lightning_run(run, inputs, last if resume and last.exists() else None)
+    return _fit(Started(cfg, run_dir, net, spec, on_epoch), inputs)
 
 
 @dataclass(frozen=True)
@@ -139,19 +125,20 @@ class Started:
 @dataclass
 class TrainInputs:
     """What the mode trains and on what: the trainable part (the head; tail and head; the whole network), its
-    loaders, the feature cache behind them (None: images), and the linear probe fitted on pooled features."""
+    training and validation batches (cached feature tensors, or image DataLoaders) and the training sampler, the
+    feature cache behind them (None: images), and the linear probe fitted on pooled features."""
 
     trainable: torch.nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train: TensorBatches | DataLoader
+    val: TensorBatches | DataLoader
+    sampler: EpochSampler
     cached: CachedFeatures | None = None
     probe: LinearProbe | None = None
     probe_splits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def loss_weights(self, tc: TrainConfig, num_outputs: int) -> torch.Tensor | None:
         """`--balance weights`: the loss weighted against the training split's class frequencies."""
-        targets = list(self.train_loader.sampler.targets)  # type: ignore[attr-defined]
-        return class_weights(targets, num_outputs) if tc.balance == "weights" else None
+        return class_weights(self.sampler.targets, num_outputs) if tc.balance == "weights" else None
 
 
 def _start(cfg: Config, prepared: PreparedData, run_dir: Path, main: bool) -> tuple[CovidxrNet, ModelSpec]:
@@ -183,68 +170,53 @@ def _inputs(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpe
         cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
         splits = {s: _as_numpy(cached.select(s, s == "train")) for s in ("train", "val", "test")}
         probe = _probe_for(cached.key, spec.task, spec.num_outputs, splits) if main else None
-        return TrainInputs(net.head, *_feature_loaders(cfg, cached, prepared), cached, probe, splits)
+        return TrainInputs(net.head, *_feature_batches(cfg, cached, prepared), cached, probe, splits)
     cut_trunk = tc.freeze == "last-k" and tc.feature_cache
     cut = split_trunk(net.backbone, tc.last_k, spec.input_size, spec.channels) if cut_trunk else None
     if cut is not None:
         trunk, tail = cut
         cached = _cached_features(cfg, prepared, trunk, spec, f"trunk without the last {tc.last_k} stage(s)")
-        return TrainInputs(torch.nn.Sequential(tail, net.head), *_feature_loaders(cfg, cached, prepared), cached)
+        return TrainInputs(torch.nn.Sequential(tail, net.head), *_feature_batches(cfg, cached, prepared), cached)
     return TrainInputs(net, *_image_loaders(cfg, prepared, spec))
 
 
-def _lightning_run(run: Started, inputs: TrainInputs, resume_from: Path | None) -> TrainResult:
-    """Images, or any run across processes or accelerators: Lightning's Trainer; rank 0 writes the run."""
-    cfg, run_dir, net, spec, on_epoch = run.cfg, run.run_dir, run.net, run.spec, run.on_epoch
+def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
+    """The mode's trainable part in the one loop (one process or many, on Fabric); rank 0 writes the run."""
+    cfg, run_dir, net, spec = run.cfg, run.run_dir, run.net, run.spec
     tc = cfg.train
-    module = ClassifierModule(inputs.trainable, spec.task, tc, inputs.loss_weights(tc, spec.num_outputs))
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1,
-        enable_version_counter=False,
-    )  # fmt: skip
+    assert tc.lr is not None and tc.epochs is not None and tc.lr_schedule is not None  # resolved by train()
     with quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=tc.epochs,
-            accelerator=tc.accelerator,
-            devices=tc.devices,
-            strategy=tc.strategy,
-            num_nodes=tc.num_nodes,
-            precision=tc.precision,  # type: ignore[arg-type]
-            callbacks=[
-                EpochSeed(cfg.data.seed),
-                HistoryCSV(run_dir),
-                EarlyStopping(monitor="val_loss", mode="min", patience=int(tc.patience or 0)),
-                checkpoint,
-                *([EpochHook(on_epoch)] if on_epoch else []),
-            ],
-            plugins=[AtomicCheckpointIO()],
-            use_distributed_sampler=False,  # EpochSampler shards itself, with the epoch and without duplicates
-            logger=False,
-            default_root_dir=run_dir,
-            num_sanity_val_steps=0,
-            enable_model_summary=False,
-            enable_progress_bar=on_terminal(),  # a log gets history.csv's rows, not a bar's updates
-            log_every_n_steps=1,
-        )
-        trainer.fit(module, inputs.train_loader, inputs.val_loader, ckpt_path=str(resume_from) if resume_from else None)
-    if not trainer.is_global_zero:
+        fabric = make_fabric(tc.accelerator, tc.devices, tc.strategy, tc.num_nodes, tc.precision)
+        weights = inputs.loss_weights(tc, spec.num_outputs)
+        steps = ClassifierSteps(spec.task, _on_device(fabric, inputs.train), _on_device(fabric, inputs.val),
+                                inputs.sampler, weights.to(fabric.device) if weights is not None else None)  # fmt: skip
+        optimizer = make_optimizer(inputs.trainable, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)
+        loop = fit(
+            fabric, inputs.trainable, optimizer, steps, run_dir, epochs=tc.epochs, patience=int(tc.patience or 0),
+            seed=cfg.data.seed, schedule=make_schedule(optimizer, tc.lr_schedule), on_epoch=run.on_epoch,
+        )  # fmt: skip
+    if not fabric.is_global_zero:
         return _result(run_dir, spec, TrainState("running"))
-    best = torch.load(run_dir / BEST_CKPT, map_location="cpu", weights_only=True)
-    module.load_state_dict(best["state_dict"])
+    inputs.trainable.load_state_dict(loop.best_state)
+    net.cpu()
     save_weights(net, run_dir)
     if inputs.probe is not None:
         _compare_with_probe(net, spec, inputs.probe, inputs.probe_splits).write(run_dir)
     cached = inputs.cached
     state = TrainState(
-        "finished",
-        best_epoch=int(best["epoch"]),
-        best_val_loss=float(checkpoint.best_model_score or float("nan")),
-        epochs_run=int(trainer.current_epoch),
-        cache_hit=cached.hit if cached is not None else None,
-        cache_key=cached.key if cached is not None else None,
-    )
+        "finished", loop.best_epoch, loop.best_value, loop.epochs_run, cached.hit if cached is not None else None,
+        cached.key if cached is not None else None,
+    )  # fmt: skip
     RunDir(run_dir).write_state(state)
     return _result(run_dir, spec, state)
+
+
+def _on_device(fabric: L.Fabric, batches: TensorBatches | DataLoader) -> Iterable[Batch]:
+    """Feature tensors moved once; image loaders through Fabric (it moves each batch; EpochSampler shards)."""
+    if isinstance(batches, TensorBatches):
+        x, y = fabric.to_device(batches.x), fabric.to_device(batches.y)
+        return TensorBatches(x, y, batches.sampler, batches.batch_size)
+    return fabric.setup_dataloaders(batches, use_distributed_sampler=False)  # type: ignore[return-value]
 
 
 _PROBES: dict[tuple[str, str], LinearProbe] = {}  # this process's probes by feature-cache key
@@ -261,35 +233,6 @@ def _probe_for(key: str, task: str, num_outputs: int, splits: dict[str, tuple[An
         _PROBES.clear()  # one feature set at a time: a cached probe holds no features, but keep it to one
         _PROBES[(key, task)] = LinearProbe(task, num_outputs).fit(*splits["train"], *splits["val"])
     return _PROBES[(key, task)]
-
-
-def single_process(tc: TrainConfig) -> bool:
-    """Training in this process alone, in full precision: the head loop's case (else Lightning runs it)."""
-    single = tc.strategy == "auto" and str(tc.devices) in ("auto", "1") and tc.num_nodes == 1
-    return single and tc.accelerator in ("auto", "cpu") and tc.precision == "32-true"
-
-
-def _loop_run(run: Started, inputs: TrainInputs) -> TrainResult:
-    """Cached features, one process: the plain loop (training.head_loop) instead of Lightning's machinery."""
-    cfg, run_dir, net, spec, on_epoch = run.cfg, run.run_dir, run.net, run.spec, run.on_epoch
-    cached, trainable = inputs.cached, inputs.trainable
-    assert cached is not None  # train() takes this path only on cached features
-    trainable.train()
-    groups = inputs.train_loader.sampler.groups  # type: ignore[attr-defined]
-    loop = fit_on_tensors(
-        trainable, spec.task, cached.select("train", with_copies=True), cached.select("val", with_copies=False),
-        cfg.train, cfg.data.seed, inputs.loss_weights(cfg.train, spec.num_outputs), run_dir, run_dir / LAST_CKPT,
-        on_epoch, groups,
-    )  # fmt: skip
-    trainable.load_state_dict(loop.best_state)
-    save_weights(net, run_dir)
-    if inputs.probe is not None:
-        _compare_with_probe(net, spec, inputs.probe, inputs.probe_splits).write(run_dir)
-    state = TrainState(
-        "finished", loop.best_epoch, loop.best_val_loss, loop.epochs_run, cached.hit, cached.key
-    )  # fmt: skip
-    RunDir(run_dir).write_state(state)
-    return _result(run_dir, spec, state)
 
 
 def _compare_with_probe(
@@ -458,20 +401,19 @@ def cached_groups(balance: str, cached: CachedFeatures, prepared: PreparedData) 
     return balance_groups(balance, [r["target"] for r in rows], [source[r["path"]] for r in rows])
 
 
-def _feature_loaders(cfg: Config, cached: CachedFeatures, prepared: PreparedData) -> tuple[DataLoader, DataLoader]:
+def _feature_batches(
+    cfg: Config, cached: CachedFeatures, prepared: PreparedData
+) -> tuple[TensorBatches, TensorBatches, EpochSampler]:
     x_train, y_train = cached.select("train", with_copies=True)
     x_val, y_val = cached.select("val", with_copies=False)
     groups = cached_groups(cfg.train.balance, cached, prepared)
     sampler = EpochSampler(y_train.tolist(), cfg.data.seed, is_balanced(cfg.train.balance), groups=groups)
     in_order = EpochSampler(y_val.tolist(), cfg.data.seed, shuffle=False)
-    train_set = TensorDataset(x_train, y_train, torch.arange(len(y_train)))
-    train = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
-    val_set = TensorDataset(x_val, y_val, torch.arange(len(y_val)))
-    val = DataLoader(val_set, batch_size=max(64, cfg.train.batch_size), sampler=in_order)
-    return train, val
+    train = TensorBatches(x_train, y_train, sampler, cfg.train.batch_size)
+    return train, TensorBatches(x_val, y_val, in_order, max(64, cfg.train.batch_size)), sampler
 
 
-def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tuple[DataLoader, DataLoader]:
+def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tuple[DataLoader, DataLoader, EpochSampler]:
     tc = cfg.train
     manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
     pre = spec.preprocess
@@ -488,7 +430,7 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     n = tc.num_workers
     train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, num_workers=n)
     val = DataLoader(Indexed(val_ds), batch_size=tc.batch_size, sampler=in_order, num_workers=n)
-    return train, val
+    return train, val, sampler
 
 
 def _result(run_dir: Path, spec: ModelSpec, state: TrainState) -> TrainResult:

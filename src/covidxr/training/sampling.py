@@ -1,7 +1,7 @@
 """Samplers whose order depends only on (seed, epoch): shuffled, class-balanced or in order, identical after
 resume, and sharded over distributed ranks by the sampler itself.
 
-Lightning's own distributed wrapper would not pass the epoch to a custom sampler (a balanced draw would repeat
+A DistributedSampler wrapper would not pass the epoch to a custom sampler (a balanced draw would repeat
 every epoch) and pads shards with duplicates that then count twice in metrics. Here every rank draws the same
 full order, pads it by wrapping to a multiple of the world size (equal shard lengths, so no rank waits), and
 takes every world-th index; batches carry dataset indices so gathered metrics drop the padding.
@@ -42,7 +42,7 @@ class EpochSampler(Sampler[int]):
         self._rank, self._world = rank, world  # None: from torch.distributed when iterating
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this before each epoch."""
+        """The loop calls this (through the mode's steps) before each epoch."""
         self.epoch = epoch
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)

@@ -6,8 +6,8 @@ a few batched matrix products.
 Each trial keeps its own learning rate, optimizer, dropout, weight decay, schedule and early stopping: its
 optimizer is the one its own run would use (make_optimizer: PyTorch's, as timm builds it), a parameter group per
 trial over its slice of the stacked weights — views, so the in-place steps update the stack and nothing is
-copied. Trials of one batch size and optimizer step together on the head loop's sample order, start from the
-head a run of the same seed builds, and draw the dropout masks the head loop draws (seeded per epoch as it seeds
+copied. Trials of one batch size and optimizer step together on the loop's sample order, start from the
+head a run of the same seed builds, and draw the dropout masks the loop draws (seeded per epoch as it seeds
 them): a point trained here ends where its own run would. Each stack's state is written every few seconds, so a
 killed search resumes where it stopped.
 """
@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covidxr.engine.loop import epoch_seed
 from covidxr.models.head import ClassifierHead, positive_scores
-from covidxr.training.module import epoch_log, make_optimizer, per_sample_loss
 from covidxr.training.sampling import EpochSampler, once_per_item
+from covidxr.training.steps import epoch_log, make_optimizer, per_sample_loss
 
 SAVE_EVERY_S = 2.0
 PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD = 0.5, 4, 1e-4  # torch's ReduceLROnPlateau as make_schedule
@@ -59,10 +60,10 @@ class HeadOutcome:
 
 
 def _masks(shape: tuple[int, int], p: float, seed: int, epoch: int, sizes: list[int]) -> list[torch.Tensor]:
-    """The dropout multipliers a one-trial run draws in this epoch: its RNG is seeded as the head loop seeds it
-    (seed * 10_007 + epoch) and the head's forward draws nothing else."""
+    """The dropout multipliers a one-trial run draws in this epoch: its RNG is seeded as the loop seeds it
+    (engine.loop.epoch_seed) and the head's forward draws nothing else."""
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed * 10_007 + epoch)
+    torch.manual_seed(epoch_seed(seed, epoch))
     try:
         return [F.dropout(torch.ones(n, shape[1]), p, training=True) for n in sizes]
     finally:
