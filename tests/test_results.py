@@ -68,3 +68,26 @@ def test_a_fair_score_without_a_within_source_auc_reads_back() -> None:
                       ["A", "A", "B", "B"], np.array(["a", "b", "c", "d"]), n_resamples=0)  # fmt: skip
     back = FairScore.from_json(json.loads(json.dumps(only.to_json())))
     assert back == only and back.within_source_auc is None and back.mixed_auc == 1.0
+
+
+def test_values_are_checked_when_read_literals_and_nested_types_included(tmp_path: Path) -> None:
+    import pytest
+
+    from covidxr.errors import CovidxrError
+    from covidxr.results import TrainState
+    from covidxr.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.state.write_text(json.dumps({"status": "done", "best_epoch": 3}))  # not one of running | finished
+    with pytest.raises(CovidxrError, match=r"state.json: cannot be read as TrainState .*status"):
+        run.read_state()
+    run.state.write_text(json.dumps({"status": "finished", "best_epoch": "third"}))
+    with pytest.raises(CovidxrError, match=r"state.json: cannot be read as TrainState .*best_epoch"):
+        run.read_state()
+    raw = _explanation(None).to_json()
+    raw["filters"]["dead"][0]["fraction"] = "most"  # a nested record's number
+    run.explain.write_text(json.dumps(raw))
+    with pytest.raises(CovidxrError, match=r"explain.json: cannot be read as Explanation .*fraction"):
+        run.read_explanation()
+    run.state.write_text(json.dumps({"status": "finished", "best_epoch": 3, "best_val_loss": 0.25}))
+    assert run.read_state() == TrainState("finished", 3, 0.25)

@@ -29,9 +29,11 @@ class _LogLines:
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        passed = self.next_step
         while self.total and self.next_step < STEPS and self.done * STEPS >= self.next_step * self.total:
-            self._line(f"{self.done}/{self.total} {self.unit} ({time.monotonic() - self.began:.0f} s)")
             self.next_step += 1
+        if self.next_step > passed:  # one line however many quarters this update passed
+            self._line(f"{self.done}/{self.total} {self.unit} ({time.monotonic() - self.began:.0f} s)")
 
     def close(self) -> None:
         self._line(f"done, {self.done} {self.unit} in {time.monotonic() - self.began:.0f} s")

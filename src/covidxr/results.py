@@ -1,20 +1,20 @@
 """Typed results: what one stage writes into the run directory as JSON and later stages read back.
 
-Each class is a dataclass whose fields are the file's keys; `to_json` and `from_json` convert (nested results,
-lists and dicts of them included). A field left `None` is not written, so optional parts (the threshold of a
-multiclass run, the audit of an unaudited one) are absent from the file, as a reader of the JSON expects.
+Each class is a dataclass whose fields are the file's keys; `to_json` writes them (nested results, lists and
+dicts of them included) and `from_json` reads them back through pydantic, which checks every value's type. A
+field left `None` is not written, so optional parts (the threshold of a multiclass run, the audit of an
+unaudited one) are absent from the file, as a reader of the JSON expects.
 """
 
 from __future__ import annotations
 
 import csv
-import types
-import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from pydantic import TypeAdapter
 
 R = TypeVar("R", bound="JsonRecord")
 
@@ -25,7 +25,15 @@ class JsonRecord:
 
     @classmethod
     def from_json(cls: type[R], raw: dict[str, Any]) -> R:
-        return _decode(cls, raw)
+        """The record in `raw`, validated by pydantic against the dataclass's types (Literal values included,
+        nested records, lists and dicts of them); keys a later version added are ignored, not fatal."""
+        if cls not in _ADAPTERS:
+            _ADAPTERS[cls] = TypeAdapter(cls)
+        adapter: TypeAdapter[R] = _ADAPTERS[cls]
+        return adapter.validate_python(raw)
+
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}  # one per record type: building one costs milliseconds
 
 
 def _encode(value: Any) -> Any:
@@ -36,23 +44,6 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _decode(kind: Any, raw: Any) -> Any:
-    if raw is None:
-        return None
-    origin = get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        return _decode(next(a for a in get_args(kind) if a is not type(None)), raw)
-    if isinstance(kind, type) and is_dataclass(kind):
-        hints = get_type_hints(kind)
-        known = {f.name for f in fields(kind)}  # keys a later version added are ignored, not fatal
-        return kind(**{k: _decode(hints[k], v) for k, v in raw.items() if k in known})
-    if origin is dict:
-        return {k: _decode(get_args(kind)[1], v) for k, v in raw.items()}
-    if origin is list:
-        return [_decode(get_args(kind)[0], v) for v in raw]
-    return raw
 
 
 # --- training ---------------------------------------------------------------------------------------------

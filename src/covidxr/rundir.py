@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from pydantic import ValidationError
+
 from covidxr.atomic import write_json
 from covidxr.errors import CovidxrError
 from covidxr.results import Evaluation, Explanation, ExternalEvaluation, JsonRecord, RunCalibration, TrainState
@@ -110,6 +112,9 @@ def _read(path: Path, kind: type[R]) -> R | None:
         return None
     try:
         return kind.from_json(json.loads(path.read_text()))
+    except ValidationError as exc:  # every wrong value, by where it is: "filters.dead.0.fraction: ..."
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CovidxrError(f"{path}: cannot be read as {kind.__name__} ({problems}); run its stage again") from None
     except (ValueError, TypeError, AttributeError) as exc:
         raise CovidxrError(f"{path}: cannot be read as {kind.__name__} ({exc}); run its stage again") from None
 

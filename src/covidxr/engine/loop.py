@@ -132,6 +132,7 @@ def fit(
     the monitored number; `on_epoch(epoch, value)` sees every epoch and may stop the run by raising (a pruner).
     Returns the best epoch's state of `net`."""
     model, opt = fabric.setup(net, optimizer)
+    folder.mkdir(parents=True, exist_ok=True)
     last = folder / RunDir.last_ckpt
     state, best_state = Progress(), copy.deepcopy(net.state_dict())
     if last.is_file():

@@ -185,7 +185,7 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
     cfg, run_dir, net, spec = run.cfg, run.run_dir, run.net, run.spec
     tc = cfg.train
     assert tc.lr is not None and tc.epochs is not None and tc.lr_schedule is not None  # resolved by train()
-    with quiet_lightning():
+    with quiet_lightning(), _threads(_threads_for(inputs)):
         fabric = make_fabric(tc.accelerator, tc.devices, tc.strategy, tc.num_nodes, tc.precision)
         weights = inputs.loss_weights(tc, spec.num_outputs)
         steps = ClassifierSteps(spec.task, _on_device(fabric, inputs.train), _on_device(fabric, inputs.val),
@@ -209,6 +209,26 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
     )  # fmt: skip
     RunDir(run_dir).write_state(state)
     return _result(run_dir, spec, state)
+
+
+SMALL_ROW = 8192  # features per item up to which a step runs on one thread (pooled features: 1280)
+
+
+def _threads_for(inputs: TrainInputs) -> int:
+    """Pooled features make steps too small to split across threads (splitting only adds synchronisation), so
+    those train on one thread; trunk outputs and images on all."""
+    small = isinstance(inputs.train, TensorBatches) and inputs.train.x[0].numel() <= SMALL_ROW
+    return 1 if small else torch.get_num_threads()
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _on_device(fabric: L.Fabric, batches: TensorBatches | DataLoader) -> Iterable[Batch]:

@@ -85,7 +85,7 @@ class ClassifierSteps:
     ) -> None:
         """`sampler`: the training batches' EpochSampler (told the epoch); `class_weights`: the weighted loss."""
         self.task, self.train, self.val, self.sampler, self.class_weights = task, train, val, sampler, class_weights
-        self._seen: list[tuple[torch.Tensor, ...]] = []
+        self._seen: list[Batch] = []
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
         self.sampler.set_epoch(epoch)
@@ -95,29 +95,24 @@ class ClassifierSteps:
     def train_loss(self, net: nn.Module, batch: Batch) -> torch.Tensor:
         x, y, index = batch
         logits = net(x)
-        self._seen.append(self._outputs(logits, y, index))
+        self._seen.append((logits.detach(), y, index))  # scored once at the epoch's end: a head's step is tiny
         return classification_loss(logits, y, self.task, self.class_weights)
 
     def epoch_numbers(self, fabric: L.Fabric, net: nn.Module) -> dict[str, float]:
         """Train numbers from the epoch's outputs, val numbers from a pass over the validation batches."""
-        val = [self._outputs(net(x), y, index) for x, y, index in self.val]
+        val = [(net(x), y, index) for x, y, index in self.val]
         logged = {f"train_{k}": v for k, v in epoch_log(*self._gathered(fabric, self._seen), self.task).items()}
         return logged | {f"val_{k}": v for k, v in epoch_log(*self._gathered(fabric, val), self.task).items()}
 
-    def _outputs(self, logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        detached = logits.detach().float()
-        scores, losses = positive_scores(detached, self.task), per_sample_loss(detached, y, self.task)
-        return scores.cpu(), y.detach().cpu(), losses.cpu(), index.detach().cpu()
-
-    @staticmethod
-    def _gathered(
-        fabric: L.Fabric, outputs: list[tuple[torch.Tensor, ...]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _gathered(self, fabric: L.Fabric, outputs: list[Batch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, targets, per-sample losses) over every rank, one row per data-set item in item order: shards
         are put back in the epoch's order, so each item keeps its first draw (as in one process) and the
         repeats that padded the shards fall away."""
-        parts = [_all_gather(fabric, torch.cat([o[k] for o in outputs])) for k in range(4)]
-        scores, targets, losses = once_per_item(parts[3].numpy(), *(p.numpy() for p in parts[:3]))
+        logits, y, index = (torch.cat([o[k] for o in outputs]) for k in range(3))
+        logits = logits.float()
+        parts = (positive_scores(logits, self.task), y, per_sample_loss(logits, y, self.task), index)
+        scores, targets, losses, order = (_all_gather(fabric, p.cpu()).numpy() for p in parts)
+        scores, targets, losses = once_per_item(order, scores, targets, losses)
         return scores, targets, losses
 
 
