@@ -79,6 +79,7 @@ def test_demo_runs_the_main_job_and_ends_with_the_report_path(tmp_path: Path) ->
     assert "generated 80 phantoms" in out.stdout
     assert "80 usable" in out.stdout and "usable: yes" in out.stdout
     assert "trained tf_efficientnet_lite0" in out.stdout and "roc_auc" in out.stdout
+    assert out.stderr.count("checking: started, 80 img") == 1  # the data are decoded once for every stage
     report = tmp_path / "demo" / "run" / "report.html"
     assert out.stdout.strip().endswith(f"report: {report}")
     for name in ("splits.csv", "best.safetensors", "model.json", "history.csv", "metrics.json", "predictions.csv"):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidxr.config import Config
-from covidxr.data.prepare import prepare
+from covidxr.data.prepare import PreparedData, prepare
 from covidxr.evaluation.fair import fair_summary
 from covidxr.evaluation.job import EvalContext, evaluate_run
 from covidxr.report.html import write_report
@@ -57,17 +57,22 @@ def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> Eval
     return metrics
 
 
-def run(cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True) -> RunResult | None:
+def run(
+    cfg: Config, run_dir: Path | str, n_resamples: int = 1000, explain: bool = True,
+    prepared: PreparedData | None = None,
+) -> RunResult | None:  # fmt: skip
     """Train, evaluate on test, audit, explain, report; rerun on the same `run_dir` after an interruption, it
     continues where it stopped: training from its last checkpoint, and a finished stage (its result file is
     written last, whole) is not done again. A helper rank of a distributed run returns None after training:
-    rank 0 evaluates, explains and reports."""
+    rank 0 evaluates, explains and reports. `prepared`: the data already inspected and split into `run_dir`
+    (the demo shows them first), so they are decoded once."""
     from covidxr.explain.job import EXPLAIN_FILE, explain_run
 
     run_dir = Path(run_dir)
     resume = (run_dir / LAST_CKPT).exists()
     # The data are inspected (decoded, hashed) and the model loaded once for every stage of a fresh run.
-    prepared = prepare(run_dir, cfg.data, write=is_main_process()) if cfg.data.paths and not resume else None
+    if prepared is None and cfg.data.paths and not resume:
+        prepared = prepare(run_dir, cfg.data, write=is_main_process())
     trained = train(cfg, run_dir, resume=resume, prepared=prepared)
     if not is_main_process():
         return None

@@ -100,11 +100,12 @@ def run_demo(
     else:
         run_dir = out / f"run-{Path(data).resolve().name}"
     cfg = Config(DataConfig(paths=(str(data),), seed=seed), TrainConfig(epochs=epochs, cache_dir=str(out / "cache")))
+    resume = RunDir(run_dir).last_ckpt.exists()
     prepared = prepare(run_dir, cfg.data)
     typer.echo(prepared.report.format_table())
     typer.echo("")
     typer.echo(prepared.split.format_table(prepared.manifest, prepared.label_map))
     typer.echo("")
-    result = run(cfg, run_dir)
+    result = run(cfg, run_dir, prepared=None if resume else prepared)  # checked once; a resumed run reads its own
     if result is not None:  # None only on a helper rank of a distributed run
         typer.echo(result.summary())

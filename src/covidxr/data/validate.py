@@ -24,6 +24,7 @@ from covidxr.data.lungs import mask_box, read_lung_mask
 from covidxr.data.manifest import LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
 from covidxr.errors import DataError, ImageReadError
+from covidxr.progress import progress
 
 MIN_PATIENTS_PER_CLASS = 3  # one patient group per class in each of train / val / test
 HASH_SIDE = 16  # 256-bit difference hash: 64 bits cannot tell one chest X-ray from another
@@ -189,8 +190,11 @@ def inspect(
 ) -> tuple[Manifest, DataReport]:
     """Decode every image; return the manifest of usable images and the report. Never raises for bad files."""
     workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(lambda r: _decode(manifest, r, max_pixels), manifest.records))
+    decoded = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress(len(manifest.records), "checking", "img") as bar:
+        for item in pool.map(lambda r: _decode(manifest, r, max_pixels), manifest.records):
+            decoded.append(item)
+            bar.update(1)
     skipped = list(manifest.skipped)
     skipped += [Skipped(d.record.path, d.error.problem, d.error.detail) for d in decoded if d.error]
     good = [d for d in decoded if d.error is None]
