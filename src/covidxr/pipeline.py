@@ -8,9 +8,10 @@ from pathlib import Path
 from covidxr.config import Config
 from covidxr.data.prepare import PreparedData, prepare
 from covidxr.evaluation.fair import fair_summary
-from covidxr.evaluation.job import EvalContext, evaluate_run
+from covidxr.evaluation.job import evaluate_run
 from covidxr.report.html import write_report
 from covidxr.results import Evaluation
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 from covidxr.training.distributed import is_main_process
 from covidxr.training.job import LAST_CKPT, TrainResult, train
@@ -51,9 +52,9 @@ def ensemble(runs: list[Path], out: Path | str, n_resamples: int = 1000) -> Eval
     for member in runs:
         if RunDir(member).read_evaluation() is None:
             evaluate_run(member, n_resamples)
-    out = create_ensemble([Path(r) for r in runs], Path(out))
-    metrics = evaluate_run(out, n_resamples)
-    write_report(out)
+    run = Run(create_ensemble([Path(r) for r in runs], Path(out)))
+    metrics = evaluate_run(run, n_resamples)
+    write_report(run)
     return metrics
 
 
@@ -66,7 +67,7 @@ def run(
     written last, whole) is not done again. A helper rank of a distributed run returns None after training:
     rank 0 evaluates, explains and reports. `prepared`: the data already inspected and split into `run_dir`
     (the demo shows them first), so they are decoded once."""
-    from covidxr.explain.job import EXPLAIN_FILE, explain_run
+    from covidxr.explain.job import explain_run
 
     run_dir = Path(run_dir)
     resume = (run_dir / LAST_CKPT).exists()
@@ -76,13 +77,9 @@ def run(
     trained = train(cfg, run_dir, resume=resume, prepared=prepared)
     if not is_main_process():
         return None
-    metrics = RunDir(run_dir).read_evaluation()
-    to_explain = explain and not (run_dir / EXPLAIN_FILE).is_file()
-    ctx = EvalContext.load(run_dir) if metrics is None or to_explain else None  # a finished run loads nothing
-    if ctx is not None and metrics is None:
-        manifest = prepared.manifest if prepared else None
-        metrics = evaluate_run(run_dir, n_resamples=n_resamples, ctx=ctx, manifest=manifest)
-    if ctx is not None and to_explain:
-        explain_run(run_dir, model=(ctx.net, ctx.spec))
-    assert metrics is not None  # evaluated above, or before
-    return RunResult(trained, metrics, write_report(run_dir))
+    # One Run for every stage after training: config, data listing, network and calibration read once.
+    run = Run(run_dir, manifest=prepared.manifest if prepared else None)
+    metrics = run.evaluation or evaluate_run(run, n_resamples=n_resamples)
+    if explain and run.explanation is None:
+        explain_run(run)
+    return RunResult(trained, metrics, write_report(run))

@@ -204,3 +204,38 @@ def test_an_ensemble_is_a_run_of_the_mean_calibrated_scores(phantom_run: RunResu
     bad = subprocess.run([sys.executable, "-m", "covidxr", "ensemble", str(first), str(other), "--out",
                           str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert bad.returncode == 2 and "another split" in bad.stderr
+
+
+def test_one_run_handle_reads_each_fact_once_through_evaluate_explain_and_report(
+    phantom_run: RunResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluate, explain and report handed one Run read config.yaml once, check (decode) the data once and load
+    the network once; explain sees the calibration evaluate just fitted."""
+    import covidxr.run as run_module
+    from covidxr.explain.job import explain_run
+    from covidxr.report.html import write_report
+    from covidxr.run import Run
+
+    copy = tmp_path / "run"
+    shutil.copytree(phantom_run.report.parent, copy)
+    for name in (RunDir.metrics, RunDir.explain, RunDir.calibration):
+        (copy / name).unlink()
+    calls: dict[str, int] = {}
+
+    def counted(name: str, function: object) -> object:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] = calls.get(name, 0) + 1
+            return function(*args, **kwargs)  # type: ignore[operator]
+
+        return wrapper
+
+    for name in ("load_model", "usable_data", "list_data"):
+        monkeypatch.setattr(run_module, name, counted(name, getattr(run_module, name)))
+    monkeypatch.setattr(Config, "from_yaml", classmethod(counted("config", Config.from_yaml.__func__)))  # type: ignore[attr-defined]
+    run = Run(copy)
+    evaluate_run(run, n_resamples=0, audit=False)
+    explanation = explain_run(run, mc_passes=2, gallery=1)
+    write_report(run)
+    assert calls == {"config": 1, "usable_data": 1, "load_model": 1}  # explain samples the checked images
+    assert run.spec.calibration == RunDir(copy).read_calibration() is not None
+    assert explanation.mc_passes == 2 and (copy / "report.html").is_file()

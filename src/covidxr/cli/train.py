@@ -83,23 +83,25 @@ def evaluate_cmd(
     from covidxr.data.labels import parse_label_map
     from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, fair_table, per_label_table
     from covidxr.report.html import write_report
+    from covidxr.run import Run
 
     if data and (tta is not None or by_source):
         raise CovidxrError("--tta and --by-source belong to the run's own evaluation: run them without --data first")
+    run = Run(run_dir)  # read once for every step below (evaluation, external sets, the report)
     if not data:
         if out is not None or label_map is not None:
             raise CovidxrError(
                 "--out and --label-map go with --data (an external set); the run's own results stay in it"
             )
-        metrics = evaluate_run(run_dir, bootstrap, threshold, tta=tta)
+        metrics = evaluate_run(run, bootstrap, threshold, tta=tta)
         for warning in metrics.warnings:
             typer.echo(f"WARNING: {warning}")
         if by_source:
             from covidxr.evaluation.by_source import by_source_table, leave_one_source_out
 
-            typer.echo(by_source_table(leave_one_source_out(run_dir, threshold)))
+            typer.echo(by_source_table(leave_one_source_out(run, threshold)))
     else:
-        result = evaluate_external(run_dir, data, bootstrap, out, parse_label_map(label_map))
+        result = evaluate_external(run, data, bootstrap, out, parse_label_map(label_map))
         if result.fair is not None:
             typer.echo(fair_table(result.fair))
             typer.echo("")
@@ -109,7 +111,7 @@ def evaluate_cmd(
         typer.echo("")
         typer.echo(per_label_table(result))
         typer.echo(f"external results: {result.out}")
-    typer.echo(f"report: {write_report(run_dir)}")
+    typer.echo(f"report: {write_report(run)}")
 
 
 def ensemble_cmd(

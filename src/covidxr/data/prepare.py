@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from covidxr.errors import DataError
 from covidxr.rundir import RunDir
 
 REPORT_FILE = RunDir.data_report
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +35,15 @@ def list_data(cfg: DataConfig) -> Manifest:
 
 def inspect_data(cfg: DataConfig) -> tuple[Manifest, DataReport]:
     return inspect(list_data(cfg), cfg.task, cfg.positive, cfg.max_pixels)
+
+
+def usable_data(cfg: DataConfig) -> Manifest:
+    """The usable images of the config's data sets (decoded and checked); unreadable ones skipped, and said."""
+    manifest, report = inspect_data(cfg)
+    if report.skipped:
+        log.warning("note: %d unreadable file(s) in %s skipped (see covidxr data inspect)", len(report.skipped),
+                    " + ".join(cfg.paths))  # fmt: skip
+    return manifest
 
 
 def prepare(out_dir: Path | str, cfg: DataConfig, write: bool = True) -> PreparedData:

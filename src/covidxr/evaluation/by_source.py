@@ -23,6 +23,7 @@ from covidxr.data.validate import label_by_source, short_source
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.calibration import calibrate
 from covidxr.evaluation.metrics import roc_auc
+from covidxr.run import Run
 from covidxr.rundir import RunDir, folder_name
 
 BY_SOURCE_FILE = RunDir.by_source
@@ -44,14 +45,14 @@ class HeldOutSource:
     skipped: str | None = None  # why this source could not be held out
 
 
-def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> list[HeldOutSource]:
+def leave_one_source_out(run: Run | Path | str, threshold_method: str = "f1") -> list[HeldOutSource]:
     """Retrain the run's configuration once per source with that source held out; score each held-out source
     at a threshold chosen (after temperature scaling) on the fold's own validation split."""
     from covidxr.evaluation.job import EvalContext
     from covidxr.training.job import train
 
-    run_dir = Path(run_dir)
-    cfg = Config.from_yaml(run_dir / RunDir.config)
+    run = Run.open(run)
+    run_dir, cfg = run.root, run.config
     manifest, report = inspect_data(cfg.data)
     table = label_by_source(manifest.records)
     if not any(sum(label in counts for counts in table.values()) >= 2 for label in manifest.label_counts()):
@@ -79,7 +80,7 @@ def leave_one_source_out(run_dir: Path | str, threshold_method: str = "f1") -> l
             cfg, fold_dir, resume=(fold_dir / RunDir.state).is_file(),
             prepared=PreparedData(rest, report, label_map, split, False),
         )  # fmt: skip
-        ctx = EvalContext.load(trained.run_dir)
+        ctx = EvalContext.load(Run(trained.run_dir, manifest=rest))
         val = ctx.score(rest, split.records(rest, "val"))
         ctx.spec = calibrate(ctx.run_dir, ctx.spec, val.logits, val.targets, threshold_method)
         scored = ctx.score(manifest.subset(held), held)

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from covidxr.atomic import write_csv, write_json
-from covidxr.config import Config, DataConfig
+from covidxr.config import Config
 from covidxr.data.formats import AUTO
 from covidxr.data.labels import LabelMap
 from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Manifest, Record
-from covidxr.data.prepare import inspect_data
+from covidxr.data.prepare import usable_data
 from covidxr.data.readers import read_image
-from covidxr.data.split import SPLITS_FILE, Split, read_split
+from covidxr.data.split import Split
 from covidxr.data.validate import confounded_labels, label_by_source, short_source
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.audit import (
@@ -45,7 +45,7 @@ from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion
 from covidxr.evaluation.predict import predict_logits
 from covidxr.evaluation.threshold import threshold_for_specificity
 from covidxr.lungs.as_seen import hide, record_lungs
-from covidxr.models.factory import CovidxrNet, load_model
+from covidxr.models.factory import CovidxrNet
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
 from covidxr.results import (
@@ -62,6 +62,7 @@ from covidxr.results import (
     SplitMetrics,
     Threshold,
 )
+from covidxr.run import Run
 from covidxr.rundir import RunDir, folder_name
 
 log = logging.getLogger(__name__)
@@ -89,19 +90,39 @@ class Scored:
 
 @dataclass
 class EvalContext:
-    run_dir: Path
-    net: CovidxrNet
-    spec: ModelSpec
-    cfg: Config
-    label_map: LabelMap
+    """The evaluation's view of a Run: its network, spec (whose calibration evaluation refits), config and label
+    map, and scoring through them."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
     @classmethod
-    def load(cls, run_dir: Path | str) -> EvalContext:
-        run_dir = Path(run_dir)
-        net, spec = load_model(run_dir)
-        cfg = Config.from_yaml(run_dir / RunDir.config)
-        label_map = LabelMap(spec.task, tuple(spec.classes), spec.positive)  # type: ignore[arg-type]
-        return cls(run_dir, net, spec, cfg, label_map)
+    def load(cls, run: Run | Path | str) -> EvalContext:
+        return cls(Run.open(run))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root
+
+    @property
+    def net(self) -> CovidxrNet:
+        return self.run.net
+
+    @property
+    def cfg(self) -> Config:
+        return self.run.config
+
+    @property
+    def label_map(self) -> LabelMap:
+        return self.run.label_map
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.run.spec
+
+    @spec.setter
+    def spec(self, spec: ModelSpec) -> None:  # one spec for the run: later stages see the new calibration
+        self.run.spec = spec
 
     def score(self, manifest: Manifest, records: list[Record], transform: Any = None) -> Scored:
         net = scoring_net(self.net, self.spec)
@@ -225,24 +246,19 @@ def per_source(scored: Scored, spec: ModelSpec) -> dict[str, SourceRates]:
 
 
 def evaluate_run(
-    run_dir: Path | str,
+    run: Run | Path | str,
     n_resamples: int = 1000,
     threshold_method: str = "f1",
     audit: bool = True,
     tta: bool | None = None,
-    ctx: EvalContext | None = None,
-    manifest: Manifest | None = None,
 ) -> Evaluation:
     """Internal evaluation of a finished run: calibrates it on val (calibration.json: temperature, threshold,
     TTA), then returns and writes metrics.json and predictions.csv. `tta` switches test-time augmentation on or off
-    for this and every later use of the run (None: as it is).
-    `ctx` and `manifest`: the run's model and usable images when the caller has them already (`covidxr run`)."""
-    ctx = ctx or EvalContext.load(run_dir)
+    for this and every later use of the run (None: as it is). A Run the caller holds keeps its model and
+    listed data for the stages after (`covidxr run`), and sees the new calibration."""
+    ctx = EvalContext.load(run)
     ctx.spec = replace(ctx.spec, calibration=RunCalibration(tta=ctx.spec.tta if tta is None else tta))  # raw
-    if not ctx.cfg.data.paths:
-        raise CovidxrError(f"{run_dir}: config.yaml names no data set")
-    manifest = manifest or _usable(ctx.cfg.data)
-    split = read_split(ctx.run_dir / SPLITS_FILE, manifest)
+    manifest, split = ctx.run.manifest, ctx.run.split
     val = ctx.score(manifest, split.records(manifest, "val"))
     uncalibrated = test = ctx.score(manifest, split.records(manifest, "test"))
     seed = ctx.cfg.data.seed
@@ -271,11 +287,12 @@ def evaluate_run(
     )  # fmt: skip
     _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
     write_json(ctx.run_dir / METRICS_FILE, result.to_json())  # last: its presence means the evaluation is complete
+    ctx.run.evaluation = result
     return result
 
 
 def evaluate_external(
-    run_dir: Path | str,
+    run: Run | Path | str,
     data: Path | str | Sequence[Path | str],
     n_resamples: int = 1000,
     out: Path | str | None = None,
@@ -289,13 +306,13 @@ def evaluate_external(
     external set's labels first. A set holding one class only gets what it allows: per-label rates, no AUC.
     """
     paths = [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]
-    ctx = EvalContext.load(run_dir)
-    internal = RunDir(ctx.run_dir).read_evaluation()
-    if internal is None:  # evaluated first with the same model (it sets the threshold and temperature in ctx)
-        internal = evaluate_run(run_dir, n_resamples, ctx=ctx)
+    ctx = EvalContext.load(run)
+    internal = ctx.run.evaluation
+    if internal is None:  # evaluated first with the same model (it sets the threshold and temperature in the Run)
+        internal = evaluate_run(ctx.run, n_resamples)
     rules = dict(ctx.cfg.data.label_rules.rename) | (label_map or {})
     data_cfg = replace(ctx.cfg.data, paths=tuple(paths), label_map=rules, format=AUTO)
-    manifest = _usable(data_cfg)
+    manifest = usable_data(data_cfg)
     dropped = dict(sorted(Counter(r.label for r in manifest.records if not ctx.label_map.knows(r.label)).items()))
     manifest = manifest.subset([r for r in manifest.records if ctx.label_map.knows(r.label)])
     names = " + ".join(paths)
@@ -398,17 +415,6 @@ def per_label_table(result: ExternalEvaluation) -> str:
 
 def _with_ci(value: float, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.isfinite(ci[0]) else f"{value:.3f}"
-
-
-def _usable(data_cfg: DataConfig) -> Manifest:
-    manifest, report = inspect_data(data_cfg)
-    if report.skipped:
-        log.warning(
-            "note: %d unreadable file(s) in %s skipped (see covidxr data inspect)",
-            len(report.skipped),
-            " + ".join(data_cfg.paths),
-        )
-    return manifest
 
 
 def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalContext) -> None:

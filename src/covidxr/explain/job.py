@@ -6,7 +6,6 @@ first-layer filters are drawn here, from network internals the run does not stor
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ from covidxr.explain.localisation import chance_rate, energy_inside, pointing_hi
 from covidxr.explain.uncertainty import mc_dropout, referral_curve
 from covidxr.lungs.as_seen import record_lungs
 from covidxr.models.ensemble import is_ensemble
-from covidxr.models.factory import CovidxrNet, load_model
+from covidxr.models.factory import CovidxrNet
 from covidxr.models.spec import ModelSpec
 from covidxr.results import Explanation, Filters, Localisation
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 
 EXPLAIN_FILE = RunDir.explain
@@ -53,12 +53,13 @@ def _feature_grid(name: str, maps: torch.Tensor, path: Path) -> Path:
     return _save(fig, path)
 
 
-def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_passes: int = 30) -> dict[str, Any]:
+def explain_images(run: Run | Path | str, paths: list[Path], out: Path | str, mc_passes: int = 30) -> dict[str, Any]:
     """Feature maps (one PNG per layer), CAM overlays (predicted and positive class) and MC-dropout uncertainty
     per image; unreadable files are listed with their reason and the rest still explained."""
-    if is_ensemble(Path(run_dir)):
-        raise CovidxrError(f"{run_dir} is an ensemble: feature maps belong to its members; explain one of them")
-    net, spec = load_model(run_dir)
+    run = Run.open(run)
+    if is_ensemble(run.root):
+        raise CovidxrError(f"{run.root} is an ensemble: feature maps belong to its members; explain one of them")
+    net, spec = run.net, run.spec
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pre = spec.preprocess
@@ -90,7 +91,7 @@ def explain_images(run_dir: Path | str, paths: list[Path], out: Path | str, mc_p
                 "outputs": str(folder),
             }
         )
-    summary = {"run": str(run_dir), "mc_passes": mc_passes, "images": results, "skipped": skipped}
+    summary = {"run": str(run.root), "mc_passes": mc_passes, "images": results, "skipped": skipped}
     write_json(out / RunDir.uncertainty, summary)
     return summary
 
@@ -103,25 +104,18 @@ def _save_rgb(rgb: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _sample_batches(run_dir: Path, spec: ModelSpec, n: int = 32, split: str = "val") -> tuple[list[Any], torch.Tensor]:
-    from covidxr.config import Config
-    from covidxr.data.prepare import list_data
-    from covidxr.data.split import read_split
-
-    cfg = Config.from_yaml(run_dir / RunDir.config)
-    manifest = list_data(cfg.data)
-    rows = {r["path"]: r["split"] for r in csv.DictReader((run_dir / RunDir.splits).open())}
-    manifest = manifest.subset([r for r in manifest.records if r.path in rows])
-    records = read_split(run_dir / RunDir.splits, manifest).records(manifest, split)[:n]
-    x = torch.stack([spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records])
+def _sample_batches(run: Run, n: int = 32, split: str = "val") -> tuple[list[Any], torch.Tensor]:
+    """Up to `n` of the run's images of one split part, as listed (only these are decoded), preprocessed."""
+    manifest, records = run.listed, run.records(split, listed=True)[:n]
+    x = torch.stack([run.spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records])
     return [(manifest, r) for r in records], x
 
 
-def filters_report(run_dir: Path | str, n_images: int = 32) -> Filters:
+def filters_report(run: Run | Path | str, n_images: int = 32) -> Filters:
     """First-layer kernels (PNG), per-layer weight statistics, and the dead-filter table over sample images."""
-    run_dir = Path(run_dir)
-    net, spec = load_model(run_dir)
-    out = RunDir(run_dir).plots
+    run = Run.open(run)
+    net = run.net
+    out = run.dir.plots
     out.mkdir(exist_ok=True)
     conv = first_conv(net)
     kernels = conv.weight.detach()
@@ -136,7 +130,7 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> Filters:
         ax.axis("off")
     fig.suptitle(f"first-layer filters ({kernels.shape[0]} of {tuple(kernels.shape[1:])})", fontsize=9)
     _save(fig, out / "filters.png")
-    _, x = _sample_batches(run_dir, spec, n_images)
+    _, x = _sample_batches(run, n_images)
     table = dead_filters(net, list(x.split(8)))
     what = {"activation": "channels never activate", "weights": "filters have near-zero weights"}
     notes = [
@@ -146,25 +140,24 @@ def filters_report(run_dir: Path | str, n_images: int = 32) -> Filters:
         if r.fraction >= MANY_DEAD
     ]
     result = Filters(list(kernels.shape), weight_stats(net), table, notes)
-    write_json(RunDir(run_dir).filters, result.to_json())
+    write_json(run.dir.filters, result.to_json())
     return result
 
 
 def explain_run(
-    run_dir: Path | str,
+    run: Run | Path | str,
     mc_passes: int = 30,
     gallery: int = 4,
-    model: tuple[CovidxrNet, ModelSpec] | None = None,
     cam_layer: str | None = None,
     cam_method: str = DEFAULT_CAM_METHOD,
 ) -> Explanation:
     """The report's Explanations: CAM gallery (correct and wrong test predictions), localisation on images
     with lesion masks, CAM energy inside each film's own lungs per class, MC-dropout referral curve; plus filters.
-    `model`: the run's network and spec when the caller has loaded them already; `cam_layer`: another module of
+    A Run the caller holds gives its loaded network and current calibration; `cam_layer`: another module of
     the backbone than the registry's CAM layer, `cam_method` another of explain.gradcam.CAM_METHODS."""
-    run_dir = Path(run_dir)
-    net, spec = model or load_model(run_dir)
-    pairs, x = _sample_batches(run_dir, spec, n=10_000, split="test")
+    run = Run.open(run)
+    net, spec = run.net, run.spec
+    pairs, x = _sample_batches(run, n=10_000, split="test")
     u = mc_dropout(net, x, spec, mc_passes)
     targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
     preds = spec.decide(u["mean"])
@@ -178,7 +171,7 @@ def explain_run(
             float(u["std"][~correct].mean()) if (~correct).any() else None,
             float(u["std"][correct].mean()) if correct.any() else None,
         ],
-        filters=filters_report(run_dir),
+        filters=filters_report(run),
         localisation=_localisation(net, spec, pairs, x, targets, preds, cam_layer, cam_method),
         cam_in_lungs={c: _mean_with_ci(inside[preds == k], groups[preds == k]) for k, c in enumerate(spec.classes)
                       if (preds == k).any()},
@@ -186,8 +179,9 @@ def explain_run(
         lung_area=area,
         cam=cam_name(spec, cam_layer, cam_method),
     )  # fmt: skip
-    _cam_gallery(pairs, cams, correct, preds, spec, RunDir(run_dir).plots / "cam_gallery.png", gallery)
-    write_json(run_dir / EXPLAIN_FILE, result.to_json())  # last: its presence means the explanations are complete
+    _cam_gallery(pairs, cams, correct, preds, spec, run.dir.plots / "cam_gallery.png", gallery)
+    write_json(run.dir.explain, result.to_json())  # last: its presence means the explanations are complete
+    run.explanation = result
     return result
 
 

@@ -30,6 +30,7 @@ from covidxr.explain.localisation import TOLERANCE
 from covidxr.report.inputs import RunFiles
 from covidxr.report.plots import run_plots
 from covidxr.results import SETTINGS, FairScore, LeaderboardRow
+from covidxr.run import Run
 from covidxr.training.linear_probe import ProbeResult
 
 
@@ -299,13 +300,13 @@ def render_page(
     )
 
 
-def write_report(run_dir: Path | str) -> Path:
+def write_report(run: Run | Path | str) -> Path:
     """Draw the run's figures from its files, then write the self-contained report.html."""
-    files = RunFiles(run_dir)
-    run = files.run
+    files = RunFiles(Run.open(run))
+    folder = files.run
     plots = run_plots(files)
     sections = [s for s in (build(files) for build in SECTIONS) if s is not None]
     evaluation = files.evaluation
     warnings = evaluation.warnings if evaluation else []
-    html = render_page(run.root.name, sections, warnings, bool(evaluation and evaluation.audit), plots)
-    return write_text(run.report, html)
+    html = render_page(folder.root.name, sections, warnings, bool(evaluation and evaluation.audit), plots)
+    return write_text(folder.report, html)

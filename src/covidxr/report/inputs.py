@@ -1,52 +1,47 @@
-"""What the report stage reads from a run, each file read (and the data set listed) at most once per report:
-the figures and the sections share one RunFiles."""
+"""What the report stage reads from a run: the report's view of a Run (covidxr.run), where a stage that has not run
+yet gives None; each file is read (and the data set listed) at most once per report, by the Run."""
 
 from __future__ import annotations
 
-from functools import cached_property
-from pathlib import Path
-
 from covidxr.config import Config
 from covidxr.data.manifest import Manifest
-from covidxr.data.prepare import list_data
-from covidxr.data.validate import DataReport, read_data_report
-from covidxr.errors import CovidxrError
+from covidxr.data.validate import DataReport
 from covidxr.models.spec import ModelSpec
 from covidxr.results import Evaluation, Explanation, TrainState
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 
 
 class RunFiles:
-    def __init__(self, run_dir: Path | str) -> None:
-        self.run = RunDir(run_dir)
+    def __init__(self, run: Run) -> None:
+        self.source = run
+        self.run = run.dir
 
-    @cached_property
+    @property
     def config(self) -> Config | None:
-        return Config.from_yaml(self.run.config) if self.run.config.is_file() else None
+        return self.source.config if self.source.has(RunDir.config) else None
 
-    @cached_property
+    @property
     def spec(self) -> ModelSpec | None:
-        return ModelSpec.read(self.run.root) if self.run.spec.is_file() else None
+        return self.source.spec if self.source.has(RunDir.spec) else None
 
-    @cached_property
+    @property
     def state(self) -> TrainState | None:
-        return self.run.read_state()
+        return self.source.state
 
-    @cached_property
+    @property
     def data_report(self) -> DataReport | None:
-        return read_data_report(self.run.data_report)
+        return self.source.data_report
 
-    @cached_property
+    @property
     def evaluation(self) -> Evaluation | None:
-        return self.run.read_evaluation()
+        return self.source.evaluation
 
-    @cached_property
+    @property
     def explanation(self) -> Explanation | None:
-        return self.run.read_explanation()
+        return self.source.explanation
 
-    @cached_property
+    @property
     def manifest(self) -> Manifest:
-        """The run's data set as listed now (raises where it has moved since training or no config names it)."""
-        if self.config is None:
-            raise CovidxrError(f"{self.run.root}: no {RunDir.config}; not a covidxr run")
-        return list_data(self.config.data)
+        """The run's images as listed now (raises where they have moved since training or no config names them)."""
+        return self.source.listed

@@ -12,13 +12,11 @@ import numpy as np
 import torch
 
 from covidxr.atomic import write_json
-from covidxr.config import Config
-from covidxr.data.prepare import list_data
 from covidxr.data.readers import read_image
 from covidxr.errors import CovidxrError
 from covidxr.extras import require
-from covidxr.models.factory import load_model
 from covidxr.models.tta import scoring_net
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 from covidxr.serve.engine import INT8_FILE, ONNX_FILE
 
@@ -29,18 +27,17 @@ FORMATS = ("onnx", "torchscript")
 QUANTIZATIONS = ("int8",)
 
 
-def sample_films(run_dir: Path, n: int = 8) -> list[np.ndarray]:
+def sample_films(run: Run | Path, n: int = 8) -> list[np.ndarray]:
     """A few real films of the run's own data, decoded."""
-    cfg = Config.from_yaml(run_dir / RunDir.config)
-    manifest = list_data(cfg.data)
+    manifest = Run.open(run).listed
     records = manifest.records[:: max(1, len(manifest.records) // n)][:n]
     return [read_image(manifest.abspath(r)).pixels for r in records]
 
 
-def sample_batch(run_dir: Path, n: int = 8) -> np.ndarray:
+def sample_batch(run: Run | Path, n: int = 8) -> np.ndarray:
     """A few real images of the run's own data, preprocessed exactly as for inference."""
-    _, spec = load_model(run_dir)
-    return torch.stack([spec.preprocess(film) for film in sample_films(run_dir, n)]).numpy()
+    run = Run.open(run)
+    return torch.stack([run.spec.preprocess(film) for film in sample_films(run, n)]).numpy()
 
 
 def export_lungs(run_dir: Path) -> dict[str, Any]:
@@ -85,16 +82,17 @@ def export_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> Path
     return path
 
 
-def export_run(run_dir: Path | str, fmt: str = "onnx", quantize: str | None = None) -> dict[str, Any]:
+def export_run(run: Run | Path | str, fmt: str = "onnx", quantize: str | None = None) -> dict[str, Any]:
     """Export, check parity, and with `quantize="int8"` add the gated INT8 model (refused with its numbers)."""
-    run_dir = Path(run_dir)
+    run = Run.open(run)
+    run_dir = run.root
     if fmt not in FORMATS:
         raise CovidxrError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if quantize is not None and (quantize not in QUANTIZATIONS or fmt != "onnx"):
         raise CovidxrError(f"--quantize {quantize}: only int8, and only with --format onnx")
-    trained, spec = load_model(run_dir)
+    trained, spec = run.net, run.spec
     net = Calibrated(scoring_net(trained, spec), spec.temperature).eval()  # temperature (and TTA) built in
-    batch = sample_batch(run_dir)
+    batch = sample_batch(run)
     x = torch.from_numpy(batch)
     with torch.no_grad():
         reference = net(x).numpy()
@@ -130,6 +128,6 @@ def export_run(run_dir: Path | str, fmt: str = "onnx", quantize: str | None = No
     if quantize == "int8":
         from covidxr.serve.quantize import quantize_int8
 
-        result["int8"] = quantize_int8(run_dir).to_json()  # refused: raises with the numbers, fp32 kept
+        result["int8"] = quantize_int8(run).to_json()  # refused: raises with the numbers, fp32 kept
         write_json(record, result)
     return result

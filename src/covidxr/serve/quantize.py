@@ -18,15 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from covidxr.config import Config
 from covidxr.data.dataset import XrayDataset
-from covidxr.data.labels import LabelMap
-from covidxr.data.prepare import list_data
-from covidxr.data.split import read_split
 from covidxr.errors import CovidxrError
 from covidxr.extras import require
 from covidxr.models.spec import ModelSpec
-from covidxr.rundir import RunDir
+from covidxr.run import Run
 from covidxr.serve.engine import INT8_FILE, ONNX_FILE, onnx_session
 from covidxr.training.metrics import epoch_metrics
 
@@ -54,19 +50,16 @@ class QuantizeResult:
         return asdict(self) | {"auc_drop": self.auc_drop}
 
 
-def _split_sets(run_dir: Path, spec: ModelSpec) -> dict[str, XrayDataset]:
+def _split_sets(run: Run) -> dict[str, XrayDataset]:
     """The run's val (calibration, at most CALIBRATION_IMAGES) and test images, preprocessed as the engines
-    take them; the data set is listed and the split read once."""
-    cfg = Config.from_yaml(RunDir(run_dir).config)
-    manifest = list_data(cfg.data)
-    split = read_split(RunDir(run_dir).splits, manifest)
-    label_map = LabelMap(spec.task, tuple(spec.classes), spec.positive)  # type: ignore[arg-type]
-    sets = {}
+    take them (the Run lists the data set and reads the split once)."""
+    manifest, spec, sets = run.listed, run.spec, {}
     for name, limit in (("val", CALIBRATION_IMAGES), ("test", None)):
-        records = split.records(manifest, name)[:limit]
+        records = run.records(name, listed=True)[:limit]
         if not records:
-            raise CovidxrError(f"{run_dir}: no {name} images to quantise with")
-        sets[name] = XrayDataset(manifest.root, records, label_map, spec.preprocess, max_pixels=cfg.data.max_pixels)
+            raise CovidxrError(f"{run.root}: no {name} images to quantise with")
+        sets[name] = XrayDataset(manifest.root, records, run.label_map, spec.preprocess,
+                                 max_pixels=run.config.data.max_pixels)  # fmt: skip
     return sets
 
 
@@ -81,16 +74,17 @@ def _scored(session: Any, spec: ModelSpec, images: XrayDataset) -> tuple[np.ndar
 
 
 def quantize_int8(
-    run_dir: Path, max_auc_drop: float = MAX_AUC_DROP, min_agreement: float = MIN_AGREEMENT
+    run: Run | Path, max_auc_drop: float = MAX_AUC_DROP, min_agreement: float = MIN_AGREEMENT
 ) -> QuantizeResult:
     """Write `model.int8.onnx` beside the fp32 `model.onnx` if it passes the gate, else refuse with the numbers."""
     require("export", "onnxruntime")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    spec = ModelSpec.read(run_dir)
+    run = Run.open(run)
+    run_dir, spec = run.root, run.spec
     fp32, target = run_dir / ONNX_FILE, run_dir / INT8_FILE
-    sets = _split_sets(run_dir, spec)
+    sets = _split_sets(run)
     calibration = [x.numpy() for x, _ in DataLoader(sets["val"], batch_size=BATCH)]
     fp32_scores, targets = _scored(onnx_session(fp32), spec, sets["test"])  # once, whatever the attempts
     fp32_auc = epoch_metrics(fp32_scores, targets, spec.task)["auc"]
