@@ -97,14 +97,24 @@ def test_feature_cache_is_hit_then_invalidated_by_augmentation(phantoms: Path, t
     assert features.shape == (120 + n_train, 1280)  # originals plus one augmented copy of each training image
 
 
-def test_the_head_loop_resumes_after_a_crash_as_if_never_stopped(
-    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"balance": "sampler"},  # the head on cached features
+        {"backbone": "simple_cnn", "weights": "none", "freeze": "full", "input_size": 48, "augment": "xray",
+         "augment_copies": 0},  # the whole network on images, online augmentation drawn per epoch
+    ],
+    ids=["cached-head", "images"],
+)  # fmt: skip
+def test_a_run_resumes_after_a_crash_as_if_never_stopped(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: dict[str, object]
 ) -> None:
-    """Cached features train in the one loop; a crash after epoch 3's checkpoint and a resume give exactly the
-    history and best epoch of a run that never stopped."""
+    """Every mode trains in the one loop; a crash after epoch 3's checkpoint and a resume in a new loop give
+    exactly the history and best epoch of a run that never stopped (the resumed epoch's sample order and
+    augmentation are the epoch's own, not the first epoch's)."""
     import covidxr.engine.loop as loop
 
-    cfg = _cfg(phantoms, epochs=8, patience=8, lr=1e-3, balance="sampler")
+    cfg = _cfg(phantoms, epochs=8, patience=8, lr=1e-3, **mode)
     straight = train(cfg, tmp_path / "a")
     saved = torch.load(straight.run_dir / "last.ckpt", weights_only=True)
     assert saved["format"] == loop.CHECKPOINT_FORMAT and saved["progress"]["epoch"] == 7

@@ -232,11 +232,23 @@ def _threads(n: int) -> Iterator[None]:
 
 
 def _on_device(fabric: L.Fabric, batches: TensorBatches | DataLoader) -> Iterable[Batch]:
-    """Feature tensors moved once; image loaders through Fabric (it moves each batch; EpochSampler shards)."""
+    """Feature tensors moved once; image batches moved as they come. Not through Fabric's setup_dataloaders: its
+    wrapper sets the sampler's epoch from its own count of iterations, which starts at 0 again in a resumed run."""
     if isinstance(batches, TensorBatches):
         x, y = fabric.to_device(batches.x), fabric.to_device(batches.y)
         return TensorBatches(x, y, batches.sampler, batches.batch_size)
-    return fabric.setup_dataloaders(batches, use_distributed_sampler=False)  # type: ignore[return-value]
+    return DeviceBatches(fabric, batches)
+
+
+class DeviceBatches:
+    """A DataLoader's batches on the run's device (the loader's sampler keeps the epoch the loop gave it)."""
+
+    def __init__(self, fabric: L.Fabric, loader: DataLoader) -> None:
+        self.fabric, self.loader = fabric, loader
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield self.fabric.to_device(batch)
 
 
 _PROBES: dict[tuple[str, str], LinearProbe] = {}  # this process's probes by feature-cache key
