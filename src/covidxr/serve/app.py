@@ -44,8 +44,7 @@ except ImportError as exc:  # the optional [serve] packages
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, Problem, read_image
 from covidxr.data.validate import read_data_report
 from covidxr.errors import ImageReadError
-from covidxr.models.factory import load_model
-from covidxr.models.spec import ModelSpec
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 from covidxr.serve.engine import Engine, load_engine
 
@@ -124,7 +123,7 @@ def sniff(head: bytes) -> str | None:
 
 
 def create_app(
-    run_dir: Path | str,
+    run_dir: Run | Path | str,
     engine: str = "torch",
     limits: Limits | None = None,
     workers: int = 4,
@@ -134,10 +133,11 @@ def create_app(
 ) -> FastAPI:
     """The service for one run. `api_key` (else $COVIDXR_API_KEY) protects everything but health, readiness,
     the page and the schema; `cam_replicas` (default: one per worker) sets how many CAM/MC requests run at once."""
-    run_dir = Path(run_dir)
+    run = Run.open(run_dir)  # one handle: the spec now, the network once loaded (engine and CAM copies share it)
+    run_dir = run.root
     limits = limits or Limits()
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    spec = ModelSpec.read(run_dir)  # a wrong run directory fails here, before anything listens
+    spec = run.spec  # a wrong run directory fails here, before anything listens
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covidxr-infer")
     admission = Admission(workers + limits.queue)
     model_id = f"{run_dir.name}:{spec.backbone}:{engine}"
@@ -148,9 +148,9 @@ def create_app(
 
     def load() -> None:
         try:
-            scorer = load_engine(run_dir, engine)
-            net, _ = load_model(run_dir)  # for Grad-CAM and MC dropout, whatever the scoring engine
-            loaded.append(Loaded(scorer, Replicas(net, cam_replicas or workers)))
+            scorer = load_engine(run, engine)
+            replicas = Replicas(run.net, cam_replicas or workers)  # copies: for Grad-CAM and MC dropout, whatever
+            loaded.append(Loaded(scorer, replicas))  # the scoring engine
             app.state.ready.set()
         except Exception as exc:  # reported by /ready; the process stays up to say so
             app.state.load_error = f"{type(exc).__name__}: {exc}"

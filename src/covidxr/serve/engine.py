@@ -14,9 +14,9 @@ import torch
 
 from covidxr.errors import CovidxrError
 from covidxr.extras import require
-from covidxr.models.factory import load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 
 ONNX_FILE = RunDir.onnx
@@ -57,8 +57,8 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    def __init__(self, run_dir: Path) -> None:
-        self.net, self.spec = load_model(run_dir)
+    def __init__(self, run: Run) -> None:
+        self.net, self.spec = run.net, run.spec
         self.scoring = scoring_net(self.net, self.spec)
 
     @torch.no_grad()
@@ -67,22 +67,25 @@ class TorchEngine(Engine):
 
 
 class OnnxEngine(Engine):
-    def __init__(self, run_dir: Path, int8: bool = True) -> None:
+    def __init__(self, run: Run | Path, int8: bool = True) -> None:
         require("export", "onnxruntime")
+        run = Run.open(run)
+        run_dir = run.root
         path = run_dir / ONNX_FILE
         if not path.is_file():
             raise CovidxrError(f"{path}: not found; run `covidxr export {run_dir} --format onnx` first")
         if int8 and (run_dir / INT8_FILE).is_file():
             path = run_dir / INT8_FILE
         self.path = path
-        self.spec = ModelSpec.read(run_dir).with_calibration(temperature=1.0)  # the graph divides by it already
+        self.spec = run.spec.with_calibration(temperature=1.0)  # the graph divides by it already
         self.session = onnx_session(path)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": batch.astype(np.float32)})[0]
 
 
-def load_engine(run_dir: Path | str, kind: str = "torch") -> Engine:
+def load_engine(run: Run | Path | str, kind: str = "torch") -> Engine:
     if kind not in ENGINES:
         raise CovidxrError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
-    return TorchEngine(Path(run_dir)) if kind == "torch" else OnnxEngine(Path(run_dir), int8=kind == "onnx")
+    run = Run.open(run)
+    return TorchEngine(run) if kind == "torch" else OnnxEngine(run, int8=kind == "onnx")
