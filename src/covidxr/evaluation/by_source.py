@@ -48,7 +48,7 @@ class HeldOutSource:
 def leave_one_source_out(run: Run | Path | str, threshold_method: str = "f1") -> list[HeldOutSource]:
     """Retrain the run's configuration once per source with that source held out; score each held-out source
     at a threshold chosen (after temperature scaling) on the fold's own validation split."""
-    from covidxr.evaluation.job import EvalContext
+    from covidxr.evaluation.job import score
     from covidxr.training.job import train
 
     run = Run.open(run)
@@ -80,14 +80,14 @@ def leave_one_source_out(run: Run | Path | str, threshold_method: str = "f1") ->
             cfg, fold_dir, resume=(fold_dir / RunDir.state).is_file(),
             prepared=PreparedData(rest, report, label_map, split, False),
         )  # fmt: skip
-        ctx = EvalContext.load(Run(trained.run_dir, manifest=rest))
-        val = ctx.score(rest, split.records(rest, "val"))
-        ctx.spec = calibrate(ctx.run_dir, ctx.spec, val.logits, val.targets, threshold_method)
-        scored = ctx.score(manifest.subset(held), held)
-        k = ctx.spec.audit_class
-        called = ctx.spec.decide(scored.scores) == k
+        fold_run = Run(trained.run_dir, manifest=rest)
+        val = score(fold_run, rest, split.records(rest, "val"))
+        fold_run.spec = calibrate(fold_run.root, fold_run.spec, val.logits, val.targets, threshold_method)
+        scored = score(fold_run, manifest.subset(held), held)
+        k = fold_run.spec.audit_class
+        called = fold_run.spec.decide(scored.scores) == k
         labels = np.array([r.label for r in held])
-        fold.called = ctx.spec.classes[k]
+        fold.called = fold_run.spec.classes[k]
         fold.rate_called = {lab: float(called[labels == lab].mean()) for lab in sorted(set(labels.tolist()))}
         y = scored.targets == k
         fold.n_positive, fold.n_negative = int(y.sum()), int((~y).sum())

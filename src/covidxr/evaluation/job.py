@@ -20,9 +20,7 @@ import numpy as np
 import torch
 
 from covidxr.atomic import write_csv, write_json
-from covidxr.config import Config
 from covidxr.data.formats import AUTO
-from covidxr.data.labels import LabelMap
 from covidxr.data.lungs import LungEllipse
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import usable_data
@@ -45,7 +43,6 @@ from covidxr.evaluation.metrics import BINARY_METRICS, binary_metrics, confusion
 from covidxr.evaluation.predict import predict_logits
 from covidxr.evaluation.threshold import threshold_for_specificity
 from covidxr.lungs.as_seen import hide, record_lungs
-from covidxr.models.factory import CovidxrNet
 from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
 from covidxr.results import (
@@ -88,51 +85,17 @@ class Scored:
         return np.array([r.group for r in self.records])
 
 
-@dataclass
-class EvalContext:
-    """The evaluation's view of a Run: its network, spec (whose calibration evaluation refits), config and label
-    map, and scoring through them."""
+def score(run: Run, manifest: Manifest, records: list[Record], transform: Any = None) -> Scored:
+    """The run's network (with TTA when its calibration says so) over `records`, under the run's temperature."""
+    net = scoring_net(run.net, run.spec)
+    logits, targets = predict_logits(net, run.spec, manifest.root, records, run.label_map, transform)
+    return rescore(run, Scored(records, logits, targets, logits))
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
 
-    @classmethod
-    def load(cls, run: Run | Path | str) -> EvalContext:
-        return cls(Run.open(run))
-
-    @property
-    def run_dir(self) -> Path:
-        return self.run.root
-
-    @property
-    def net(self) -> CovidxrNet:
-        return self.run.net
-
-    @property
-    def cfg(self) -> Config:
-        return self.run.config
-
-    @property
-    def label_map(self) -> LabelMap:
-        return self.run.label_map
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.run.spec
-
-    @spec.setter
-    def spec(self, spec: ModelSpec) -> None:  # one spec for the run: later stages see the new calibration
-        self.run.spec = spec
-
-    def score(self, manifest: Manifest, records: list[Record], transform: Any = None) -> Scored:
-        net = scoring_net(self.net, self.spec)
-        logits, targets = predict_logits(net, self.spec, manifest.root, records, self.label_map, transform)
-        return self.rescore(Scored(records, logits, targets, logits))
-
-    def rescore(self, scored: Scored) -> Scored:
-        """The same predictions under the spec's current temperature."""
-        scores = self.spec.scores(torch.from_numpy(scored.logits)).numpy()
-        return Scored(scored.records, scored.logits, scored.targets, scores)
+def rescore(run: Run, scored: Scored) -> Scored:
+    """The same predictions under the run's current temperature."""
+    scores = run.spec.scores(torch.from_numpy(scored.logits)).numpy()
+    return Scored(scored.records, scored.logits, scored.targets, scores)
 
 
 def summarise(scored: Scored, spec: ModelSpec, n_resamples: int, seed: int) -> SplitMetrics:
@@ -162,23 +125,23 @@ def _audit_target(spec: ModelSpec, scored: Scored) -> tuple[np.ndarray, np.ndarr
     return (scored.targets == k).astype(int), scored.scores[:, k]
 
 
-def shortcut_audit(ctx: EvalContext, manifest: Manifest, split: Split, test: Scored, n_resamples: int) -> Audit:
-    seed = ctx.cfg.data.seed
+def shortcut_audit(run: Run, manifest: Manifest, split: Split, test: Scored, n_resamples: int) -> Audit:
+    seed = run.config.data.seed
     train = split.records(manifest, "train")
-    k = ctx.spec.audit_class
-    y_train = np.array([int(ctx.label_map.encode(r.label) == k) for r in train])
-    y_test, score_full = _audit_target(ctx.spec, test)
-    x_train = metadata_features(manifest.root, train, ctx.cfg.data.max_pixels)
-    x_test = metadata_features(manifest.root, test.records, ctx.cfg.data.max_pixels)
+    k = run.spec.audit_class
+    y_train = np.array([int(run.label_map.encode(r.label) == k) for r in train])
+    y_test, score_full = _audit_target(run.spec, test)
+    x_train = metadata_features(manifest.root, train, run.config.data.max_pixels)
+    x_test = metadata_features(manifest.root, test.records, run.config.data.max_pixels)
     meta = metadata_baseline(x_train, y_train, x_test, y_test, test.groups(), n_resamples, seed)
-    pre, max_px = ctx.spec.preprocess, ctx.cfg.data.max_pixels
+    pre, max_px = run.spec.preprocess, run.config.data.max_pixels
     seen = metadata_baseline(
         input_features(manifest.root, train, pre, max_px), y_train,
         input_features(manifest.root, test.records, pre, max_px), y_test,
         test.groups(), n_resamples, seed, INPUT_FEATURE_NAMES,
     )  # fmt: skip
-    logits, lungs_from = score_lungs_hidden(ctx, manifest, test.records)
-    _, score_occ = _audit_target(ctx.spec, ctx.rescore(Scored(test.records, logits, test.targets, logits)))
+    logits, lungs_from = score_lungs_hidden(run, manifest, test.records)
+    _, score_occ = _audit_target(run.spec, rescore(run, Scored(test.records, logits, test.targets, logits)))
     full = auc_with_ci(y_test, score_full, test.groups(), n_resamples, seed)
     occ = auc_with_ci(y_test, score_occ, test.groups(), n_resamples, seed)
     occlusion = Occlusion(full.auc, full.ci, occ.auc, occ.ci, vars(LungEllipse()), bool(occ.auc >= OCCLUSION_WARN_AUC),
@@ -207,22 +170,22 @@ def shortcut_audit(ctx: EvalContext, manifest: Manifest, split: Split, test: Sco
 
 
 @torch.no_grad()
-def score_lungs_hidden(ctx: EvalContext, manifest: Manifest, records: list[Record], batch_size: int = 32,
+def score_lungs_hidden(run: Run, manifest: Manifest, records: list[Record], batch_size: int = 32,
                        ) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
     """Raw logits with each film's own lungs hidden (lungs.as_seen: the run's lung model, the data set's mask, else
     the ellipse), and how many films' lungs came from where."""
-    pre, net = ctx.spec.preprocess, scoring_net(ctx.net, ctx.spec).eval()
+    pre, net = run.spec.preprocess, scoring_net(run.net, run.spec).eval()
     sources: Counter[str] = Counter()
     chunks, batch = [], []
     for i, r in enumerate(records):
-        pixels = read_image(manifest.root / r.path, ctx.cfg.data.max_pixels).pixels
+        pixels = read_image(manifest.root / r.path, run.config.data.max_pixels).pixels
         lungs, source = record_lungs(pre, manifest.root, r, pixels)
         sources[source] += 1
         batch.append(pre.normalise(hide(pre.to_unit_rgb(pixels), lungs)))
         if len(batch) == batch_size or i == len(records) - 1:
             chunks.append(net(torch.stack(batch)).float().numpy())
             batch = []
-    logits = np.concatenate(chunks) if chunks else np.zeros((0, ctx.spec.num_outputs))
+    logits = np.concatenate(chunks) if chunks else np.zeros((0, run.spec.num_outputs))
     return logits, dict(sources)
 
 
@@ -256,38 +219,38 @@ def evaluate_run(
     TTA), then returns and writes metrics.json and predictions.csv. `tta` switches test-time augmentation on or off
     for this and every later use of the run (None: as it is). A Run the caller holds keeps its model and
     listed data for the stages after (`covidxr run`), and sees the new calibration."""
-    ctx = EvalContext.load(run)
-    ctx.spec = replace(ctx.spec, calibration=RunCalibration(tta=ctx.spec.tta if tta is None else tta))  # raw
-    manifest, split = ctx.run.manifest, ctx.run.split
-    val = ctx.score(manifest, split.records(manifest, "val"))
-    uncalibrated = test = ctx.score(manifest, split.records(manifest, "test"))
-    seed = ctx.cfg.data.seed
-    ctx.spec = calibrate(ctx.run_dir, ctx.spec, val.logits, val.targets, threshold_method)
-    val, test = ctx.rescore(val), ctx.rescore(test)
-    k = ctx.spec.audit_class
+    run = Run.open(run)
+    run.spec = replace(run.spec, calibration=RunCalibration(tta=run.spec.tta if tta is None else tta))  # raw
+    manifest, split = run.manifest, run.split
+    val = score(run, manifest, split.records(manifest, "val"))
+    uncalibrated = test = score(run, manifest, split.records(manifest, "test"))
+    seed = run.config.data.seed
+    run.spec = calibrate(run.root, run.spec, val.logits, val.targets, threshold_method)
+    val, test = rescore(run, val), rescore(run, test)
+    k = run.spec.audit_class
     calibration = Calibration(
-        "temperature scaling", ctx.spec.temperature, "val",
+        "temperature scaling", run.spec.temperature, "val",
         test_before=reliability(test.targets == k, uncalibrated.scores[:, k]),
         test_after=reliability(test.targets == k, test.scores[:, k]),
     )  # fmt: skip
     chosen = at95 = None
-    if ctx.spec.task == "binary":
-        chosen = Threshold(ctx.spec.threshold, threshold_method, "val")
+    if run.spec.task == "binary":
+        chosen = Threshold(run.spec.threshold, threshold_method, "val")
         t95 = threshold_for_specificity(val.targets, val.positive, 0.95)
         m95 = binary_metrics(test.targets, test.positive, t95)
         at95 = AtSpecificity(t95, "val", m95["recall"], m95["specificity"])
     result = Evaluation(
-        ctx.spec.task, ctx.spec.classes, ctx.spec.tta, calibration,
-        val=summarise(val, ctx.spec, 0, seed),  # no CIs on val: it chose the threshold
-        test=summarise(test, ctx.spec, n_resamples, seed),
-        test_by_source=per_source(test, ctx.spec),
-        test_fair=fair_of(test, ctx.spec, n_resamples, seed),
+        run.spec.task, run.spec.classes, run.spec.tta, calibration,
+        val=summarise(val, run.spec, 0, seed),  # no CIs on val: it chose the threshold
+        test=summarise(test, run.spec, n_resamples, seed),
+        test_by_source=per_source(test, run.spec),
+        test_fair=fair_of(test, run.spec, n_resamples, seed),
         threshold=chosen, sensitivity_at_95_specificity=at95,
-        audit=shortcut_audit(ctx, manifest, split, test, n_resamples) if audit else None,
+        audit=shortcut_audit(run, manifest, split, test, n_resamples) if audit else None,
     )  # fmt: skip
-    _write_predictions(ctx.run_dir / PREDICTIONS_FILE, [("val", val), ("test", test)], ctx)
-    write_json(ctx.run_dir / METRICS_FILE, result.to_json())  # last: its presence means the evaluation is complete
-    ctx.run.evaluation = result
+    _write_predictions(run.root / PREDICTIONS_FILE, [("val", val), ("test", test)], run)
+    write_json(run.root / METRICS_FILE, result.to_json())  # last: its presence means the evaluation is complete
+    run.evaluation = result
     return result
 
 
@@ -306,29 +269,29 @@ def evaluate_external(
     external set's labels first. A set holding one class only gets what it allows: per-label rates, no AUC.
     """
     paths = [str(data)] if isinstance(data, str | Path) else [str(d) for d in data]
-    ctx = EvalContext.load(run)
-    internal = ctx.run.evaluation
+    run = Run.open(run)
+    internal = run.evaluation
     if internal is None:  # evaluated first with the same model (it sets the threshold and temperature in the Run)
-        internal = evaluate_run(ctx.run, n_resamples)
-    rules = dict(ctx.cfg.data.label_rules.rename) | (label_map or {})
-    data_cfg = replace(ctx.cfg.data, paths=tuple(paths), label_map=rules, format=AUTO)
+        internal = evaluate_run(run, n_resamples)
+    rules = dict(run.config.data.label_rules.rename) | (label_map or {})
+    data_cfg = replace(run.config.data, paths=tuple(paths), label_map=rules, format=AUTO)
     manifest = usable_data(data_cfg)
-    dropped = dict(sorted(Counter(r.label for r in manifest.records if not ctx.label_map.knows(r.label)).items()))
-    manifest = manifest.subset([r for r in manifest.records if ctx.label_map.knows(r.label)])
+    dropped = dict(sorted(Counter(r.label for r in manifest.records if not run.label_map.knows(r.label)).items()))
+    manifest = manifest.subset([r for r in manifest.records if run.label_map.knows(r.label)])
     names = " + ".join(paths)
     if not manifest.records:
-        raise CovidxrError(f"{names}: none of its labels {sorted(dropped)} is a class of the run {ctx.spec.classes}")
-    scored = ctx.score(manifest, manifest.records)
-    external = summarise(scored, ctx.spec, n_resamples, ctx.cfg.data.seed)
+        raise CovidxrError(f"{names}: none of its labels {sorted(dropped)} is a class of the run {run.spec.classes}")
+    scored = score(run, manifest, manifest.records)
+    external = summarise(scored, run.spec, n_resamples, run.config.data.seed)
     external.data = names
-    external.classes_present = sorted({ctx.spec.classes[t] for t in scored.targets.tolist()})
-    out_dir = Path(out) if out else ctx.run_dir / EXTERNAL_DIR / "+".join(_slug(p) for p in paths)
+    external.classes_present = sorted({run.spec.classes[t] for t in scored.targets.tolist()})
+    out_dir = Path(out) if out else run.root / EXTERNAL_DIR / "+".join(_slug(p) for p in paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], ctx)
+    _write_predictions(out_dir / PREDICTIONS_FILE, [("external", scored)], run)
     result = ExternalEvaluation(
-        internal.test, external, ctx.spec.threshold,
-        per_label_rates(scored, ctx.spec, n_resamples, ctx.cfg.data.seed), dropped, str(out_dir),
-        fair=fair_of(scored, ctx.spec, n_resamples, ctx.cfg.data.seed),
+        internal.test, external, run.spec.threshold,
+        per_label_rates(scored, run.spec, n_resamples, run.config.data.seed), dropped, str(out_dir),
+        fair=fair_of(scored, run.spec, n_resamples, run.config.data.seed),
     )  # fmt: skip
     write_json(out_dir / METRICS_FILE, result.to_json())
     return result
@@ -417,10 +380,10 @@ def _with_ci(value: float, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and np.isfinite(ci[0]) else f"{value:.3f}"
 
 
-def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalContext) -> None:
+def _write_predictions(path: Path, parts: list[tuple[str, Scored]], run: Run) -> None:
     """Every image with its raw logits, calibrated scores (full precision: rounding turns close scores into ties
     and moves AUCs) and the run's decision (ModelSpec.decide)."""
-    classes = ctx.spec.classes
+    classes = run.spec.classes
     columns = ["split", "path", "patient_id", "label", "target", *(f"score_{c}" for c in classes),
                *(f"logit_{c}" for c in classes), "predicted"]  # fmt: skip
     rows = [
@@ -428,7 +391,7 @@ def _write_predictions(path: Path, parts: list[tuple[str, Scored]], ctx: EvalCon
                            *map(repr, map(float, z)), pred], strict=True))
         for name, scored in parts
         for r, s, z, t, pred in zip(scored.records, scored.scores, scored.logits, scored.targets,
-                                    ctx.spec.decide(scored.scores), strict=True)
+                                    run.spec.decide(scored.scores), strict=True)
     ]  # fmt: skip
     write_csv(path, columns, rows)
 
