@@ -42,6 +42,7 @@ format: $(STAMP)
 # Benchmarks are measurements, not tests: run them on purpose, results land in benchmarks/results/.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_train_step
+	$(BIN)/python -m benchmarks.bench_head_loop
 	$(BIN)/python -m benchmarks.bench_feature_cache
 	$(BIN)/python -m benchmarks.bench_demo
 	$(BIN)/python -m benchmarks.bench_search
