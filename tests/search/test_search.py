@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -23,6 +25,7 @@ from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.engine.history import read_history
 from covidxr.errors import CovidxrError
 from covidxr.results import LeaderboardRow
+from covidxr.rundir import RunDir
 from covidxr.search.grid import Range, grid_points, load_grid, point_key
 from covidxr.search.job import search, storage_for
 from covidxr.search.samplers import make_sampler, suggest
@@ -37,7 +40,23 @@ def _cfg(data: Path, cache: Path) -> Config:
     return Config(DataConfig(paths=(str(data),)), TrainConfig(epochs=3, cache_dir=str(cache)))
 
 
+def _storage_made(out: Path) -> bool:
+    """Whether the search has made its storage (tables and version stamp), read without writing: opening an
+    Optuna RDB storage creates what is missing, and would race a search doing the same (UNIQUE constraint on
+    alembic_version)."""
+    db = RunDir(out).search_db
+    if not db.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def _completed(out: Path) -> Counter[str]:
+    if not _storage_made(out):
+        return Counter()
     try:
         study = optuna.load_study(study_name="covidxr-search", storage=storage_for(out, None))
     except (KeyError, sqlalchemy.exc.OperationalError):  # the search is still creating its study or tables
