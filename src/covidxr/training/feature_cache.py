@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from covidxr.cache import cache_root
+from covidxr.models.factory import inference_layout
 from covidxr.progress import progress
 
 FEATURES_FILE = "features.npy"
@@ -60,13 +61,14 @@ class CachedFeatures:
 
 @torch.no_grad()
 def extract(backbone: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, desc: str) -> np.ndarray:
-    """Pooled backbone features for every item of `dataset`, in order, in eval mode."""
-    backbone.eval()
+    """Pooled backbone features (or trunk outputs) for every item of `dataset`, in order, in eval mode, the
+    backbone in the inference layout."""
+    inference_layout(backbone.eval())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = []
     with progress(len(dataset) if isinstance(dataset, Sized) else 0, desc, "img") as bar:
         for x, _ in loader:
-            chunks.append(backbone(x).float().cpu().numpy())
+            chunks.append(backbone(x).float().contiguous().cpu().numpy())
             bar.update(len(x))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
