@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from covidxr.data.choices import Equalize, LungInput, ResizeMode
 from covidxr.data.config import DataConfig
@@ -48,6 +50,8 @@ DEFAULT_LUNG_INPUT: LungInput = "mask"
 @dataclass
 class TrainConfig:
     """Hyperparameters; epochs, lr, patience and schedule come from the recipe unless given."""
+
+    __pydantic_config__ = ConfigDict(coerce_numbers_to_str=True)  # how _section reads it: `devices: 2` is "2"
 
     backbone: str = option("tf_efficientnet_lite0", "registry name, e.g. resnet50, simple_cnn")
     weights: str = option(
@@ -141,6 +145,8 @@ class Config:
 
 
 def _section(kind: type, raw: dict[str, Any], name: str) -> Any:
+    """One section read into its dataclass by pydantic: every value checked against its field's type (a choice
+    against its Literal, "1e-4" read as a float, a YAML list as a tuple, a number where text is meant as text)."""
     if kind is DataConfig and "path" in raw:  # runs made before several --data: one `path`
         old = raw.pop("path")
         raw.setdefault("paths", [old] if old else [])
@@ -148,22 +154,25 @@ def _section(kind: type, raw: dict[str, Any], name: str) -> Any:
     unknown = set(raw) - known
     if unknown:
         raise CovidxrError(f"config section {name!r}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    hints = get_type_hints(kind)
-    for key, value in values.items():
-        allowed = choices(hints[key])
-        if allowed and value is not None and value not in allowed:
-            raise CovidxrError(
-                f"config section {name!r}: {key} = {value!r} is not one of {', '.join(map(str, allowed))}"
-            )
-    return kind(**values)
+    try:
+        return _adapter(kind).validate_python(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(e) for e in exc.errors())
+        raise CovidxrError(f"config section {name!r}: {problems}") from None
 
 
-def choices(annotation: Any) -> tuple[Any, ...]:
-    """The values a `Literal` (or optional `Literal`) field allows; () for any other type."""
-    if get_origin(annotation) is Literal:
-        return get_args(annotation)
-    return tuple(v for arg in get_args(annotation) if get_origin(arg) is Literal for v in get_args(arg))
+@cache
+def _adapter(kind: type) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def _problem(error: Any) -> str:
+    """ "freeze = 'half' is not one of 'head', 'last-k' or 'full'", "epochs = 'ten': Input should be a valid
+    integer, ..." """
+    where = ".".join(map(str, error["loc"]))
+    if error["type"] == "literal_error":
+        return f"{where} = {error['input']!r} is not one of {error['ctx']['expected']}"
+    return f"{where} = {error['input']!r}: {error['msg']}"
 
 
 def _plain(value: Any) -> Any:

@@ -99,10 +99,21 @@ def test_config_yaml_roundtrip_and_unknown_fields(tmp_path: Path) -> None:
     with pytest.raises(CovidxrError, match=r"unknown field\(s\) \['learning_rate'\]"):
         Config.from_yaml(tmp_path / "bad.yaml")
     (tmp_path / "choice.yaml").write_text("train:\n  freeze: half\n")
-    with pytest.raises(CovidxrError, match=r"freeze = 'half' is not one of head, last-k, full"):
+    with pytest.raises(CovidxrError, match=r"freeze = 'half' is not one of 'head', 'last-k' or 'full'"):
         Config.from_yaml(tmp_path / "choice.yaml")
-    with pytest.raises(CovidxrError, match=r"lr_schedule = 'cosine' is not one of none, plateau"):
+    with pytest.raises(CovidxrError, match=r"lr_schedule = 'cosine' is not one of 'none' or 'plateau'"):
         Config.from_dict({"train": {"lr_schedule": "cosine"}})  # an optional choice is checked too
+    (tmp_path / "types.yaml").write_text("train:\n  epochs: ten\n  dropout: 0.5\n  lr: x\n")
+    with pytest.raises(CovidxrError, match=r"epochs = 'ten': Input should be a valid integer.*; lr = 'x'"):
+        Config.from_yaml(tmp_path / "types.yaml")  # every wrong type, each by its field
+    # what YAML gives as other types: 1e-4 (text to YAML 1.1), a device count, numeric labels, lists
+    (tmp_path / "yaml.yaml").write_text(
+        "data:\n  label_map: {0: normal, 1: COVID-19}\n  split_fractions: [0.6, 0.2, 0.2]\n"
+        "train:\n  lr: 1e-4\n  devices: 2\n  cnn_widths: [8, 16]\n"
+    )
+    read = Config.from_yaml(tmp_path / "yaml.yaml")
+    assert (read.train.lr, read.train.devices, read.train.cnn_widths) == (1e-4, "2", (8, 16))
+    assert (read.data.label_map, read.data.split_fractions) == ({"0": "normal", "1": "COVID-19"}, (0.6, 0.2, 0.2))
     assert Config.from_dict({"train": {"lr_schedule": None, "balance": "sampler"}}).train.balance == "sampler"
 
 

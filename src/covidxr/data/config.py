@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ConfigDict
+
 from covidxr.data.formats import AUTO, FORMATS, FRONTAL_VIEWS
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelRules, Task, parse_label_map
 from covidxr.data.readers import DEFAULT_MAX_PIXELS
@@ -14,6 +16,8 @@ from covidxr.fields import option
 
 @dataclass
 class DataConfig:
+    __pydantic_config__ = ConfigDict(coerce_numbers_to_str=True)  # read by covidxr.config: label `1` is "1"
+
     paths: tuple[str, ...] = option((), "data set(s): folder, CSV or a public layout; repeat to join sets", "--data")
     format: str = option(AUTO, f"layout of every --data: auto or one of {', '.join(FORMATS)} (covidxr data formats)")
     task: Task = option("binary", "binary (positive vs rest, as the study) or multiclass")

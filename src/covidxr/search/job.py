@@ -53,7 +53,9 @@ class SearchResult:
     report: Path
 
 
-RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable in use since Optuna 2.8
+    RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
 def retry_failed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
