@@ -192,16 +192,17 @@ def test_epoch_metrics_match_scikit_learn(task: str) -> None:
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
 def test_timms_optimizer_factory_builds_what_plain_pytorch_would(name: str) -> None:
     """The choices keep their PyTorch meaning through timm: heavy-ball SGD (not Nesterov), RMSprop's alpha 0.99,
-    weight decay on every trainable parameter; frozen parameters are left out."""
+    weight decay on every trainable parameter, PyTorch's fused kernel where it has one; frozen parameters are
+    left out."""
     from torch import nn
 
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
     net[0].requires_grad_(False)
     trainable = [p for p in net.parameters() if p.requires_grad]
     plain = {
-        "adam": lambda: torch.optim.Adam(trainable, lr=1e-3, weight_decay=0.01),
-        "adamw": lambda: torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.01),
-        "sgd": lambda: torch.optim.SGD(trainable, lr=1e-3, momentum=0.8, weight_decay=0.01),
+        "adam": lambda: torch.optim.Adam(trainable, lr=1e-3, weight_decay=0.01, fused=True),
+        "adamw": lambda: torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.01, fused=True),
+        "sgd": lambda: torch.optim.SGD(trainable, lr=1e-3, momentum=0.8, weight_decay=0.01, fused=True),
         "rmsprop": lambda: torch.optim.RMSprop(trainable, lr=1e-3, momentum=0.8, weight_decay=0.01),
     }[name]()
     ours = make_optimizer(net, name, 1e-3, 0.01, 0.8)

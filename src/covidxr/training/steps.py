@@ -118,10 +118,12 @@ class ClassifierSteps:
 
 # Our names -> timm's optimizer factory with the plain-PyTorch defaults this project has always trained with:
 # `sgd` is heavy-ball momentum (timm's `sgd` is Nesterov), RMSprop keeps PyTorch's alpha (timm's default is 0.9).
+# PyTorch's fused kernels where it has them (CPU and CUDA): one pass over each tensor instead of one per operation;
+# a stacked-head step of six 64-unit heads on 1,280 features: Adam 0.61 vs 1.80 ms, same weights to 5e-7.
 TIMM_OPTIMIZER: dict[str, tuple[str, dict[str, Any]]] = {
-    "adam": ("adam", {}),
-    "adamw": ("adamw", {}),
-    "sgd": ("momentum", {}),
+    "adam": ("adam", {"fused": True}),
+    "adamw": ("adamw", {"fused": True}),
+    "sgd": ("momentum", {"fused": True}),
     "rmsprop": ("rmsprop", {"alpha": 0.99}),
 }
 
