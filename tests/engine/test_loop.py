@@ -74,3 +74,11 @@ def test_a_checkpoint_of_another_format_is_refused_by_name(tmp_path: Path) -> No
     torch.save({"state_dict": {}, "epoch": 3, "optimizer_states": []}, tmp_path / "last.ckpt")  # Lightning's
     with pytest.raises(CovidxrError, match=r"last\.ckpt: written by an earlier covidxr's trainer"):
         _fit(tmp_path, [0.9, 0.5])
+
+
+def test_a_device_setting_this_machine_cannot_use_is_one_clear_error() -> None:
+    with pytest.raises(CovidxrError, match=r"accelerator 'quantum'.*invalid accelerator name"):
+        make_fabric("quantum")
+    if not torch.cuda.is_available():  # on a machine without a GPU, asking for one says so
+        with pytest.raises(CovidxrError, match=r"accelerator 'gpu'"):
+            make_fabric("gpu")

@@ -96,6 +96,18 @@ def test_segmenter_trains_on_shipped_masks_and_resumes_where_it_stopped(
     assert resumed.epochs_run == 3
 
 
+def test_lungs_train_takes_an_accelerator_and_names_one_it_cannot_use(tmp_path: Path) -> None:
+    data = tmp_path / "phantoms"
+    generate(data, n=12, seed=1)
+    out = subprocess.run(
+        [sys.executable, "-m", "covidxr", "lungs", "train", "--data", str(data), "--out", str(tmp_path / "m"),
+         "--size", "32", "--epochs", "1", "--accelerator", "quantum"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "accelerator 'quantum'" in out.stderr and "invalid accelerator name" in out.stderr
+
+
 @pytest.mark.slow
 def test_segment_writes_a_mask_and_overlay_per_film_and_names_the_broken_file(
     lung_model: tuple[Path, Path], tmp_path: Path

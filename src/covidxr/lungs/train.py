@@ -40,6 +40,7 @@ class LungTrainConfig:
     input_size: int = 256
     encoder_weights: Path | None = None  # ImageNet weights for the encoder (the bundled file); None: random init
     seed: int = 0
+    accelerator: str = "cpu"  # Lightning's names: cpu, gpu, auto
 
 
 @dataclass
@@ -114,7 +115,7 @@ def train_lungs_on(
     spec = SegmenterSpec(**(asdict(spec) | {"weights": origin}))
     if not len(parts["val"]):
         raise DataError(f"{name or manifest.root}: no validation film with a lung mask; give more films with masks")
-    fabric = make_fabric()
+    fabric = make_fabric(cfg.accelerator)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = SegmenterSteps(parts["train"], parts["val"], spec, cfg.batch_size)
     loop = fit(fabric, net, opt, steps, out, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed)

@@ -318,8 +318,9 @@ def run_lung_model(tc: TrainConfig, prepared: PreparedData, run_dir: Path, write
         else:
             fitting = [r for r in prepared.manifest.records if prepared.split.assignment[r.path] != "test"]
             encoder = bundled_weights_file(get_backbone(SegmenterSpec().encoder))
-            train_lungs_on(prepared.manifest.subset(fitting), folder, LungTrainConfig(encoder_weights=encoder),
-                           prepared.report.duplicate_links(), name="the run's training films")  # fmt: skip
+            lung_cfg = LungTrainConfig(encoder_weights=encoder, accelerator=tc.accelerator)  # the run's device
+            train_lungs_on(prepared.manifest.subset(fitting), folder, lung_cfg, prepared.report.duplicate_links(),
+                           name="the run's training films")  # fmt: skip
     return load_lung_model(folder).sha256
 
 
