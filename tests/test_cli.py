@@ -170,3 +170,11 @@ def test_a_missing_optional_package_is_one_error_with_the_install_line(
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"pip install 'covidxr[{extra}]'" in out.stderr and blocked in out.stderr
+
+
+def test_train_refuses_a_device_setting_before_any_data_work(tmp_path: Path) -> None:
+    data = tmp_path / "phantoms"
+    generate(data, n=12, seed=2)
+    out = covidxr("train", "--data", str(data), "--out", str(tmp_path / "run"), "--accelerator", "quantum")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "accelerator 'quantum'" in out.stderr and not (tmp_path / "run").exists()  # nothing read or written

@@ -90,8 +90,18 @@ def make_fabric(
 ) -> L.Fabric:  # fmt: skip
     """Fabric with the atomic, tensors-only checkpoint I/O; launched (helper processes of a distributed run are
     started here, re-running the same command)."""
+    fabric = unlaunched_fabric(accelerator, devices, strategy, num_nodes, precision)
+    fabric.launch()
+    return fabric
+
+
+def unlaunched_fabric(
+    accelerator: str = "cpu", devices: int | str = 1, strategy: str = "auto", num_nodes: int = 1,
+    precision: str = "32-true",
+) -> L.Fabric:  # fmt: skip
+    """Fabric set up but not launched: also how a run checks its device settings before any data work."""
     try:
-        fabric = L.Fabric(
+        return L.Fabric(
             accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
             precision=precision, plugins=[AtomicCheckpointIO()],  # type: ignore[arg-type]
         )  # fmt: skip
@@ -100,8 +110,6 @@ def make_fabric(
             f"cannot train with accelerator {accelerator!r}, devices {devices!r}, strategy {strategy!r}, precision "
             f"{precision!r}: {exc}"
         ) from None
-    fabric.launch()
-    return fabric
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -26,7 +26,7 @@ from covidxr.data.lungs import lung_box
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
 from covidxr.engine.history import read_history, write_history_row
-from covidxr.engine.loop import fit, make_fabric
+from covidxr.engine.loop import fit, make_fabric, unlaunched_fabric
 from covidxr.errors import CovidxrError
 from covidxr.lungs.segmenter import SegmenterSpec
 from covidxr.models.factory import CovidxrNet, apply_freeze, build_initialised, save_weights, spec_from_config
@@ -97,6 +97,8 @@ def train(
         raise CovidxrError("no data set given (--data)")
     cfg = replace(cfg, train=cfg.train.resolved())
     check_weights(get_backbone(cfg.train.backbone), cfg.train.weights)
+    tc = cfg.train
+    unlaunched_fabric(tc.accelerator, tc.devices, tc.strategy, tc.num_nodes, tc.precision)  # before any data work
     main = is_main_process()  # helper ranks of a distributed run read the run directory, never write it
     run_dir.mkdir(parents=True, exist_ok=True)
     if prepared is None:
