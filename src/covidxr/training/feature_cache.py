@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from covidxr.cache import cache_root
-from covidxr.models.factory import inference_layout
+from covidxr.models.factory import channels_last
 from covidxr.progress import progress
 
 FEATURES_FILE = "features.npy"
@@ -63,7 +63,7 @@ class CachedFeatures:
 def extract(backbone: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, desc: str) -> np.ndarray:
     """Pooled backbone features (or trunk outputs) for every item of `dataset`, in order, in eval mode, the
     backbone in the inference layout."""
-    inference_layout(backbone.eval())
+    channels_last(backbone.eval())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = []
     with progress(len(dataset) if isinstance(dataset, Sized) else 0, desc, "img") as bar:

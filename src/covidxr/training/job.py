@@ -29,7 +29,14 @@ from covidxr.engine.history import read_history, write_history_row
 from covidxr.engine.loop import fit, make_fabric, unlaunched_fabric
 from covidxr.errors import CovidxrError
 from covidxr.lungs.segmenter import SegmenterSpec
-from covidxr.models.factory import CovidxrNet, apply_freeze, build_initialised, save_weights, spec_from_config
+from covidxr.models.factory import (
+    CovidxrNet,
+    apply_freeze,
+    build_initialised,
+    channels_last,
+    save_weights,
+    spec_from_config,
+)
 from covidxr.models.head import positive_scores
 from covidxr.models.registry import get_backbone
 from covidxr.models.spec import ModelSpec
@@ -192,7 +199,7 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
         weights = inputs.loss_weights(tc, spec.num_outputs)
         steps = ClassifierSteps(spec.task, _on_device(fabric, inputs.train), _on_device(fabric, inputs.val),
                                 inputs.sampler, weights.to(fabric.device) if weights is not None else None)  # fmt: skip
-        optimizer = make_optimizer(inputs.trainable, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)
+        optimizer = make_optimizer(channels_last(inputs.trainable), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)
         loop = fit(
             fabric, inputs.trainable, optimizer, steps, run_dir, epochs=tc.epochs, patience=int(tc.patience or 0),
             seed=cfg.data.seed, schedule=make_schedule(optimizer, tc.lr_schedule), on_epoch=run.on_epoch,
