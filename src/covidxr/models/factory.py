@@ -101,7 +101,8 @@ def build_model(spec: ModelSpec, init_weights: str | None = None) -> CovidxrNet:
 
 
 def build_initialised(spec: ModelSpec, init_weights: str | None) -> tuple[CovidxrNet, ModelSpec]:
-    """The network, and the spec recording where its initial weights came from (`weights`, `weights_sha256`)."""
+    """The network, in the layout it runs in (channels_last), and the spec recording where its initial weights
+    came from (`weights`, `weights_sha256`)."""
     entry = get_backbone(spec.backbone)
     backbone = create_backbone(entry, spec)
     if init_weights is not None:
@@ -110,9 +111,12 @@ def build_initialised(spec: ModelSpec, init_weights: str | None) -> tuple[Covidx
     # timm's pooled output width: head_hidden_size where a pre-logits layer widens it (MobileNetV3), else num_features
     facts: Any = backbone  # timm models carry their widths as plain attributes
     width = int(getattr(facts, "head_hidden_size", None) or facts.num_features)
-    if spec.head == "linear":
-        return CovidxrNet(backbone, nn.Linear(width, spec.num_outputs)), spec
-    return CovidxrNet(backbone, ClassifierHead(width, spec.num_outputs, spec.hidden, spec.dropout)), spec
+    head = (
+        nn.Linear(width, spec.num_outputs)
+        if spec.head == "linear"
+        else ClassifierHead(width, spec.num_outputs, spec.hidden, spec.dropout)
+    )
+    return channels_last(CovidxrNet(backbone, head)), spec
 
 
 def apply_freeze(net: CovidxrNet, policy: str, last_k: int = 1) -> None:
@@ -171,12 +175,12 @@ def load_model(run_dir: Path | str) -> tuple[CovidxrNet, ModelSpec]:
     if not path.is_file():
         raise CovidxrError(f"{path}: not found; the run has no trained weights yet")
     net.load_state_dict(load_file(str(path)), strict=True)
-    return channels_last(net.eval()), spec
+    return net.eval(), spec
 
 
 def channels_last(net: ModuleT) -> ModuleT:
     """The network with its convolution weights channels-last, in place: oneDNN's CPU convolutions then run
     faster, the same outputs to 1e-5 (batch 16 at 224 px, 2 cores; inference: Lite0 2.0x, DenseNet121 1.7x,
     ResNet50 1.4x; a training step: Lite0 1.6x, ResNet50 1.2x). Inputs need no change; weights are saved
-    contiguous (save_weights). Used for every loaded run, feature extraction and training."""
+    contiguous (save_weights). Every network is built so (build_initialised): trained, loaded, or a trunk."""
     return net.to(memory_format=torch.channels_last)

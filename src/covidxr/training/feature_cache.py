@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from covidxr.cache import cache_root
-from covidxr.models.factory import channels_last
 from covidxr.progress import progress
 
 FEATURES_FILE = "features.npy"
@@ -61,9 +60,8 @@ class CachedFeatures:
 
 @torch.no_grad()
 def extract(backbone: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, desc: str) -> np.ndarray:
-    """Pooled backbone features (or trunk outputs) for every item of `dataset`, in order, in eval mode, the
-    backbone in the inference layout."""
-    channels_last(backbone.eval())
+    """Pooled backbone features (or trunk outputs) for every item of `dataset`, in order, in eval mode."""
+    backbone.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     chunks = []
     with progress(len(dataset) if isinstance(dataset, Sized) else 0, desc, "img") as bar:

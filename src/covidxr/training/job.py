@@ -33,7 +33,6 @@ from covidxr.models.factory import (
     CovidxrNet,
     apply_freeze,
     build_initialised,
-    channels_last,
     save_weights,
     spec_from_config,
 )
@@ -199,7 +198,7 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
         weights = inputs.loss_weights(tc, spec.num_outputs)
         steps = ClassifierSteps(spec.task, _on_device(fabric, inputs.train), _on_device(fabric, inputs.val),
                                 inputs.sampler, weights.to(fabric.device) if weights is not None else None)  # fmt: skip
-        optimizer = make_optimizer(channels_last(inputs.trainable), tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)
+        optimizer = make_optimizer(inputs.trainable, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum)
         loop = fit(
             fabric, inputs.trainable, optimizer, steps, run_dir, epochs=tc.epochs, patience=int(tc.patience or 0),
             seed=cfg.data.seed, schedule=make_schedule(optimizer, tc.lr_schedule), on_epoch=run.on_epoch,
