@@ -62,6 +62,31 @@ def test_stacked_heads_train_as_the_head_loop_trains_each_alone(tmp_path: Path) 
             assert torch.allclose(stacked.best_state[name], alone.best_state[name], atol=1e-5), (g, name)
 
 
+@pytest.mark.parametrize(("task", "outputs"), [("binary", 2), ("multiclass", 3)])
+def test_the_written_out_gradients_are_autograds(task: str, outputs: int) -> None:
+    """Every head's gradient of its mean loss (scaled per head: a stopped trial's is zero), with dropout masks,
+    as autograd computes it through per_sample_loss."""
+    from covidxr.training.stacked import _forward, _gradients
+    from covidxr.training.steps import per_sample_loss
+
+    generator = torch.Generator().manual_seed(0)
+    g, h, d, b = 3, 16, 24, 8
+    params = [torch.randn(g, *shape, generator=generator) for shape in ((h, d), (h,), (outputs, h), (outputs,))]
+    x, y = torch.randn(b, d, generator=generator), torch.randint(0, outputs, (b,), generator=generator)
+    masks = (torch.rand(g, b, h, generator=generator) > 0.3).float() / 0.7
+    scale = torch.tensor([1.0, 0.0, 1.0])
+    grads = [torch.full_like(p, float("nan")) for p in params]
+    logits = _gradients(params, x, y, masks, task, scale, grads)
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    expected = _forward(leaves, x, masks)
+    losses = per_sample_loss(expected.reshape(-1, outputs), y.repeat(g), task).view(g, -1).mean(dim=1)
+    (losses * scale).sum().backward()
+    assert torch.allclose(logits, expected.detach(), atol=1e-6)
+    for got, leaf in zip(grads, leaves, strict=True):
+        assert leaf.grad is not None and torch.allclose(got, leaf.grad, atol=1e-6)
+    assert not grads[0][1].any()  # the stopped head's gradient is zero
+
+
 def test_a_killed_stacked_run_resumes_to_the_same_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import covidxr.training.stacked as stacked
 

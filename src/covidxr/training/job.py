@@ -48,7 +48,15 @@ from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, ex
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights, is_balanced
-from covidxr.training.steps import Batch, ClassifierSteps, TensorBatches, make_optimizer, make_schedule
+from covidxr.training.steps import (
+    Batch,
+    ClassifierSteps,
+    TensorBatches,
+    make_optimizer,
+    make_schedule,
+    num_threads,
+    small_rows,
+)
 
 CONFIG_FILE = RunDir.config
 LAST_CKPT = RunDir.last_ckpt
@@ -193,7 +201,7 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
     cfg, run_dir, net, spec = run.cfg, run.run_dir, run.net, run.spec
     tc = cfg.train
     assert tc.lr is not None and tc.epochs is not None and tc.lr_schedule is not None  # resolved by train()
-    with quiet_lightning(), _threads(_threads_for(inputs)):
+    with quiet_lightning(), num_threads(_threads_for(inputs)):
         fabric = make_fabric(tc.accelerator, tc.devices, tc.strategy, tc.num_nodes, tc.precision)
         weights = inputs.loss_weights(tc, spec.num_outputs)
         steps = ClassifierSteps(spec.task, _on_device(fabric, inputs.train), _on_device(fabric, inputs.val),
@@ -219,24 +227,9 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
     return _result(run_dir, spec, state)
 
 
-SMALL_ROW = 8192  # features per item up to which a step runs on one thread (pooled features: 1280)
-
-
 def _threads_for(inputs: TrainInputs) -> int:
-    """Pooled features make steps too small to split across threads (splitting only adds synchronisation), so
-    those train on one thread; trunk outputs and images on all."""
-    small = isinstance(inputs.train, TensorBatches) and inputs.train.x[0].numel() <= SMALL_ROW
+    small = isinstance(inputs.train, TensorBatches) and small_rows(inputs.train.x[0].numel())
     return 1 if small else torch.get_num_threads()
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _on_device(fabric: L.Fabric, batches: TensorBatches | DataLoader) -> Iterable[Batch]:

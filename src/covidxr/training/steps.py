@@ -7,6 +7,7 @@ classifier trainer shares (the loop, the stacked heads of a search).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, get_args
 
 import lightning as L
@@ -24,6 +25,27 @@ from covidxr.training.sampling import EpochSampler, once_per_item
 
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, data-set indices
+
+
+SMALL_ROW = 8192  # features per item up to which a step runs on one thread (pooled features: 1280)
+
+
+def small_rows(features_per_item: int) -> bool:
+    """Whether steps on items this wide are too small to split across threads (splitting only adds
+    synchronisation): pooled features train on one thread (a stacked search's 36 heads: 15 vs 35 s on two
+    threads), trunk outputs and images on all."""
+    return features_per_item <= SMALL_ROW
+
+
+@contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for a block, then as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
