@@ -25,13 +25,19 @@ from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.results import Evaluation, Explanation, RunCalibration, TrainState
 from covidxr.rundir import RunDir
+from covidxr.training.feature_cache import CachedFeatures
 
 
 class Run:
-    def __init__(self, root: Path | str, manifest: Manifest | None = None) -> None:
-        """`manifest`: the run's data already listed (and checked) by the caller, e.g. `covidxr run`."""
+    def __init__(
+        self, root: Path | str, manifest: Manifest | None = None, features: CachedFeatures | None = None
+    ) -> None:
+        """`manifest`: the run's data already listed (and checked) by the caller, e.g. `covidxr run`;
+        `features`: the pooled features its head was just trained on, in this process (a search's winner),
+        which score its films without the backbone."""
         self.dir = RunDir(root)
         self.root = self.dir.root
+        self.features = features
         if manifest is not None:
             self.__dict__["manifest"] = manifest  # what cached_property would have stored
 

@@ -24,6 +24,7 @@ import yaml
 from covidxr.config import Config, DataConfig, TrainConfig
 from covidxr.engine.history import read_history
 from covidxr.errors import CovidxrError
+from covidxr.evaluation.job import evaluate_run
 from covidxr.results import LeaderboardRow
 from covidxr.rundir import RunDir
 from covidxr.search.grid import Range, grid_points, load_grid, point_key
@@ -150,6 +151,10 @@ def test_stacked_heads_rank_the_grid_as_one_run_per_point_does(phantoms: Path, c
         tuple(r.value(k) for k in grid) for r in alone.rows
     ]  # the same ranking
     assert together.metrics.test.metrics == pytest.approx(alone.metrics.test.metrics, abs=1e-4)
+    # the winner was scored by its head on the features it trained on; through its network it scores the same
+    through_network = evaluate_run(together.winner, n_resamples=20)
+    assert through_network.calibration.temperature == pytest.approx(together.metrics.calibration.temperature, rel=1e-4)
+    assert through_network.test.metrics == pytest.approx(together.metrics.test.metrics, abs=1e-5)
 
 
 def test_a_stacked_search_killed_mid_training_resumes_from_its_checkpoint(

@@ -61,6 +61,7 @@ from covidxr.results import (
 )
 from covidxr.run import Run
 from covidxr.rundir import RunDir, folder_name
+from covidxr.training.feature_cache import CachedFeatures
 
 log = logging.getLogger(__name__)
 METRICS_FILE = RunDir.metrics
@@ -86,10 +87,26 @@ class Scored:
 
 
 def score(run: Run, manifest: Manifest, records: list[Record], transform: Any = None) -> Scored:
-    """The run's network (with TTA when its calibration says so) over `records`, under the run's temperature."""
-    net = scoring_net(run.net, run.spec)
-    logits, targets = predict_logits(net, run.spec, manifest.root, records, run.label_map, transform)
+    """The run's network (with TTA when its calibration says so) over `records`, under the run's temperature;
+    its head alone over the features it was trained on where the Run holds them (TTA off, no transform)."""
+    if run.features is not None and transform is None and not run.spec.tta:
+        logits, targets = _head_logits(run, run.features, records)
+    else:
+        net = scoring_net(run.net, run.spec)
+        logits, targets = predict_logits(net, run.spec, manifest.root, records, run.label_map, transform)
     return rescore(run, Scored(records, logits, targets, logits))
+
+
+@torch.no_grad()
+def _head_logits(run: Run, features: CachedFeatures, records: list[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """The head over each film's pooled features (the backbone's output on it, as extracted for training)."""
+    row = {r["path"]: i for i, r in enumerate(features.rows) if r["copy"] == 0}
+    missing = [r.path for r in records if r.path not in row]
+    if missing:
+        raise CovidxrError(f"{run.root}: the features it was trained on lack {len(missing)} films, e.g. {missing[0]}")
+    x = torch.from_numpy(np.ascontiguousarray(features.features[[row[r.path] for r in records]]))
+    targets = np.array([run.label_map.encode(r.label) for r in records], dtype=int)
+    return run.net.head.eval()(x).float().numpy(), targets
 
 
 def rescore(run: Run, scored: Scored) -> Scored:

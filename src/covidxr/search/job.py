@@ -31,6 +31,7 @@ from covidxr.errors import CovidxrError
 from covidxr.models.registry import get_backbone
 from covidxr.models.weights import check_weights
 from covidxr.results import VAL_METRICS, Evaluation, LeaderboardRow
+from covidxr.run import Run
 from covidxr.rundir import RunDir
 from covidxr.search.grid import Space, apply_params, as_grid, grid_points, point_key
 from covidxr.search.leaderboard import LEADERBOARD_FILE, run_row, search_plots, sort_rows, write_leaderboard
@@ -298,9 +299,10 @@ def search(
     write_text(out / RunDir.grid, json.dumps(grid, indent=2, default=vars))
     name = study_name or "covidxr-search"
     _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)  # create it once, before workers race to
+    features = None  # the features the winner's head was trained on in this process, if it was
     if stacked and stackable(cfg, grid, workers, storage_url):  # heads on the same features: together
         study = _load_study(storage_url, out, name, grid, cfg.data.seed, sampler)
-        rows = stacked_search(cfg, grid, out, study, prepared, TRIALS_DIR, sampler, trials or 0)
+        rows, features = stacked_search(cfg, grid, out, study, prepared, TRIALS_DIR, sampler, trials or 0)
     else:
         _run_workers(cfg, grid, out, storage_url, name, workers, sampler, trials)
         rows = _trial_rows(_load_study(storage_url, out, name, grid, cfg.data.seed, sampler))
@@ -309,6 +311,7 @@ def search(
     rows = sort_rows(rows)
     winner = Path(rows[0].run)
     if not (winner / RunDir.weights).is_file():  # the winner ran elsewhere: retrain it here
+        features = None
         params = {k: rows[0].value(k) for k in grid}
         winner = out / TRIALS_DIR / point_key(params)
         winner.mkdir(parents=True, exist_ok=True)
@@ -316,6 +319,7 @@ def search(
         train(apply_params(cfg, params), winner)
     write_leaderboard(rows, out / LEADERBOARD_FILE)
     write_leaderboard(rows, winner / LEADERBOARD_FILE)
-    metrics = evaluate_run(winner, n_resamples=n_resamples)  # the one and only look at the test split
+    run = Run(winner, manifest=prepared.manifest, features=features)
+    metrics = evaluate_run(run, n_resamples=n_resamples)  # the one and only look at the test split
     search_plots(rows, RunDir(winner).plots)
-    return SearchResult(out, rows, winner, metrics, write_report(winner))
+    return SearchResult(out, rows, winner, metrics, write_report(run))

@@ -60,9 +60,10 @@ def _point(cfg: Config) -> HeadPoint:
 def stacked_search(
     cfg: Config, space: Space, out: Path, study: optuna.Study, prepared: PreparedData, trials_dir: str,
     sampler: str = "grid", trials: int = 0,
-) -> list[LeaderboardRow]:  # fmt: skip
+) -> tuple[list[LeaderboardRow], CachedFeatures | None]:  # fmt: skip
     """Train the points not yet recorded in `study` together (the grid's; else `trials` drawn in batches), record
-    each as a trial, make the best point into a run (`out/<trials_dir>/<key>`); returns every point's row."""
+    each as a trial, make the best point into a run (`out/<trials_dir>/<key>`); returns every point's row, and
+    the features the best point's head was trained on here (None: it was trained before this process)."""
     heads = _Heads(cfg, prepared, out, trials_dir)
     if sampler == "grid":
         grid = as_grid(space)
@@ -84,10 +85,12 @@ def stacked_search(
     best = min(rows, key=LeaderboardRow.sort_key)
     params = {name: best.params[name] for name in space}
     won = heads.outcomes.get(point_key(params))
-    if heads.features is not None and won is not None and not (Path(best.run) / RunDir.weights).is_file():
+    if heads.features is None or won is None:
+        return rows, None
+    if not (Path(best.run) / RunDir.weights).is_file():
         write_head_run(apply_params(cfg, params), prepared, Path(best.run), won.best_state, won.history,
                        won.best_epoch, won.best_val_loss, heads.features[0])  # fmt: skip
-    return rows
+    return rows, heads.features[0]
 
 
 class _Heads:
