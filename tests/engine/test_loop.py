@@ -82,3 +82,21 @@ def test_a_device_setting_this_machine_cannot_use_is_one_clear_error() -> None:
     if not torch.cuda.is_available():  # on a machine without a GPU, asking for one says so
         with pytest.raises(CovidxrError, match=r"accelerator 'gpu'"):
             make_fabric("gpu")
+
+
+def test_without_nvml_torch_looks_for_cuda_its_own_way_not_through_nvml_at_every_adam_step() -> None:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported; where NVML cannot be loaded the engine takes
+    it back (torch would try to load NVML at every Adam step), and leaves it where NVML is there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, os, lightning\n"
+        "assert os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] == '1'\n"
+        "import covidxr.engine.loop\n"
+        "try:\n    ctypes.CDLL('libnvidia-ml.so.1'); expected = '1'\n"
+        "except OSError:\n    expected = None\n"
+        "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK') == expected)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out.stderr

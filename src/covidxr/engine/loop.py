@@ -31,6 +31,25 @@ from covidxr.errors import CovidxrError
 from covidxr.progress import progress
 from covidxr.rundir import RunDir
 
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # Lightning sets it to 1 when imported
+
+
+def _plain_cuda_check_without_nvml() -> None:
+    """Lightning asks torch to look for CUDA through NVML (fork-safe); where NVML cannot be loaded, torch tries
+    to load it again at every look, and every Adam step looks (0.23 ms a step on a CPU; a cached head's whole
+    step is about 0.6 ms). Without NVML there is no driver whose state a fork could inherit: torch's own check
+    is used."""
+    import ctypes
+
+    if os.environ.get(NVML_CHECK) != "1":
+        return
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")  # what torch loads for the look
+    except OSError:
+        del os.environ[NVML_CHECK]
+
+
+_plain_cuda_check_without_nvml()
 CHECKPOINT_FORMAT = "covidxr-loop/1"  # the one last.ckpt format (a file without it: an older covidxr's trainer)
 SAVE_EVERY_S = 2.0  # seconds between last.ckpt writes: a kill loses at most that much work
 
