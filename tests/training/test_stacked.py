@@ -13,7 +13,7 @@ from covidxr.engine.history import read_history
 from covidxr.engine.loop import LoopResult, fit, make_fabric
 from covidxr.models.head import ClassifierHead
 from covidxr.training.sampling import EpochSampler
-from covidxr.training.stacked import NAMES, HeadPoint, train_heads
+from covidxr.training.stacked import NAMES, HeadPoint, _runs, train_heads
 from covidxr.training.steps import ClassifierSteps, TensorBatches, make_optimizer, make_schedule
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -44,7 +44,10 @@ def test_stacked_heads_train_as_the_head_loop_trains_each_alone(tmp_path: Path) 
         HeadPoint(3e-2, "sgd", 0.5, 8, weight_decay=1e-3),
         HeadPoint(3e-3, "rmsprop", 0.3, 8, momentum=0.5),
         HeadPoint(1e-3, "adamw", 0.3, 16, weight_decay=1e-2, plateau=True),
+        HeadPoint(1e-2, "adam", 0.5, 8),  # the first's settings: one parameter group over both
+        HeadPoint(1e-3, "adamw", 0.5, 16, weight_decay=1e-2),  # the scheduled one's: a group of its own each
     ]
+    assert _runs([points[0], points[4]]) == [(0, 2)] and _runs([points[3], points[5]]) == [(0, 1), (1, 2)]
     outcomes = train_heads(points, train, val, "binary", 2, 16, epochs=12, patience=3, seed=7)
     for g, p in enumerate(points):
         torch.manual_seed(7)
