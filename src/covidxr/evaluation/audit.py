@@ -17,7 +17,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from covidxr.data.dataset import Preprocess
 from covidxr.data.manifest import Record
-from covidxr.data.readers import read_image
+from covidxr.data.readers import DecodedImage, read_image
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.metrics import roc_auc
 from covidxr.results import AucCI, Baseline
@@ -34,17 +34,33 @@ FEATURE_NAMES = (
 
 def metadata_features(root: Path, records: Sequence[Record], max_pixels: int | None = None) -> np.ndarray:
     """One row of non-anatomical facts per image, read from the original file (not the resized tensor)."""
-    rows = []
+    return np.asarray([_metadata_row(_read(root, r, max_pixels)) for r in records], dtype=float)
+
+
+def audit_features(
+    root: Path, records: Sequence[Record], preprocess: Preprocess, max_pixels: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each film read once: its metadata facts (metadata_features), and the intensity and border facts of what
+    the network sees (after the run's preprocessing, where size and format are gone): what cropping and
+    equalisation leave of the acquisition cues."""
+    meta, seen = [], []
     for r in records:
-        image = read_image(root / r.path, max_pixels) if max_pixels else read_image(root / r.path)
-        info = image.info
-        rows.append(
-            [
-                info.width, info.height, info.width / info.height, info.width * info.height, info.bit_depth,
-                *(float(info.format == f) for f in FORMATS), *intensity_facts(image.pixels),
-            ]
-        )  # fmt: skip
-    return np.asarray(rows, dtype=float)
+        image = _read(root, r, max_pixels)
+        meta.append(_metadata_row(image))
+        seen.append(intensity_facts(preprocess.to_unit_rgb(image.pixels)[0].numpy()))
+    return np.asarray(meta, dtype=float), np.asarray(seen, dtype=float)
+
+
+def _read(root: Path, record: Record, max_pixels: int | None) -> DecodedImage:
+    return read_image(root / record.path, max_pixels) if max_pixels else read_image(root / record.path)
+
+
+def _metadata_row(image: DecodedImage) -> list[float]:
+    info = image.info
+    return [
+        info.width, info.height, info.width / info.height, info.width * info.height, info.bit_depth,
+        *(float(info.format == f) for f in FORMATS), *intensity_facts(image.pixels),
+    ]  # fmt: skip
 
 
 def intensity_facts(px: np.ndarray) -> list[float]:
@@ -68,16 +84,6 @@ def auc_with_ci(y: np.ndarray, score: np.ndarray, groups: np.ndarray, n_resample
 
 
 INPUT_FEATURE_NAMES = FEATURE_NAMES[FEATURE_NAMES.index("mean") :]  # intensity_facts, without size and format
-
-
-def input_features(root: Path, records: Sequence[Record], preprocess: Preprocess, max_pixels: int) -> np.ndarray:
-    """The same intensity and border facts, measured on what the network sees (after the run's preprocessing,
-    where size and format are gone): what cropping and equalisation leave of the acquisition cues."""
-    rows = [
-        intensity_facts(preprocess.to_unit_rgb(read_image(root / r.path, max_pixels).pixels)[0].numpy())
-        for r in records
-    ]
-    return np.asarray(rows, dtype=float)
 
 
 def metadata_baseline(

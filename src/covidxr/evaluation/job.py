@@ -32,9 +32,8 @@ from covidxr.evaluation.audit import (
     INPUT_FEATURE_NAMES,
     OCCLUSION_WARN_AUC,
     auc_with_ci,
-    input_features,
+    audit_features,
     metadata_baseline,
-    metadata_features,
 )
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.calibration import calibrate, reliability
@@ -148,15 +147,12 @@ def shortcut_audit(run: Run, manifest: Manifest, split: Split, test: Scored, n_r
     k = run.spec.audit_class
     y_train = np.array([int(run.label_map.encode(r.label) == k) for r in train])
     y_test, score_full = _audit_target(run.spec, test)
-    x_train = metadata_features(manifest.root, train, run.config.data.max_pixels)
-    x_test = metadata_features(manifest.root, test.records, run.config.data.max_pixels)
-    meta = metadata_baseline(x_train, y_train, x_test, y_test, test.groups(), n_resamples, seed)
     pre, max_px = run.spec.preprocess, run.config.data.max_pixels
-    seen = metadata_baseline(
-        input_features(manifest.root, train, pre, max_px), y_train,
-        input_features(manifest.root, test.records, pre, max_px), y_test,
-        test.groups(), n_resamples, seed, INPUT_FEATURE_NAMES,
-    )  # fmt: skip
+    meta_train, seen_train = audit_features(manifest.root, train, pre, max_px)
+    meta_test, seen_test = audit_features(manifest.root, test.records, pre, max_px)
+    meta = metadata_baseline(meta_train, y_train, meta_test, y_test, test.groups(), n_resamples, seed)
+    seen = metadata_baseline(seen_train, y_train, seen_test, y_test, test.groups(), n_resamples, seed,
+                             INPUT_FEATURE_NAMES)  # fmt: skip
     logits, lungs_from = score_lungs_hidden(run, manifest, test.records)
     _, score_occ = _audit_target(run.spec, rescore(run, Scored(test.records, logits, test.targets, logits)))
     full = auc_with_ci(y_test, score_full, test.groups(), n_resamples, seed)
