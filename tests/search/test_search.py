@@ -168,7 +168,7 @@ def test_a_stacked_search_killed_mid_training_resumes_from_its_checkpoint(
         "--out", str(tmp_path / "s"), "--config", str(config), "--bootstrap", "20",
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "s" / "stacked" / "heads-batch16-adam.pt"
+    checkpoint = tmp_path / "s" / "stacked" / "heads-batch16.pt"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not checkpoint.is_file():
         time.sleep(0.2)

@@ -5,8 +5,9 @@ a few batched matrix products.
 
 Each trial keeps its own learning rate, optimizer, dropout, weight decay, schedule and early stopping: its
 optimizer is the one its own run would use (make_optimizer: PyTorch's, as timm builds it), a parameter group per
-trial over its slice of the stacked weights — views, so the in-place steps update the stack and nothing is
-copied. Trials of one batch size and optimizer step together on the loop's sample order, start from the
+run of trials with the same settings over their slice of the stacked weights — views, so the in-place steps
+update the stack and nothing is copied. Trials of one batch size step together on the loop's sample order (one
+gradient computation, then each kind of optimizer's step), start from the
 head a run of the same seed builds, and draw the dropout masks the loop draws (seeded per epoch as it seeds
 them): a point trained here ends where its own run would. Each stack's state is written every few seconds, so a
 killed search resumes where it stopped.
@@ -134,14 +135,14 @@ def train_heads(
     if init is None:
         torch.manual_seed(seed)
         init = dict(ClassifierHead(train[0].shape[1], num_outputs, hidden, 0.0).state_dict())
-    stacks: dict[tuple[int, str], list[int]] = {}  # one stack per batch size and optimizer
+    stacks: dict[int, list[int]] = {}  # one stack per batch size
     for i, p in sorted(enumerate(points), key=lambda item: _settings(item[1])):  # equal settings side by side
-        stacks.setdefault((p.batch_size, p.optimizer), []).append(i)
+        stacks.setdefault(p.batch_size, []).append(i)
     shared = _Shared(train, val, task, num_outputs, hidden, seed)
     outcomes: dict[int, HeadOutcome] = {}
     with num_threads(1 if small_rows(train[0].shape[1]) else torch.get_num_threads()):
-        for (batch_size, optimizer), members in sorted(stacks.items()):
-            last = checkpoint_dir / f"heads-batch{batch_size}-{optimizer}.pt" if checkpoint_dir else None
+        for batch_size, members in sorted(stacks.items()):
+            last = checkpoint_dir / f"heads-batch{batch_size}.pt" if checkpoint_dir else None
             group = _Group([points[i] for i in members], shared, last, init)
             sampler = EpochSampler(train[1].tolist(), seed, balanced, rank=0, world=1, groups=groups)
             outcomes.update(zip(members, group.fit(epochs, patience, sampler), strict=True))
@@ -149,9 +150,9 @@ def train_heads(
 
 
 def _runs(points: list[HeadPoint]) -> list[tuple[int, int]]:
-    """(start, stop) of each run of neighbouring trials the optimizer can step as one parameter group (the same
-    rate, decay and momentum, no schedule of their own): torch.optim's Python per group per step cost more than
-    a 64-unit head's update (an Adam step of six heads: 0.81 ms as six groups, 0.59 as three)."""
+    """(start, stop) of each run of neighbouring trials an optimizer can step as one parameter group (the same
+    optimizer, rate, decay and momentum, no schedule of their own): torch.optim's Python per group per step
+    cost more than a 64-unit head's update (an Adam step of six heads: 0.81 ms as six groups, 0.59 as three)."""
     runs: list[tuple[int, int]] = []
     for i, p in enumerate(points):
         if runs and not (p.plateau or points[i - 1].plateau) and _settings(p) == _settings(points[i - 1]):
@@ -161,8 +162,8 @@ def _runs(points: list[HeadPoint]) -> list[tuple[int, int]]:
     return runs
 
 
-def _settings(p: HeadPoint) -> tuple[float, float, float]:
-    return p.lr, p.weight_decay, p.momentum
+def _settings(p: HeadPoint) -> tuple[str, float, float, float]:
+    return p.optimizer, p.lr, p.weight_decay, p.momentum
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ class _Shared:
 
 
 class _Group:
-    """Trials of one batch size and optimizer: stacked weights, optimizer, schedule and early-stopping state."""
+    """Trials of one batch size: stacked weights, their optimizers (one per kind, a parameter group per run of
+    trials with the same settings), schedule and early-stopping state."""
 
     def __init__(
         self, points: list[HeadPoint], shared: _Shared, last: Path | None, init: dict[str, torch.Tensor]
@@ -188,18 +190,19 @@ class _Group:
         g = len(points)
         self.stacks = [init[n].detach().unsqueeze(0).repeat(g, *([1] * init[n].dim())) for n in NAMES]
         self.grads = [torch.zeros_like(stack) for stack in self.stacks]  # each step writes every trial's here
-        self.group_of: list[int] = []  # each trial's parameter group
-        groups: list[dict[str, Any]] = []
+        self.group_of: list[tuple[int, int]] = []  # each trial's optimizer and parameter group
+        groups: dict[str, list[dict[str, Any]]] = {}  # per optimizer
         for lo, hi in _runs(points):  # trials lo..hi-1 share their settings: one group over their slices (views)
             params = [nn.Parameter(stack[lo:hi]) for stack in self.stacks]
             for param, grad in zip(params, self.grads, strict=True):
                 param.grad = grad[lo:hi]  # views: the optimizer reads the trials' slice of each step's gradient
             p = points[lo]
-            groups.append({"params": params, "lr": p.lr, "weight_decay": p.weight_decay}
-                          | ({"momentum": p.momentum} if p.optimizer in ("sgd", "rmsprop") else {}))  # fmt: skip
-            self.group_of += [len(groups) - 1] * (hi - lo)
-        first = points[0]
-        self.optimizer = make_optimizer(groups, first.optimizer, first.lr, first.weight_decay, first.momentum)
+            kind = groups.setdefault(p.optimizer, [])
+            kind.append({"params": params, "lr": p.lr, "weight_decay": p.weight_decay}
+                        | ({"momentum": p.momentum} if p.optimizer in ("sgd", "rmsprop") else {}))  # fmt: skip
+            self.group_of += [(list(groups).index(p.optimizer), len(kind) - 1)] * (hi - lo)
+        self.optimizers = [make_optimizer(kind, name, kind[0]["lr"], kind[0]["weight_decay"],
+                                          kind[0].get("momentum", 0.0)) for name, kind in groups.items()]  # fmt: skip
         self.active = torch.ones(g, dtype=torch.bool)
         self.best_loss = torch.full((g,), math.inf, dtype=torch.float64)
         self.plateau_best = torch.full((g,), math.inf, dtype=torch.float64)
@@ -215,7 +218,7 @@ class _Group:
         if self.last is None:
             return
         state = {
-            "epoch": self.epoch, "stacks": self.stacks, "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "stacks": self.stacks, "optimizers": [o.state_dict() for o in self.optimizers],
             "active": self.active, "best_loss": self.best_loss, "plateau_best": self.plateau_best,
             "plateau_bad": self.plateau_bad, "wait": self.wait, "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run, "best": self.best, "history": self.history,
@@ -231,7 +234,8 @@ class _Group:
         saved = torch.load(self.last, map_location="cpu", weights_only=True)
         for stack, value in zip(self.stacks, saved["stacks"], strict=True):
             stack.copy_(value)  # in place: the trials' parameters are views of the stacks
-        self.optimizer.load_state_dict(saved["optimizer"])
+        for optimizer, state in zip(self.optimizers, saved["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
         for name in ("epoch", "active", "best_loss", "plateau_best", "plateau_bad", "wait", "best_epoch",
                      "epochs_run", "best", "history"):  # fmt: skip
             setattr(self, name, saved[name])
@@ -270,7 +274,8 @@ class _Group:
         """One batch for every trial: every head's gradient at once (a stopped trial's is zero), one optimizer
         step."""
         logits = _gradients(self.stacks, x, y, masks, self.task, self.active.to(x.dtype), self.grads)
-        self.optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.step()
         return logits
 
     def _outcome(self, g: int) -> HeadOutcome:
@@ -316,7 +321,8 @@ class _Group:
         else:
             self.plateau_bad[g] += 1
         if self.plateau_bad[g] > PLATEAU_PATIENCE:
-            group = self.optimizer.param_groups[self.group_of[g]]  # its own: a scheduled trial is alone in it
+            kind, index = self.group_of[g]
+            group = self.optimizers[kind].param_groups[index]  # its own: a scheduled trial is alone in it
             if group["lr"] * (1 - PLATEAU_FACTOR) > PLATEAU_EPS:
                 group["lr"] *= PLATEAU_FACTOR
             self.plateau_bad[g] = 0
