@@ -32,8 +32,8 @@ SMALL_ROW = 8192  # features per item up to which a step runs on one thread (poo
 
 def small_rows(features_per_item: int) -> bool:
     """Whether steps on items this wide are too small to split across threads (splitting only adds
-    synchronisation): pooled features train on one thread (a stacked search's 36 heads: 15 vs 35 s on two
-    threads), trunk outputs and images on all."""
+    synchronisation): pooled features train on one thread (a stacked search's 36 heads: 25 s, on two threads
+    35 s), trunk outputs and images on all."""
     return features_per_item <= SMALL_ROW
 
 
