@@ -55,7 +55,7 @@ from covidxr.training.steps import (
     make_optimizer,
     make_schedule,
     num_threads,
-    small_rows,
+    step_threads,
 )
 
 CONFIG_FILE = RunDir.config
@@ -201,7 +201,7 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
     cfg, run_dir, net, spec = run.cfg, run.run_dir, run.net, run.spec
     tc = cfg.train
     assert tc.lr is not None and tc.epochs is not None and tc.lr_schedule is not None  # resolved by train()
-    with quiet_lightning(), num_threads(_threads_for(inputs)):
+    with quiet_lightning(), num_threads(_step_threads(inputs)):
         fabric = make_fabric(tc.accelerator, tc.devices, tc.strategy, tc.num_nodes, tc.precision)
         weights = inputs.loss_weights(tc, spec.num_outputs)
         steps = ClassifierSteps(spec.task, _on_device(fabric, inputs.train), _on_device(fabric, inputs.val),
@@ -227,9 +227,8 @@ def _fit(run: Started, inputs: TrainInputs) -> TrainResult:
     return _result(run_dir, spec, state)
 
 
-def _threads_for(inputs: TrainInputs) -> int:
-    small = isinstance(inputs.train, TensorBatches) and small_rows(inputs.train.x[0].numel())
-    return 1 if small else torch.get_num_threads()
+def _step_threads(inputs: TrainInputs) -> int:
+    return step_threads(inputs.train.x[0].numel() if isinstance(inputs.train, TensorBatches) else None)
 
 
 def _on_device(fabric: L.Fabric, batches: TensorBatches | DataLoader) -> Iterable[Batch]:

@@ -31,7 +31,7 @@ from torch import nn
 from covidxr.engine.loop import epoch_seed
 from covidxr.models.head import ClassifierHead, positive_scores
 from covidxr.training.sampling import EpochSampler, once_per_item
-from covidxr.training.steps import epoch_log, make_optimizer, num_threads, per_sample_loss, small_rows
+from covidxr.training.steps import epoch_log, make_optimizer, num_threads, per_sample_loss, step_threads
 
 SAVE_EVERY_S = 2.0
 PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_THRESHOLD = 0.5, 4, 1e-4  # torch's ReduceLROnPlateau as make_schedule
@@ -138,9 +138,9 @@ def train_heads(
     stacks: dict[int, list[int]] = {}  # one stack per batch size
     for i, p in sorted(enumerate(points), key=lambda item: _settings(item[1])):  # equal settings side by side
         stacks.setdefault(p.batch_size, []).append(i)
-    shared = _Shared(train, val, task, num_outputs, hidden, seed)
+    shared = _Shared(train, val, task, seed)
     outcomes: dict[int, HeadOutcome] = {}
-    with num_threads(1 if small_rows(train[0].shape[1]) else torch.get_num_threads()):
+    with num_threads(step_threads(train[0].shape[1])):
         for batch_size, members in sorted(stacks.items()):
             last = checkpoint_dir / f"heads-batch{batch_size}.pt" if checkpoint_dir else None
             group = _Group([points[i] for i in members], shared, last, init)
@@ -168,13 +168,12 @@ def _settings(p: HeadPoint) -> tuple[str, float, float, float]:
 
 @dataclass(frozen=True)
 class _Shared:
-    """What every trial of a grid trains on and how: the features, the task, the head's shape, the seed."""
+    """What every trial of a grid trains on and how: the features, the task, the seed (the head's shape is the
+    initial head's)."""
 
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
     task: str
-    num_outputs: int
-    hidden: int
     seed: int
 
 

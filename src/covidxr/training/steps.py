@@ -30,11 +30,12 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, targets, data
 SMALL_ROW = 8192  # features per item up to which a step runs on one thread (pooled features: 1280)
 
 
-def small_rows(features_per_item: int) -> bool:
-    """Whether steps on items this wide are too small to split across threads (splitting only adds
-    synchronisation): pooled features train on one thread (a stacked search's 36 heads: 25 s, on two threads
-    35 s), trunk outputs and images on all."""
-    return features_per_item <= SMALL_ROW
+def step_threads(features_per_item: int | None) -> int:
+    """Threads for training steps on items this wide (None: images). Pooled features make steps too small to
+    split across threads (splitting only adds synchronisation): one thread (a stacked search's 36 heads: 25 s,
+    on two threads 35 s); trunk outputs and images: all."""
+    small = features_per_item is not None and features_per_item <= SMALL_ROW
+    return 1 if small else torch.get_num_threads()
 
 
 @contextmanager
