@@ -7,6 +7,7 @@ from pathlib import Path
 
 from covidxr.config import Config
 from covidxr.data.prepare import PreparedData, prepare
+from covidxr.device import use
 from covidxr.evaluation.fair import fair_summary
 from covidxr.evaluation.job import evaluate_run
 from covidxr.report.html import write_report
@@ -79,7 +80,9 @@ def run(
         return None
     # One Run for every stage after training: config, data listing, network and calibration read once.
     run = Run(run_dir, manifest=prepared.manifest if prepared else None)
-    metrics = run.evaluation or evaluate_run(run, n_resamples=n_resamples)
-    if explain and run.explanation is None:
-        explain_run(run)
+    tc = run.config.train
+    with use(tc.accelerator, tc.precision, tc.devices):  # every stage after training on the run's device
+        metrics = run.evaluation or evaluate_run(run, n_resamples=n_resamples)
+        if explain and run.explanation is None:
+            explain_run(run)
     return RunResult(trained, metrics, write_report(run))

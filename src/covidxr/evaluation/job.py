@@ -27,6 +27,7 @@ from covidxr.data.prepare import usable_data
 from covidxr.data.readers import read_image
 from covidxr.data.split import Split
 from covidxr.data.validate import confounded_labels, label_by_source, short_source
+from covidxr.device import current
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.audit import (
     INPUT_FEATURE_NAMES,
@@ -92,7 +93,8 @@ def score(run: Run, manifest: Manifest, records: list[Record], transform: Any = 
         logits, targets = _head_logits(run, run.features, records)
     else:
         net = scoring_net(run.net, run.spec)
-        logits, targets = predict_logits(net, run.spec, manifest.root, records, run.label_map, transform)
+        films = run.films(records)
+        logits, targets = predict_logits(net, run.spec, manifest.root, records, run.label_map, transform, films=films)
     return rescore(run, Scored(records, logits, targets, logits))
 
 
@@ -105,7 +107,8 @@ def _head_logits(run: Run, features: CachedFeatures, records: list[Record]) -> t
         raise CovidxrError(f"{run.root}: the features it was trained on lack {len(missing)} films, e.g. {missing[0]}")
     x = torch.from_numpy(np.ascontiguousarray(features.features[[row[r.path] for r in records]]))
     targets = np.array([run.label_map.encode(r.label) for r in records], dtype=int)
-    return run.net.head.eval()(x).float().numpy(), targets
+    place = current().stage("score")
+    return place.forward(place.module(run.net.head).eval(), x).numpy(), targets
 
 
 def rescore(run: Run, scored: Scored) -> Scored:
@@ -187,7 +190,8 @@ def score_lungs_hidden(run: Run, manifest: Manifest, records: list[Record], batc
                        ) -> tuple[np.ndarray, dict[str, int]]:  # fmt: skip
     """Raw logits with each film's own lungs hidden (lungs.as_seen: the run's lung model, the data set's mask, else
     the ellipse), and how many films' lungs came from where."""
-    pre, net = run.spec.preprocess, scoring_net(run.net, run.spec).eval()
+    place = current().stage("audit-occlusion")
+    pre, net = run.spec.preprocess, place.module(scoring_net(run.net, run.spec)).eval()
     sources: Counter[str] = Counter()
     chunks, batch = [], []
     for i, r in enumerate(records):
@@ -196,7 +200,7 @@ def score_lungs_hidden(run: Run, manifest: Manifest, records: list[Record], batc
         sources[source] += 1
         batch.append(pre.normalise(hide(pre.to_unit_rgb(pixels), lungs)))
         if len(batch) == batch_size or i == len(records) - 1:
-            chunks.append(net(torch.stack(batch)).float().numpy())
+            chunks.append(place.forward(net, torch.stack(batch)).numpy())
             batch = []
     logits = np.concatenate(chunks) if chunks else np.zeros((0, run.spec.num_outputs))
     return logits, dict(sources)

@@ -11,8 +11,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from covidxr.data.dataset import Transform, XrayDataset
+from covidxr.data.film_cache import FilmRows
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Record
+from covidxr.device import current
 from covidxr.models.spec import ModelSpec
 
 
@@ -25,13 +27,16 @@ def predict_logits(
     label_map: LabelMap,
     transform: Transform | None = None,
     batch_size: int = 32,
+    films: FilmRows | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(raw logits (N, C), targets (N,)) in record order, in eval mode; `spec.scores` turns logits into scores."""
-    net.eval()
-    dataset = XrayDataset(root, records, label_map, spec.preprocess, augment=transform)
+    """(raw logits (N, C), targets (N,)) in record order, in eval mode, on the placement's device; `films`: where
+    the film cache holds them (the others are decoded). `spec.scores` turns logits into scores."""
+    place = current().stage("score")
+    net = place.module(net).eval()
+    dataset = XrayDataset(root, records, label_map, spec.preprocess, augment=transform, films=films)
     logits, targets = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        logits.append(net(x).float().numpy())
+    for x, y in DataLoader(dataset, batch_size=batch_size, pin_memory=place.pin_memory):
+        logits.append(place.forward(net, x).numpy())
         targets.append(y.numpy())
     if not logits:
         return np.zeros((0, spec.num_outputs)), np.zeros(0, dtype=int)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidxr.device import current
 from covidxr.models.factory import CovidxrNet
 from covidxr.models.simple_cnn import SimpleCNN
 from covidxr.results import DeadFilters, WeightStats
@@ -51,23 +52,25 @@ def capture(module: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Ten
 def feature_maps(net: CovidxrNet, x: torch.Tensor, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Activations (C, H, W) of each chosen layer for one image tensor (3, H, W)."""
     layers = layers or stage_layers(net)
-    net.eval()
+    place = current().stage("feature-maps")
+    place.module(net).eval()
     with capture(net.backbone, layers) as outputs:
-        net.backbone(x[None])
-    return {name: outputs[name][0] for name in layers}
+        net.backbone(place.put(x[None]))
+    return {name: outputs[name][0].float().cpu() for name in layers}
 
 
 @torch.no_grad()
 def dead_filters(net: CovidxrNet, batches: list[torch.Tensor]) -> list[DeadFilters]:
     """Per activation layer: channels whose output stays (almost) zero on every image and position; and per
     convolution: filters with near-zero weight norm. Pruning candidates, in the study's sense."""
-    net.eval()
+    place = current().stage("dead-filters")
+    place.module(net).eval()
     act_names = [n for n, m in net.backbone.named_modules() if isinstance(m, ACTIVATIONS) and n]
     peak: dict[str, torch.Tensor] = {}
     with capture(net.backbone, act_names) as outputs:
         for x in batches:
             outputs.clear()
-            net.backbone(x)
+            net.backbone(place.put(x))
             for name, out in outputs.items():
                 if out.dim() == 4:
                     m = out.abs().amax(dim=(0, 2, 3))

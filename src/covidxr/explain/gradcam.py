@@ -11,6 +11,7 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from covidxr.device import current
 from covidxr.models.ensemble import EnsembleNet
 from covidxr.models.factory import CovidxrNet
 from covidxr.models.registry import get_backbone
@@ -56,9 +57,11 @@ def grad_cam(
 ) -> np.ndarray:
     """CAMs (B, H, W) in [0, 1] at the input size for a batch x (B, 3, H, W). An ensemble's CAM is the mean of
     its members' CAMs for the class the ensemble decided."""
-    net.eval()
+    place = current().stage("cam")
+    net = place.module(net).eval()  # type: ignore[assignment]
+    x = place.put(x)
     with torch.no_grad():
-        logits = net(x)
+        logits = net(x).float().cpu()
     targets = [ClassifierOutputTarget(k) for k in cam_targets(logits, spec, which)]
     members = list(zip(net.members, net.specs, strict=True)) if isinstance(net, EnsembleNet) else [(net, spec)]
     maps = []

@@ -118,7 +118,7 @@ def filters_report(run: Run | Path | str, n_images: int = 32) -> Filters:
     out = run.dir.plots
     out.mkdir(exist_ok=True)
     conv = first_conv(net)
-    kernels = conv.weight.detach()
+    kernels = conv.weight.detach().float().cpu()
     n = min(32, kernels.shape[0])
     fig = Figure(figsize=(8, 4.2))
     axes = fig.subplots(4, 8)

@@ -6,7 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidxr.device import current
 from covidxr.models.spec import ModelSpec
+
+CHUNK = 64  # films through the backbone at once: memory stays flat in the number of films
 
 
 def enable_dropout(net: nn.Module, on: bool = True) -> None:
@@ -22,14 +25,18 @@ def mc_dropout(
 ) -> dict[str, np.ndarray]:
     """Per image: mean (calibrated) class scores, std of the positive score, predictive entropy of the mean."""
     task = spec.task
+    place = current().stage("mc-dropout")
+    net, x = place.module(net), place.put(x)
     enable_dropout(net, dropout)
     backbone, head = getattr(net, "backbone", None), getattr(net, "head", None)
     if backbone is not None and head is not None and not any(isinstance(m, nn.Dropout) for m in backbone.modules()):
-        features = backbone(x)  # deterministic: pay for it once, sample only the head
+        with place.autocast():  # deterministic: pay for it once, in chunks, and sample only the head
+            features = torch.cat([backbone(chunk).float() for chunk in x.split(CHUNK)])
         samples = torch.stack([spec.scores(head(features)) for _ in range(passes)])
     else:
         samples = torch.stack([spec.scores(net(x)) for _ in range(passes)])  # (T, B, C)
     enable_dropout(net, False)
+    samples = samples.float().cpu()
     mean = samples.mean(dim=0)
     probs = mean if task != "binary" else torch.stack([1 - mean[:, 1], mean[:, 1]], dim=1)
     probs = probs / probs.sum(dim=1, keepdim=True)

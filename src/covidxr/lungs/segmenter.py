@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from covidxr.atomic import write_json, write_with
+from covidxr.device import current
 from covidxr.errors import CovidxrError
 from covidxr.lungs.geometry import LungGeometry
 from covidxr.weightfiles import file_digest, load_by_order
@@ -81,10 +82,13 @@ class LungModel:
         """Lung probability per film, at the film's own size."""
         if not films:
             return []
+        place = current().stage("lungs")
+        net = place.module(self.net)
         batch = torch.stack([to_input(p, self.spec) for p in films]).contiguous(memory_format=torch.channels_last)
-        maps = torch.sigmoid(self.net(batch))[:, 0]
+        with place.autocast():
+            maps = torch.sigmoid(net(place.put(batch)).float())[:, 0]
         return [
-            F.interpolate(m[None, None], size=p.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+            F.interpolate(m[None, None], size=p.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
             for m, p in zip(maps, films, strict=True)
         ]
 

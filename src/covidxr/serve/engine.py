@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from covidxr.device import current
 from covidxr.errors import CovidxrError
 from covidxr.extras import require
 from covidxr.models.spec import ModelSpec
@@ -58,12 +59,12 @@ class Engine:
 
 class TorchEngine(Engine):
     def __init__(self, run: Run) -> None:
-        self.net, self.spec = run.net, run.spec
+        self.place = current().stage("engine")
+        self.net, self.spec = self.place.module(run.net), run.spec
         self.scoring = scoring_net(self.net, self.spec)
 
-    @torch.no_grad()
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.scoring(torch.from_numpy(batch)).numpy()
+        return self.place.forward(self.scoring, torch.from_numpy(batch)).numpy()
 
 
 class OnnxEngine(Engine):

@@ -13,6 +13,7 @@ import torch
 
 from covidxr.atomic import write_json
 from covidxr.data.readers import read_image
+from covidxr.device import current
 from covidxr.errors import CovidxrError
 from covidxr.extras import require
 from covidxr.models.tta import scoring_net
@@ -49,9 +50,9 @@ def export_lungs(run_dir: Path) -> dict[str, Any]:
 
     model = load_lung_model(run_dir / RunDir.lungs)
     x = torch.stack([to_input(film, model.spec) for film in sample_films(run_dir, 4)])
-    path = export_onnx(model.net, x, run_dir / RunDir.lungs / LUNGS_ONNX_FILE)
-    with torch.no_grad():
-        reference = model.net(x).numpy()
+    place = current().stage("export-parity")
+    reference = place.forward(place.module(model.net), x).numpy()
+    path = export_onnx(model.net.cpu(), x, run_dir / RunDir.lungs / LUNGS_ONNX_FILE)
     diff = float(np.abs(onnx_session(path).run(None, {"image": x.numpy()})[0] - reference).max())
     if diff > PARITY_TOLERANCE:
         path.unlink(missing_ok=True)
@@ -94,8 +95,9 @@ def export_run(run: Run | Path | str, fmt: str = "onnx", quantize: str | None = 
     net = Calibrated(scoring_net(trained, spec), spec.temperature).eval()  # temperature (and TTA) built in
     batch = sample_batch(run)
     x = torch.from_numpy(batch)
-    with torch.no_grad():
-        reference = net(x).numpy()
+    place = current().stage("export-parity")  # the reference on the run's device; the export itself from the CPU
+    reference = place.forward(place.module(net), x).numpy()
+    net = net.cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (tracer, deprecations); parity below is what counts
         if fmt == "onnx":
