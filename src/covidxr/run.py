@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from covidxr.config import Config, DataConfig
+from covidxr.data.film_cache import FilmRows, film_store
 from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import list_data, usable_data
@@ -25,7 +26,7 @@ from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.results import Evaluation, Explanation, RunCalibration, TrainState
 from covidxr.rundir import RunDir
-from covidxr.training.feature_cache import CachedFeatures
+from covidxr.training.feature_cache import CachedFeatures, default_cache_dir
 
 
 class Run:
@@ -112,6 +113,18 @@ class Run:
         """The spec under a new calibration (written by the step that fitted it), for every later stage."""
         self.spec = replace(self.spec, calibration=calibration)
         return self.spec
+
+    def films(self, records: list[Record]) -> FilmRows | None:
+        """Where the film cache holds these films at this run's geometry (None: no cache for it); nothing is
+        decoded or written here."""
+        tc, spec = self.config.train, self.spec
+        if spec.head == "ensemble" or not any(r.film for r in records):
+            return None
+        cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
+        if not cache_dir.is_dir():
+            return None
+        store = film_store(cache_dir, spec.preprocess, spec.lung_model, self.config.data.max_pixels)
+        return FilmRows(store.locations([r.film or "" for r in records]))
 
     @cached_property
     def state(self) -> TrainState | None:

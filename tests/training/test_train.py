@@ -91,10 +91,13 @@ def test_feature_cache_is_hit_then_invalidated_by_augmentation(phantoms: Path, t
     second = train(_cfg(phantoms, cache, epochs=2), tmp_path / "b")
     changed = train(_cfg(phantoms, cache, epochs=2, augment="seed"), tmp_path / "c")
     assert (first.cache_hit, second.cache_hit, changed.cache_hit) == (False, True, False)
-    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2
-    features = np.load(next(cache.glob("*/features.npy")), mmap_mode="r")
+    # One feature store (the originals are shared; augmented copies are rows of their own) and one film store.
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["features", "films"]
+    store = next(cache.glob("features-*"))
+    rows = sum(np.load(p, mmap_mode="r").shape[0] for p in store.glob("chunk-*.npy"))
     n_train = sum(1 for r in csv.DictReader((tmp_path / "a" / "splits.csv").open()) if r["split"] == "train")
-    assert features.shape == (120 + n_train, 1280)  # originals plus one augmented copy of each training image
+    assert rows == 120 + 2 * n_train  # originals, plus one copy of each training image per augmentation
+    assert np.load(next(store.glob("chunk-*.npy")), mmap_mode="r").shape[1:] == (1280,)
 
 
 @pytest.mark.parametrize(
@@ -183,9 +186,9 @@ def test_last_k_trains_the_tail_on_the_cached_trunk_output(phantoms: Path, tmp_p
     cfg = _cfg(phantoms, tmp_path / "cache", epochs=3, lr=1e-3, freeze="last-k", last_k=1, augment="none")
     result = train(cfg, tmp_path / "run")
     assert result.best_epoch >= 0
-    entry = next(p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
-    assert "last 1 stage" in (entry / "meta.json").read_text()
-    assert np.load(entry / "features.npy", mmap_mode="r").shape[1:] == (320, 7, 7)  # blocks.6 output, not pooled
+    entry = next((tmp_path / "cache").glob("features-*"))
+    assert "last 1 stage" in (entry / "key.json").read_text()
+    assert np.load(next(entry.glob("chunk-*.npy")), mmap_mode="r").shape[1:] == (320, 7, 7)  # blocks.6, not pooled
     start = build_model(result.spec, "imagenet").state_dict()
     trained = load_file(str(result.run_dir / "best.safetensors"))
     changed = {k for k, v in trained.items() if not k.endswith("num_batches_tracked") and not (v == start[k]).all()}
@@ -242,7 +245,9 @@ def test_two_cpu_processes_train_as_one_does(phantoms: Path, tmp_path: Path) -> 
     assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
     assert two.stdout.count("trained tf_efficientnet_lite0") == 1 and "best epoch -1" not in two.stdout
     assert "sync_dist" not in two.stderr  # epoch metrics are gathered, not per-rank
-    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1  # built once
+    store = next((tmp_path / "cache").glob("features-*"))  # built once, though both ranks asked for it
+    assert len(list((tmp_path / "cache").glob("features-*"))) == 1
+    assert len(list(store.glob("chunk-*.keys.json"))) >= 1
 
 
 def test_kill_and_resume_ends_like_an_uninterrupted_run(phantoms: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from covidxr.data.lungs import Box
 from covidxr.data.manifest import Record
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, read_image
 from covidxr.errors import CovidxrError
+
+if TYPE_CHECKING:
+    from covidxr.data.film_cache import FilmRows
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 # A film's own lungs (covidxr.lungs.LungView): its lung mask, None where the segmentation was flagged as implausible
@@ -80,20 +84,40 @@ class Preprocess:
             px = np.where(mask, px, px[mask].mean()).astype(np.float32)
         return crop_box(px, box)
 
-    def to_unit_rgb(self, pixels: np.ndarray) -> torch.Tensor:
+    def to_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """The film as the network takes it, grey at its input size, in 8 bits: what the film cache stores, so a
+        film read from the cache and one decoded now give the network the same tensor."""
         gray = torch.from_numpy(np.ascontiguousarray(self.to_unit_gray(pixels)))[None]
-        resized = TF.resize(gray, [self.input_size, self.input_size], antialias=True).clamp_(0.0, 1.0)
-        return resized.expand(3, -1, -1).contiguous()
+        resized = TF.resize(gray, [self.input_size, self.input_size], antialias=True)[0]
+        return resized.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).numpy()
+
+    def to_unit_rgb(self, pixels: np.ndarray) -> torch.Tensor:
+        return unit_rgb(self.to_uint8(pixels))
+
+    def from_uint8(self, gray8: np.ndarray, augment: Transform | None = None) -> torch.Tensor:
+        """A film already at the network's size (to_uint8, or the film cache) -> the network's input."""
+        rgb = unit_rgb(gray8)
+        if augment is not None:
+            rgb = augment(rgb)
+        return self.normalise(rgb)
 
     def normalise(self, rgb: torch.Tensor) -> torch.Tensor:
         """[0, 1] RGB -> the network's input: normalised, its own number of channels."""
         return TF.normalize(rgb, list(self.mean), list(self.std))[..., : self.channels, :, :]
 
     def __call__(self, pixels: np.ndarray, augment: Transform | None = None) -> torch.Tensor:
-        rgb = self.to_unit_rgb(pixels)
-        if augment is not None:
-            rgb = augment(rgb)
-        return self.normalise(rgb)
+        return self.from_uint8(self.to_uint8(pixels), augment)
+
+    def pixel_key(self) -> dict[str, object]:
+        """Everything that changes the 8-bit film (to_uint8), for the film cache's key; the lung model's identity
+        is the caller's to add."""
+        return {"input_size": self.input_size, "resize": self.resize, "border_crop": self.border_crop,
+                "equalize": self.equalize, "lung_box": self.lung_box, "lungs": self.lungs}  # fmt: skip
+
+
+def unit_rgb(gray8: np.ndarray) -> torch.Tensor:
+    """8-bit grey (size, size) -> [0, 1] RGB (3, size, size)."""
+    return torch.from_numpy(np.ascontiguousarray(gray8)).float().div_(255.0)[None].expand(3, -1, -1).contiguous()
 
 
 def crop_box(px: np.ndarray, box: Box) -> np.ndarray:
@@ -139,8 +163,10 @@ class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
 
     With `augment` and `copies=K`, the set holds each original plus K fixed augmented copies (offline
     augmentation, as the study doubled its data with K=1). With `copies=0`, augmentation is fresh each epoch.
-    With a `seed`, every augmented item is seeded from (seed, copy or epoch, index), so results do not depend
-    on worker processes or on where a resumed run restarted.
+    With a `seed`, every augmented item is seeded from (seed, copy or epoch, film), the film being its content
+    hash where the data were checked (else its index), so results depend neither on worker processes, nor on
+    where a resumed run restarted, nor on where the film sits in the split. `films`: where each record's 8-bit
+    film lies in the film cache (data.film_cache); a record not there is decoded.
     """
 
     def __init__(
@@ -153,6 +179,7 @@ class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         copies: int = 0,
         seed: int | None = None,
+        films: FilmRows | None = None,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
@@ -163,6 +190,8 @@ class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
         self.seed = seed
         self.epoch = 0
         self.targets = [label_map.encode(r.label) for r in self.records] * (1 + self.copies)
+        self.films = films
+        self.stable = [int(r.film[:15], 16) if r.film else i for i, r in enumerate(self.records)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -175,6 +204,8 @@ class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
         augment = self.augment if (copy > 0 or self.copies == 0) else None
         if augment is not None and self.seed is not None:
             variant = copy if self.copies else 1_000 + self.epoch
-            torch.manual_seed((self.seed * 1_000_003 + variant * 100_003 + i) % (2**63))
-        image = read_image(self.root / self.records[i].path, self.max_pixels)
-        return self.preprocess(image.pixels, augment), self.targets[index]
+            torch.manual_seed((self.seed * 1_000_003 + variant * 100_003 + self.stable[i]) % (2**63))
+        gray8 = self.films.get(i) if self.films is not None else None
+        if gray8 is None:
+            gray8 = self.preprocess.to_uint8(read_image(self.root / self.records[i].path, self.max_pixels).pixels)
+        return self.preprocess.from_uint8(gray8, augment), self.targets[index]

@@ -14,6 +14,7 @@ CORE_COLUMNS = ("path", "label", "patient_id", "source")
 OFFICIAL_SPLIT = "official_split"  # Record.meta key: train | val | test, where a data set ships its own split
 RAW_LABEL = "raw_label"  # Record.meta key: the label as the data set spells it, where covidxr renamed it
 LUNG_MASK = "lung_mask"  # Record.meta key: the image's lung mask (relative path), where a data set ships one
+FILM = "film"  # Record.meta key: the decoded film's content hash, set when the data were checked (data.validate)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Record:
     patient_id: str | None = None
     source: str = ""
     meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def film(self) -> str | None:
+        """The decoded film's content hash: the key of every per-film cache (None until the film was checked)."""
+        return self.meta.get(FILM)
 
     @property
     def group(self) -> str:

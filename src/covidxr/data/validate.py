@@ -10,7 +10,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,7 +21,7 @@ from PIL import Image
 from covidxr.atomic import write_json
 from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
 from covidxr.data.lungs import mask_box, read_lung_mask
-from covidxr.data.manifest import LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
+from covidxr.data.manifest import FILM, LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
 from covidxr.errors import DataError, ImageReadError
 from covidxr.progress import progress
@@ -198,7 +198,7 @@ def inspect(
     skipped = list(manifest.skipped)
     skipped += [Skipped(d.record.path, d.error.problem, d.error.detail) for d in decoded if d.error]
     good = [d for d in decoded if d.error is None]
-    usable = manifest.subset([d.record for d in good])
+    usable = manifest.subset([replace(d.record, meta=d.record.meta | {FILM: d.pixel_hash[:32]}) for d in good])
     exact, near = _duplicates(good)
     report = DataReport(
         source=str(manifest.root),

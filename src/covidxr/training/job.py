@@ -17,14 +17,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from covidxr.augment import build_augment, preset
 from covidxr.config import Config, TrainConfig
 from covidxr.data.dataset import XrayDataset
+from covidxr.data.film_cache import FilmRows, cached_films, film_store
 from covidxr.data.lungs import lung_box
+from covidxr.data.manifest import Record
 from covidxr.data.prepare import REPORT_FILE, PreparedData, prepare
 from covidxr.data.split import SPLITS_FILE, write_split
+from covidxr.device import use
 from covidxr.engine.history import read_history, write_history_row
 from covidxr.engine.loop import fit, make_fabric, unlaunched_fabric
 from covidxr.errors import CovidxrError
@@ -44,7 +47,7 @@ from covidxr.models.weights import bundled_weights_file, check_weights
 from covidxr.results import TrainState
 from covidxr.rundir import RunDir
 from covidxr.training.distributed import is_main_process
-from covidxr.training.feature_cache import CachedFeatures, default_cache_dir, extract, load_or_compute
+from covidxr.training.feature_cache import CachedFeatures, cached_features, default_cache_dir
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights, is_balanced
@@ -183,7 +186,7 @@ def _inputs(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpe
     cached, the tail and head train on it; else images through the whole network."""
     tc = cfg.train
     if tc.freeze == "head" and tc.feature_cache:
-        cached = _cached_features(cfg, prepared, net.backbone, spec, "pooled")
+        cached = cached_features(cfg, prepared, net.backbone, spec, "pooled")
         splits = {s: _as_numpy(cached.select(s, s == "train")) for s in ("train", "val", "test")}
         probe = _probe_for(cached.key, spec.task, spec.num_outputs, splits) if main else None
         return TrainInputs(net.head, *_feature_batches(cfg, cached, prepared), cached, probe, splits)
@@ -191,7 +194,7 @@ def _inputs(cfg: Config, prepared: PreparedData, net: CovidxrNet, spec: ModelSpe
     cut = split_trunk(net.backbone, tc.last_k, spec.input_size, spec.channels) if cut_trunk else None
     if cut is not None:
         trunk, tail = cut
-        cached = _cached_features(cfg, prepared, trunk, spec, f"trunk without the last {tc.last_k} stage(s)")
+        cached = cached_features(cfg, prepared, trunk, spec, f"trunk without the last {tc.last_k} stage(s)")
         return TrainInputs(torch.nn.Sequential(tail, net.head), *_feature_batches(cfg, cached, prepared), cached)
     return TrainInputs(net, *_image_loaders(cfg, prepared, spec))
 
@@ -330,7 +333,7 @@ def head_features(cfg: Config, prepared: PreparedData) -> tuple[CachedFeatures, 
     from the same random numbers): what a search trains stacked heads from without a backbone per trial."""
     cfg, spec, net = _seeded_net(cfg, prepared)
     start = {k: v.detach().clone() for k, v in net.head.state_dict().items()}
-    return _cached_features(cfg, prepared, net.backbone, spec, "pooled"), spec, start
+    return cached_features(cfg, prepared, net.backbone, spec, "pooled"), spec, start
 
 
 def _seeded_net(cfg: Config, prepared: PreparedData) -> tuple[Config, ModelSpec, CovidxrNet]:
@@ -363,69 +366,6 @@ def write_head_run(
     return _result(run_dir, spec, state)
 
 
-def _cached_features(
-    cfg: Config, prepared: PreparedData, extractor: torch.nn.Module, spec: ModelSpec, level: str
-) -> CachedFeatures:
-    """Outputs of the frozen `extractor` (the pooled backbone, or the trunk before the last k stages) for every
-    image and the augmented training copies, from the cache when every input to them is unchanged."""
-    tc = cfg.train
-    manifest, split, lm = prepared.manifest, prepared.split, prepared.label_map
-    ops = preset(tc.augment, tc.augment_ops)
-    copies = tc.augment_copies if ops else 0
-    key = {
-        "backbone": spec.backbone,
-        "weights": spec.weights,
-        "weights_sha256": spec.weights_sha256,
-        "seed": cfg.data.seed,  # random init (weights none) and the augmented copies depend on it
-        "input_size": spec.input_size,
-        "mean": spec.mean,
-        "std": spec.std,
-        "preprocess": [spec.resize, spec.border_crop, spec.equalize]
-        + ([spec.lung_box] if spec.lung_box else [])
-        + ([spec.lungs, spec.lung_model] if spec.lungs != "none" else []),
-        "manifest": manifest.fingerprint(),
-        "split": sorted(split.assignment.items()),
-        "augment": ops if copies else None,
-        "copies": copies,
-    } | ({} if level == "pooled" else {"level": level})
-
-    def compute() -> tuple[Any, list[dict[str, Any]]]:
-        pre = spec.preprocess
-        originals = XrayDataset(manifest.root, manifest.records, lm, pre, max_pixels=cfg.data.max_pixels)
-        rows = [
-            {"path": r.path, "copy": 0, "split": split.assignment[r.path], "target": t}
-            for r, t in zip(manifest.records, originals.targets, strict=True)
-        ]
-        parts = [extract(extractor, originals, tc.batch_size, tc.num_workers, "features")]
-        train_records = split.records(manifest, "train")
-        if copies:
-            augment = build_augment(ops, spec.input_size)
-            augmented = XrayDataset(
-                manifest.root, train_records, lm, pre, augment, cfg.data.max_pixels, copies=copies, seed=cfg.data.seed
-            )
-            n = len(train_records)
-            parts.append(
-                extract(
-                    extractor,
-                    Subset(augmented, range(n, len(augmented))),
-                    tc.batch_size,
-                    tc.num_workers,
-                    "augmented features",
-                )
-            )
-            rows += [
-                {"path": r.path, "copy": k, "split": "train", "target": lm.encode(r.label)}
-                for k in range(1, copies + 1)
-                for r in train_records
-            ]
-        import numpy as np
-
-        return np.concatenate(parts), rows
-
-    cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
-    return load_or_compute(cache_dir, key, compute)
-
-
 def cached_groups(balance: str, cached: CachedFeatures, prepared: PreparedData) -> list[Hashable] | None:
     """What a balanced draw over the cached training rows evens out (sampling.balance_groups), from each row's
     film's source."""
@@ -452,18 +392,31 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
     pre = spec.preprocess
     ops = preset(tc.augment, tc.augment_ops)
     augment = build_augment(ops, spec.input_size) if ops else None
+    train_records, val_records = split.records(manifest, "train"), split.records(manifest, "val")
+    films = _films(cfg, spec, manifest.root, train_records + val_records)
     train_ds = XrayDataset(
-        manifest.root, split.records(manifest, "train"), lm, pre, augment, cfg.data.max_pixels,
-        copies=tc.augment_copies, seed=cfg.data.seed,
+        manifest.root, train_records, lm, pre, augment, cfg.data.max_pixels, copies=tc.augment_copies,
+        seed=cfg.data.seed, films=FilmRows(films.locations[: len(train_records)]),
     )  # fmt: skip
-    val_ds = XrayDataset(manifest.root, split.records(manifest, "val"), lm, pre, max_pixels=cfg.data.max_pixels)
+    val_ds = XrayDataset(manifest.root, val_records, lm, pre, max_pixels=cfg.data.max_pixels,
+                         films=FilmRows(films.locations[len(train_records) :]))  # fmt: skip
     groups = balance_groups(tc.balance, train_ds.targets, [r.source for r in train_ds.records] * (1 + train_ds.copies))
     sampler = EpochSampler(train_ds.targets, cfg.data.seed, is_balanced(tc.balance), dataset=train_ds, groups=groups)
     in_order = EpochSampler(val_ds.targets, cfg.data.seed, shuffle=False)
-    n = tc.num_workers
-    train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, num_workers=n)
-    val = DataLoader(Indexed(val_ds), batch_size=tc.batch_size, sampler=in_order, num_workers=n)
+    n, pin = tc.num_workers, tc.accelerator != "cpu" and torch.cuda.is_available()
+    loading = {"num_workers": n, "pin_memory": pin, "persistent_workers": n > 0}
+    train = DataLoader(Indexed(train_ds), batch_size=tc.batch_size, sampler=sampler, **loading)  # type: ignore[arg-type]
+    val = DataLoader(Indexed(val_ds), batch_size=tc.batch_size, sampler=in_order, **loading)  # type: ignore[arg-type]
     return train, val, sampler
+
+
+def _films(cfg: Config, spec: ModelSpec, root: Path, records: list[Record]) -> FilmRows:
+    """The films the epochs read, from the film cache (decoded, and cut to their lungs on the run's device, once)."""
+    tc = cfg.train
+    cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
+    with use(tc.accelerator, tc.precision, tc.devices):
+        store = film_store(cache_dir, spec.preprocess, spec.lung_model, cfg.data.max_pixels)
+        return cached_films(store, root, records, spec.preprocess, cfg.data.max_pixels, tc.num_workers)
 
 
 def _result(run_dir: Path, spec: ModelSpec, state: TrainState) -> TrainResult:
