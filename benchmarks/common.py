@@ -24,10 +24,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def result_body(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A result as benchmarks/results/NAME.json holds it: the payload with its date and machine."""
+    return {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **payload}
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    body = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **payload}
+    body = result_body(name, payload)
     path.write_text(json.dumps(body, indent=2) + "\n")
     print(json.dumps(body, indent=2))
     return path

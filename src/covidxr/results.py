@@ -312,6 +312,7 @@ class Explanation(JsonRecord):
     lung_area: float | None = None  # mean share of the input the lungs cover: an evenly spread CAM's share inside
     lungs_from: dict[str, int] | None = None  # where the films' lungs came from (lungs.as_seen): counts
     cam: str | None = None  # the CAM method and layer (explain.gradcam.cam_name)
+    sample: list[int] | None = None  # [films explained, test films]: a bounded sample, spread over the split
 
 
 # --- search -----------------------------------------------------------------------------------------------

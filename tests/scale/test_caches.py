@@ -55,7 +55,8 @@ def test_lung_cut_films_are_segmented_once_in_batches_and_never_per_epoch(
     geometry = LungModel.geometry
     monkeypatch.setattr(LungModel, "geometry", lambda self, films: seen.append(len(films)) or geometry(self, films))
     tc = TrainConfig(backbone="simple_cnn", weights="none", freeze="full", input_size=48, epochs=3, patience=3,
-                     lung_model=str(tmp_path / "lungs"), lungs="crop", augment="none", cache_dir=str(tmp_path / "c"))  # fmt: skip
+                     lung_model=str(tmp_path / "lungs"), lungs="crop", augment="none",
+                     cache_dir=str(tmp_path / "c"))  # fmt: skip
     cfg = Config(DataConfig(paths=(str(phantoms),)), tc)
     run = train(cfg, tmp_path / "run")
     with (run.run_dir / "splits.csv").open() as fh:

@@ -54,3 +54,18 @@ def test_the_size_cap_removes_the_least_recently_used_stores_first(tmp_path: Pat
     removed = enforce_cap(tmp_path, keep=stores[0].folder, cap_gb=0.0021)
     assert removed == [stores[1].folder]  # the oldest is kept (in use), the next oldest goes
     assert [f for f, _, _ in store_sizes(tmp_path)] == [stores[0].folder, stores[2].folder]
+
+
+def test_cache_info_lists_the_stores_and_clear_removes_one_kind(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from covidxr.cli import app
+
+    RowStore(tmp_path, "films", {"size": 8}).add(["a"], np.zeros((1, 8, 8), np.uint8))
+    RowStore(tmp_path, "features", {"k": 1}).add(["a"], np.zeros((1, 4), np.float32))
+    runner = CliRunner()
+    info = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)])
+    assert info.exit_code == 0 and "2 store(s)" in info.output and "films-" in info.output
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path), "--kind", "films"])
+    assert cleared.exit_code == 0 and "removed 1 store(s)" in cleared.output
+    assert [p.name.split("-")[0] for p, _, _ in store_sizes(tmp_path)] == ["features"]

@@ -45,7 +45,10 @@ def test_predict_folder_with_broken_files_csv_and_json(run_dir: Path, folder: Pa
     assert by_name["scan.dcm"]["label"] in ("COVID-19", "not COVID-19") and not by_name["scan.dcm"]["error"]
     ok = [r for r in rows if not r["error"]]
     assert len({round(float(r["score_COVID-19"]), 4) for r in ok}) > 1  # scores depend on the image
-    assert all(r["label"] == ("COVID-19" if float(r["score_COVID-19"]) >= 0.5 else "not COVID-19") for r in ok)
+    assert all(
+        r["label"] == ("COVID-19" if float(r["score_COVID-19"]) >= float(r["threshold"]) else "not COVID-19")
+        for r in ok
+    )  # the run's one decision rule, at its validated threshold
     in_process = predict_to_file(run_dir, [folder], tmp_path / "p0.csv", batch_size=4, workers=0)
     assert in_process == counts  # decoding in worker processes (the default) or here: the same rows
     assert (tmp_path / "p0.csv").read_text() == (tmp_path / "p.csv").read_text()
@@ -69,10 +72,11 @@ def test_int8_export_is_gated_on_test_auc_and_labels_and_used_by_the_onnx_engine
     from covidxr.serve.quantize import MAX_AUC_DROP, MIN_AGREEMENT, quantize_int8
     from covidxr.training.job import train
 
-    # A head of 3 epochs on the shared run's cached features (seconds), whose 18 test scores sit far enough from
-    # the threshold for INT8 to keep every label; the converged shared run has some within INT8's error of it, and
-    # the 99% rule refuses it (measured: 13 of 18 agree), as it should.
-    copy = train(Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=3, lr=1e-3)), tmp_path / "run").run_dir
+    # A head of 3 epochs at lr 3e-4 on the shared run's cached features (seconds), whose 18 test scores sit far
+    # enough from the threshold for INT8 to keep every label; runs with some scores within INT8's error of it (the
+    # converged shared run, or 3 epochs at 1e-3: 17 of 18 agree) are refused by the 99% rule, as they should be.
+    cfg = Config(DataConfig(paths=(str(phantoms),)), TrainConfig(epochs=3, lr=3e-4))
+    copy = train(cfg, tmp_path / "run").run_dir
     result = export_run(copy, "onnx", quantize="int8")["int8"]
     assert result["path"] == str(copy / INT8_FILE) and (copy / INT8_FILE).is_file()
     assert result["auc_drop"] <= MAX_AUC_DROP and result["agreement"] >= MIN_AGREEMENT

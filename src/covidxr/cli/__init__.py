@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from covidxr.cli.cache import cache_app
 from covidxr.cli.data import data_app, run_demo
 from covidxr.cli.lungs import lungs_app
 from covidxr.cli.search import compare_cmd, search_cmd
@@ -23,6 +24,7 @@ from covidxr.cli.train import (
 )
 from covidxr.cli.weights import weights_app
 from covidxr.errors import CovidxrError
+from covidxr.threads import apply as apply_threads
 
 app = typer.Typer(
     help="Chest X-ray COVID-19 classifier by transfer learning, evaluated honestly.",
@@ -30,6 +32,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _process(
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, envvar="COVIDXR_THREADS",
+        help="CPU threads for this process (default: the cores its affinity and cgroup quota allow)",
+    ),
+) -> None:  # fmt: skip
+    """Chest X-ray COVID-19 classifier by transfer learning, evaluated honestly."""
+    apply_threads(threads)
+
+
 app.command("explain", help="Feature maps, Grad-CAM overlays and MC-dropout uncertainty for images.")(explain_cmd)
 app.command("filters", help="Learned first-layer filters, weight statistics and dead filters of a run.")(filters_cmd)
 app.command("predict", help="Predict images, DICOM and folders to CSV/JSON (streaming; torch or onnx).")(predict_cmd)
@@ -41,6 +56,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(lungs_app, name="lungs")
 app.add_typer(augment_app, name="augment")
 app.add_typer(weights_app, name="weights")
+app.add_typer(cache_app, name="cache")
 app.command("run", help="The main job: inspect, split, train, evaluate, audit, report.")(run_cmd)
 app.command("train", help="Train a classifier into a run directory; resumable.")(train_cmd)
 app.command("evaluate", help="Test metrics with CIs, shortcut audit, report; --data for external validation.")(

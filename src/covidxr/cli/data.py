@@ -74,9 +74,10 @@ def synth_cmd(
     out: Path = typer.Argument(..., help="folder to write the phantom set into"),
     n: int = typer.Option(400, "--n", min=10, help="number of images"),
     seed: int = typer.Option(0, "--seed"),
+    size: int = typer.Option(224, "--size", min=32, help="shortest films' height in pixels (small: large sets fast)"),
 ) -> None:
     """Generate synthetic chest-X-ray phantoms with lesion masks (the embedded default data set)."""
-    labels = generate(out, n=n, seed=seed)
+    labels = generate(out, n=n, seed=seed, size=size)
     typer.echo(f"wrote {n} phantoms and {labels}")
 
 

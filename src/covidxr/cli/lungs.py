@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from covidxr.cli.options import load_config, with_config_options
+from covidxr.cli.options import ACCELERATOR, DEVICES, PRECISION, load_config, with_config_options
+from covidxr.device import use
 
 lungs_app = typer.Typer(help="Lung segmentation: train a segmenter, segment films, score it.", no_args_is_help=True)
 
@@ -59,12 +60,16 @@ def segment_cmd(
     images: list[Path] = typer.Argument(..., help="image files (PNG, JPEG, DICOM, ...) and folders"),
     out: Path = typer.Option(..., "--out", help="folder for <name>.png masks, overlays and segment.csv"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
 ) -> None:
     """One lung mask PNG (255 = lung) and one overlay per film; implausible masks are flagged in segment.csv."""
     from covidxr.lungs import load_lung_model
     from covidxr.lungs.segment import TABLE, segment_files
 
-    rows = segment_files(load_lung_model(model), images, out, batch_size)
+    with use(accelerator, precision, devices):
+        rows = segment_files(load_lung_model(model), images, out, batch_size)
     errors, flagged = sum(bool(r["error"]) for r in rows), sum(bool(r["flagged"]) for r in rows)
     typer.echo(f"{len(rows) - errors} film(s) segmented into {out}, {flagged} flagged, {errors} unreadable "
                f"(see {out / TABLE})")  # fmt: skip
@@ -76,6 +81,9 @@ def evaluate_cmd(
     model: Path = typer.Argument(..., help="a lung model folder"),
     out: Path | None = typer.Option(None, "--out", help="folder for lungs_metrics.json and the worst overlays"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
     **options: Any,
 ) -> None:
     """Dice of a lung model on every film of --data that ships a lung mask."""
@@ -91,7 +99,8 @@ def evaluate_cmd(
     records = with_masks(manifest)
     if not records:
         raise DataError(f"{' + '.join(data.paths)}: no film with a lung mask to score against")
-    scored = evaluate_segmenter(load_lung_model(model), manifest, records, out, bootstrap)
+    with use(accelerator, precision, devices):
+        scored = evaluate_segmenter(load_lung_model(model), manifest, records, out, bootstrap)
     lo, hi = scored.dice_ci95
     typer.echo(f"Dice {scored.mean_dice:.3f} [{lo:.3f}, {hi:.3f}] (median {scored.median_dice:.3f}) on "
                f"{scored.n_images} films of {scored.n_patients} patients; {scored.flagged} flagged; "

@@ -115,3 +115,13 @@ def apply_options(cfg: Config, options: dict[str, Any]) -> Config:
 def load_config(config: Path | None, options: dict[str, Any]) -> Config:
     """Config file (or defaults), then every flag the user actually gave."""
     return apply_options(Config.from_yaml(config) if config else Config(), options)
+
+
+# Where a command's networks run (covidxr.device): the same names and choices as training's flags.
+ACCELERATOR: Any = typer.Option("auto", "--accelerator", help="where networks run: auto | cpu | gpu | cuda | mps")
+PRECISION: Any = typer.Option("32-true", "--precision", help="32-true | 16-mixed | bf16-mixed (autocast there)")
+DEVICES: Any = typer.Option(
+    "auto",
+    "--devices",
+    help="which GPU: auto (GPU 0, or the process's local rank), or 'k,' for GPU k (Lightning's list)",
+)

@@ -7,8 +7,9 @@ from typing import Any
 
 import typer
 
-from covidxr.cli.options import load_config, with_config_options
+from covidxr.cli.options import ACCELERATOR, DEVICES, PRECISION, load_config, with_config_options
 from covidxr.config import Config
+from covidxr.device import use
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.threshold import ThresholdMethod
 from covidxr.extras import require
@@ -77,17 +78,28 @@ def evaluate_cmd(
     by_source: bool = typer.Option(
         False, "--by-source", help="also retrain once per source with it held out, and score the held-out source"
     ),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
 ) -> None:
     """Test metrics with CIs, shortcut audit and report for a run; with --data, external validation too;
     with --by-source, leave-one-source-out scores."""
-    from covidxr.data.labels import parse_label_map
-    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, fair_table, per_label_table
     from covidxr.report.html import write_report
     from covidxr.run import Run
 
     if data and (tta is not None or by_source):
         raise CovidxrError("--tta and --by-source belong to the run's own evaluation: run them without --data first")
     run = Run(run_dir)  # read once for every step below (evaluation, external sets, the report)
+    with use(accelerator, precision, devices):
+        _evaluate(run, data, bootstrap, threshold, out, label_map, tta, by_source)
+    typer.echo(f"report: {write_report(run)}")
+
+
+def _evaluate(run: Any, data: list[Path], bootstrap: int, threshold: Any, out: Path | None, label_map: str | None,
+              tta: bool | None, by_source: bool) -> None:  # fmt: skip
+    from covidxr.data.labels import parse_label_map
+    from covidxr.evaluation.job import comparison_table, evaluate_external, evaluate_run, fair_table, per_label_table
+
     if not data:
         if out is not None or label_map is not None:
             raise CovidxrError(
@@ -111,7 +123,6 @@ def evaluate_cmd(
         typer.echo("")
         typer.echo(per_label_table(result))
         typer.echo(f"external results: {result.out}")
-    typer.echo(f"report: {write_report(run)}")
 
 
 def ensemble_cmd(
@@ -154,11 +165,15 @@ def explain_cmd(
     images: list[Path] = typer.Argument(..., help="images or folders (searched recursively)"),
     out: Path = typer.Option(Path("explanations"), "--out"),
     mc: int = typer.Option(30, "--mc", min=1, help="MC-dropout passes"),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
 ) -> None:
     """Feature maps per layer, Grad-CAM overlays (predicted and positive class), MC-dropout uncertainty."""
     from covidxr.explain.job import explain_images
 
-    summary = explain_images(run_dir, images, out, mc)
+    with use(accelerator, precision, devices):
+        summary = explain_images(run_dir, images, out, mc)
     for item in summary["images"]:
         typer.echo(f"{item['path']}: {item['label']} (std {item['std']:.3f}, entropy {item['entropy']:.3f})")
     for item in summary["skipped"]:
@@ -191,11 +206,15 @@ def predict_cmd(
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="decoding processes beside inference (default: a quarter of the cores; 0: none)"
     ),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
 ) -> None:
     """Predict files and folders in batches, streaming to CSV/JSON; unreadable files are listed with the reason."""
     from covidxr.serve.predict import predict_to_file
 
-    counts = predict_to_file(run_dir, paths, out, engine, batch_size, mc, resume, workers)
+    with use(accelerator, precision, devices):
+        counts = predict_to_file(run_dir, paths, out, engine, batch_size, mc, resume, workers)
     kept = f"; {counts['already_written']} row(s) kept from before" if counts["already_written"] else ""
     typer.echo(
         f"predicted {counts['predicted']} image(s), skipped {counts['skipped']} unreadable{kept}; written to {out}"
@@ -208,11 +227,15 @@ def export_cmd(
     quantize: str | None = typer.Option(
         None, "--quantize", help="int8: static INT8 (ONNX), calibrated on val, kept if test AUC and labels hold"
     ),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
 ) -> None:
     """Export backbone + head (normalised batch in, logits out), checked against PyTorch on real images."""
     from covidxr.serve.export import export_run
 
-    result = export_run(run_dir, fmt, quantize)
+    with use(accelerator, precision, devices):  # the parity check's PyTorch side
+        result = export_run(run_dir, fmt, quantize)
     typer.echo(
         f"{result['path']}: max |diff| vs PyTorch on {result['images']} real images = {result['max_abs_diff']:.2e}"
     )
@@ -236,6 +259,9 @@ def serve_cmd(
         None, "--api-key", envvar="COVIDXR_API_KEY", help="require Authorization: Bearer KEY (health stays open)"
     ),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="allow browser calls from this origin (repeat)"),
+    accelerator: str = ACCELERATOR,
+    precision: str = PRECISION,
+    devices: str = DEVICES,
 ) -> None:
     """Web service and upload page for a run (research use only)."""
     require("serve")
@@ -244,6 +270,7 @@ def serve_cmd(
     from covidxr.serve.app import Limits, create_app
 
     limits = Limits(queue=queue, timeout_s=timeout)
-    app = create_app(run_dir, engine, limits, workers, api_key=api_key, cors_origins=tuple(cors_origin))
-    typer.echo(f"serving {run_dir} on http://{host}:{port} (research tool, not a diagnostic device)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    with use(accelerator, precision, devices):  # the service's inference threads see it
+        app = create_app(run_dir, engine, limits, workers, api_key=api_key, cors_origins=tuple(cors_origin))
+        typer.echo(f"serving {run_dir} on http://{host}:{port} (research tool, not a diagnostic device)")
+        uvicorn.run(app, host=host, port=port, log_level="warning")

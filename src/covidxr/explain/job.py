@@ -32,6 +32,7 @@ from covidxr.rundir import RunDir
 
 EXPLAIN_FILE = RunDir.explain
 MANY_DEAD = 0.5
+EXPLAINED_FILMS = 400  # test films explained at most (CAMs, MC dropout, localisation), spread over the split
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -105,8 +106,10 @@ def _save_rgb(rgb: np.ndarray, path: Path) -> Path:
 
 
 def _sample_batches(run: Run, n: int = 32, split: str = "val") -> tuple[list[Any], torch.Tensor]:
-    """Up to `n` of the run's images of one split part, as listed (only these are decoded), preprocessed."""
-    manifest, records = run.listed, run.records(split, listed=True)[:n]
+    """Up to `n` of the run's images of one split part, spread evenly over it, as listed (only these are
+    decoded), preprocessed."""
+    manifest, every = run.listed, run.records(split, listed=True)
+    records = every[:: max(1, len(every) // n)][:n]
     x = torch.stack([run.spec.preprocess(read_image(manifest.abspath(r)).pixels) for r in records])
     return [(manifest, r) for r in records], x
 
@@ -157,7 +160,7 @@ def explain_run(
     the backbone than the registry's CAM layer, `cam_method` another of explain.gradcam.CAM_METHODS."""
     run = Run.open(run)
     net, spec = run.net, run.spec
-    pairs, x = _sample_batches(run, n=10_000, split="test")
+    pairs, x = _sample_batches(run, n=EXPLAINED_FILMS, split="test")
     u = mc_dropout(net, x, spec, mc_passes)
     targets = np.array([spec.classes.index(_class_of(spec, r.label)) for _, r in pairs])
     preds = spec.decide(u["mean"])
@@ -178,6 +181,7 @@ def explain_run(
         lungs_from=lungs_from,
         lung_area=area,
         cam=cam_name(spec, cam_layer, cam_method),
+        sample=[len(pairs), len(run.records("test", listed=True))],
     )  # fmt: skip
     _cam_gallery(pairs, cams, correct, preds, spec, run.dir.plots / "cam_gallery.png", gallery)
     write_json(run.dir.explain, result.to_json())  # last: its presence means the explanations are complete

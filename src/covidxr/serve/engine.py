@@ -5,7 +5,6 @@ always the fp32 one."""
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from covidxr.models.spec import ModelSpec
 from covidxr.models.tta import scoring_net
 from covidxr.run import Run
 from covidxr.rundir import RunDir
+from covidxr.threads import usable_cores
 
 ONNX_FILE = RunDir.onnx
 INT8_FILE = RunDir.onnx_int8
@@ -31,7 +31,7 @@ def physical_cores() -> int:
     nothing from siblings and lose to their contention)."""
     import psutil
 
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    allowed = usable_cores()
     return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
