@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from covidxr.config import Config
@@ -23,12 +23,15 @@ class RunResult:
     train: TrainResult
     metrics: Evaluation
     report: Path
+    lost: dict[str, tuple[int, int]] = field(default_factory=dict)  # --data set -> (listed, used), where fewer
 
     def summary(self) -> str:
         m, ci = self.metrics.test.metrics, self.metrics.test.ci95
         fair = self.metrics.test_fair
         mixed = fair is not None and fair.cross_source_share > 0
         lines = [self.train.summary(), ""]
+        for name, (listed, used) in self.lost.items():
+            lines.insert(0, f"note: data set {name}: {listed - used} of its {listed} listed films skipped, {used} used")
         if fair is not None:  # first: what hospitals cannot fool (evaluation.fair)
             lines.append(f"test split within one source: {fair_summary(fair)}")
         lines.append("test split (95% CI by patient bootstrap):")
@@ -85,4 +88,6 @@ def run(
         metrics = run.evaluation or evaluate_run(run, n_resamples=n_resamples)
         if explain and run.explanation is None:
             explain_run(run)
-    return RunResult(trained, metrics, write_report(run))
+    report = prepared.report if prepared else run.data_report
+    lost = report.lost_films() if report is not None else {}
+    return RunResult(trained, metrics, write_report(run), lost)

@@ -53,6 +53,9 @@ def prepare(out_dir: Path | str, cfg: DataConfig, write: bool = True) -> Prepare
     out_dir = Path(out_dir)
     manifest, report = inspect_data(cfg)
     names = " + ".join(cfg.paths)
+    for name, (listed, used) in report.lost_films().items():
+        log.warning("note: data set %s: %d of its %d listed film(s) skipped (see data_report.json)", name,
+                    listed - used, listed)  # fmt: skip
     if report.ok:
         label_map = LabelMap.from_labels(manifest.labels, cfg.task, cfg.positive)
         if write:

@@ -24,6 +24,7 @@ from covidxr.data.labels import DEFAULT_POSITIVE, LabelMap, Task
 from covidxr.data.lungs import mask_box, read_lung_mask
 from covidxr.data.manifest import FILM, LUNG_MASK, RAW_LABEL, Manifest, Record, Skipped
 from covidxr.data.readers import DEFAULT_MAX_PIXELS, ImageInfo, read_image
+from covidxr.data.sources import DATASET
 from covidxr.errors import DataError, ImageReadError
 from covidxr.progress import progress
 
@@ -64,6 +65,7 @@ class DataReport:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (path, caveat): read, but not as stored
     warnings: list[str] = field(default_factory=list)
     problem: str | None = None  # why the data set is unusable; None when it can be used
+    sets: dict[str, list[int]] = field(default_factory=dict)  # with several --data: set -> [listed, usable]
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,7 @@ class DataReport:
             "geometry": self.geometry,
             "warnings": self.warnings,
             "problem": self.problem,
+            "sets": self.sets,
         }
 
     @classmethod
@@ -106,6 +109,7 @@ class DataReport:
             raw["exact_duplicates"], [(d["a"], d["b"], d["distance"]) for d in raw["near_duplicates"]],
             raw["geometry"], raw.get("raw_labels", {}), raw.get("label_by_source", {}), raw.get("split"),
             [(n["path"], n["note"]) for n in raw.get("notes", [])], raw.get("warnings", []), raw.get("problem"),
+            raw.get("sets", {}),
         )  # fmt: skip
 
     def write_json(self, path: Path) -> None:
@@ -116,6 +120,7 @@ class DataReport:
             f"data: {self.source} ({self.layout} layout, {self.task} task: {' / '.join(self.classes)})",
             f"images: {self.listed} listed, {self.usable} usable, {len(self.skipped)} skipped; "
             f"{len(self.per_label)} classes in the data; {self.patients} patients",
+            *([self.format_sets()] if self.sets else []),
             "",
             f"{'label':<16}{'images':>8}{'patients':>10}{'median size':>14}{'square':>8}  from",
         ]
@@ -154,6 +159,14 @@ class DataReport:
         lines += [f"warning: {w}" for w in self.warnings]
         lines.append(f"UNUSABLE: {self.problem}" if self.problem else "usable: yes")
         return "\n".join(lines)
+
+    def format_sets(self) -> str:
+        """Films used of those listed, per --data set: a set that lost films says so by name."""
+        return "per data set: " + ", ".join(f"{name} {used} of {listed}" for name, (listed, used) in self.sets.items())
+
+    def lost_films(self) -> dict[str, tuple[int, int]]:
+        """The --data sets some of whose listed films are not used: name -> (listed, usable)."""
+        return {name: (listed, used) for name, (listed, used) in self.sets.items() if used < listed}
 
     def format_sources(self) -> str:
         """The label x source table: where each label's images came from."""
@@ -220,6 +233,7 @@ def inspect(
         label_by_source=label_by_source(usable.records),
         notes=[(d.record.path, d.info.note) for d in good if d.info and d.info.note],
     )
+    report.sets = _per_set(manifest, usable)
     report.warnings = _warnings(usable, report, good)
     try:
         label_map = LabelMap.from_labels(usable.labels, task, positive)
@@ -227,6 +241,9 @@ def inspect(
         report.problem = _usability_problem(usable, label_map)
     except DataError as exc:
         report.problem = str(exc)
+    empty = [name for name, (_, used) in report.sets.items() if used == 0]
+    if empty and report.ok:  # a set that vanished whole is an error, never a quiet smaller run
+        report.problem = f"data set {empty[0]!r} yields no usable film of the {report.sets[empty[0]][0]} it lists"
     return usable, report
 
 
@@ -406,3 +423,12 @@ def _usability_problem(usable: Manifest, label_map: LabelMap) -> str | None:
             f"{MIN_PATIENTS_PER_CLASS} each): " + ", ".join(f"{c} has {n}" for c, n in thin.items())
         )
     return None
+
+
+def _per_set(listed: Manifest, usable: Manifest) -> dict[str, list[int]]:
+    """[listed, usable] films per --data set, where several were joined (each record names its set)."""
+    names = Counter(r.meta.get(DATASET) for r in listed.records)
+    if len(names) < 2 or None in names:
+        return {}
+    used = Counter(r.meta.get(DATASET) for r in usable.records)
+    return {str(name): [n, used.get(name, 0)] for name, n in names.items()}

@@ -4,6 +4,7 @@ column are kept; an optional `split` column (train/val/test) is the data set's o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from covidxr.data.formats.base import (
@@ -30,7 +31,7 @@ def load(csv_path: Path, views: tuple[str, ...] = ()) -> Manifest:
         )
     records, skipped = [], []
     for line_no, row in enumerate(rows, start=2):
-        rel = (row.get("path") or "").strip()
+        rel = _relative((row.get("path") or "").strip(), csv_path.parent)
         label = (row.get("label") or "").strip()
         if not rel:
             skipped.append(Skipped(f"{csv_path.name}:{line_no}", Problem.MISSING, "empty path"))
@@ -48,6 +49,14 @@ def load(csv_path: Path, views: tuple[str, ...] = ()) -> Manifest:
         raise DataError(f"{csv_path}: the manifest lists no images")
     root = csv_path.parent
     return Manifest(root, fill_dicom_patient_ids(root, records), "csv", skipped=skipped)
+
+
+def _relative(path: str, root: Path) -> str:
+    """A listed path as the manifest keeps it, relative to the CSV's folder (an absolute one made relative), so a
+    CSV reads the same alone and beside other --data sets (which are joined under their common folder)."""
+    if not path or not os.path.isabs(path):
+        return path
+    return Path(os.path.relpath(path, root.resolve())).as_posix()
 
 
 def find(path: Path) -> Path | None:
