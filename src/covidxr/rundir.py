@@ -66,6 +66,9 @@ class RunDir:
     trials = _Entry("trials")
     grid = _Entry("grid.json")
     search_db = _Entry("search.db")
+    # sites (covidxr adapt)
+    adapted = _Entry("adapted.json")  # Adaptation: the base run, the site, what was adapted, before and after
+    site_curve = _Entry("site_curve.json")  # SiteCurve: within-site AUC against labelled films
     # export
     onnx = _Entry("model.onnx")
     onnx_int8 = _Entry("model.int8.onnx")

@@ -10,6 +10,7 @@ from covidxr.cli.cache import cache_app
 from covidxr.cli.data import data_app, run_demo
 from covidxr.cli.lungs import lungs_app
 from covidxr.cli.search import compare_cmd, search_cmd
+from covidxr.cli.sites import adapt_cmd
 from covidxr.cli.train import (
     augment_app,
     ensemble_cmd,
@@ -62,6 +63,7 @@ app.command("train", help="Train a classifier into a run directory; resumable.")
 app.command("evaluate", help="Test metrics with CIs, shortcut audit, report; --data for external validation.")(
     evaluate_cmd
 )
+app.command("adapt", help="Adapt a run to a new hospital's films; --curve: how many it must label.")(adapt_cmd)
 app.command("ensemble", help="Average several runs' calibrated scores into one run directory.")(ensemble_cmd)
 app.command("demo", help="Run the main job on freshly generated synthetic phantoms (no download).")(run_demo)
 

@@ -237,22 +237,26 @@ def evaluate_run(
     for this and every later use of the run (None: as it is). A Run the caller holds keeps its model and
     listed data for the stages after (`covidxr run`), and sees the new calibration."""
     run = Run.open(run)
+    site = run.spec.calibration if run.spec.calibration.fitted_on == "site" else None  # an adapted run's: kept
     run.spec = replace(run.spec, calibration=RunCalibration(tta=run.spec.tta if tta is None else tta))  # raw
     manifest, split = run.manifest, run.split
     val = score(run, manifest, split.records(manifest, "val"))
     uncalibrated = test = score(run, manifest, split.records(manifest, "test"))
     seed = run.config.data.seed
-    run.spec = calibrate(run.root, run.spec, val.logits, val.targets, threshold_method)
+    if site is None:
+        run.spec = calibrate(run.root, run.spec, val.logits, val.targets, threshold_method)
+    else:
+        run.spec = replace(run.spec, calibration=site)
     val, test = rescore(run, val), rescore(run, test)
     k = run.spec.audit_class
     calibration = Calibration(
-        "temperature scaling", run.spec.temperature, "val",
+        "temperature scaling", run.spec.temperature, run.spec.calibration.fitted_on or "val",
         test_before=reliability(test.targets == k, uncalibrated.scores[:, k]),
         test_after=reliability(test.targets == k, test.scores[:, k]),
     )  # fmt: skip
     chosen = at95 = None
     if run.spec.task == "binary":
-        chosen = Threshold(run.spec.threshold, threshold_method, "val")
+        chosen = Threshold(run.spec.threshold, threshold_method, run.spec.calibration.fitted_on or "val")
         t95 = threshold_for_specificity(val.targets, val.positive, 0.95)
         m95 = binary_metrics(test.targets, test.positive, t95)
         at95 = AtSpecificity(t95, "val", m95["recall"], m95["specificity"])

@@ -235,6 +235,7 @@ def create_app(
             "weights_sha256": spec.weights_sha256, "channels": spec.channels, "task": spec.task,
             "classes": spec.classes, "input_size": spec.input_size, "threshold": spec.threshold, "engine": engine,
             "temperature": spec.temperature, "head": spec.head, "lungs": spec.lungs, "lung_model": spec.lung_model,
+            "adapted_to": spec.extra.get("adapted"),  # the site the run was adapted to (covidxr adapt), else None
         }  # fmt: skip
         data = read_data_report(RunDir(run_dir).data_report)
         if data is not None:

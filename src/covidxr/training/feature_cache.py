@@ -80,7 +80,7 @@ def extract(backbone: nn.Module, dataset: Dataset, batch_size: int, num_workers:
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def _extract_into(store: RowStore, keys: list[str], backbone: nn.Module, dataset: Dataset, tc: Any, desc: str) -> None:
+def extract_into(store: RowStore, keys: list[str], backbone: nn.Module, dataset: Dataset, tc: Any, desc: str) -> None:
     """Features stored as they come, about 64 MB a chunk: a killed extraction keeps what it stored."""
     pending: list[np.ndarray] = []
     done = 0
@@ -158,7 +158,7 @@ def _compute(
     n = len(originals)
     if originals:
         data = XrayDataset(root, originals, lm, pre, max_pixels=max_px, films=FilmRows(located.locations[:n]))
-        _extract_into(store, [_row_key(r, 0, variant) for r in originals], extractor, data, tc, "features")
+        extract_into(store, [_row_key(r, 0, variant) for r in originals], extractor, data, tc, "features")
     if augmented:
         ops = preset(tc.augment, tc.augment_ops)
         data = XrayDataset(root, augmented, lm, pre, build_augment(ops, spec.input_size), max_px, copies=copies,
@@ -167,4 +167,4 @@ def _compute(
         order = [(k, i) for k in range(1, copies + 1) for i in range(m)]
         todo = [j for j, (k, i) in enumerate(order) if _row_key(augmented[i], k, variant) in missing]
         keys = [_row_key(augmented[order[j][1]], order[j][0], variant) for j in todo]
-        _extract_into(store, keys, extractor, Subset(data, [m + j for j in todo]), tc, "augmented features")
+        extract_into(store, keys, extractor, Subset(data, [m + j for j in todo]), tc, "augmented features")
