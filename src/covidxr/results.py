@@ -172,6 +172,7 @@ class Audit(JsonRecord):
     lung_occlusion: Occlusion
     label_by_source: dict[str, dict[str, int]]
     warnings: list[str]
+    sample: dict[str, int] | None = None  # films audited of each split: train, train_of, test, test_of
 
 
 @dataclass

@@ -108,3 +108,23 @@ def metadata_baseline(
     order = np.argsort(forest.feature_importances_)[::-1][:5]
     top = [(names[i], round(float(forest.feature_importances_[i]), 3)) for i in order]
     return Baseline(auc.auc, auc.ci, top, bool(auc.auc >= METADATA_WARN_AUC))
+
+
+AUDITED_TRAIN, AUDITED_TEST = 2000, 1000  # films at most: the audit's forests and occlusion on a sample
+
+
+def patient_sample(records: Sequence[Record], cap: int, seed: int) -> list[int]:
+    """Indices of whole patients' films, at most `cap` films (all of them where fewer), drawn at random within
+    each label in its share: what the audit reads of a large set, with its CIs still by patient."""
+    if len(records) <= cap:
+        return list(range(len(records)))
+    rng = np.random.default_rng(seed)
+    by_patient: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_patient.setdefault(r.group, []).append(i)
+    patients = list(by_patient)
+    chosen: list[int] = []
+    for g in (patients[i] for i in rng.permutation(len(patients))):
+        if len(chosen) + len(by_patient[g]) <= cap:
+            chosen += by_patient[g]
+    return sorted(chosen)

@@ -30,11 +30,14 @@ from covidxr.data.validate import confounded_labels, label_by_source, short_sour
 from covidxr.device import current
 from covidxr.errors import CovidxrError
 from covidxr.evaluation.audit import (
+    AUDITED_TEST,
+    AUDITED_TRAIN,
     INPUT_FEATURE_NAMES,
     OCCLUSION_WARN_AUC,
     auc_with_ci,
     audit_features,
     metadata_baseline,
+    patient_sample,
 )
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.evaluation.calibration import calibrate, reliability
@@ -144,9 +147,13 @@ def _audit_target(spec: ModelSpec, scored: Scored) -> tuple[np.ndarray, np.ndarr
     return (scored.targets == k).astype(int), scored.scores[:, k]
 
 
-def shortcut_audit(run: Run, manifest: Manifest, split: Split, test: Scored, n_resamples: int) -> Audit:
+def shortcut_audit(run: Run, manifest: Manifest, split: Split, scored: Scored, n_resamples: int) -> Audit:
+    """Metadata baselines and lung occlusion on a patient sample of at most AUDITED_TRAIN / AUDITED_TEST films
+    (all of them in smaller sets), its size kept in the result."""
     seed = run.config.data.seed
-    train = split.records(manifest, "train")
+    every = split.records(manifest, "train")
+    train = [every[i] for i in patient_sample(every, AUDITED_TRAIN, seed)]
+    test = _subset(scored, patient_sample(scored.records, AUDITED_TEST, seed))
     k = run.spec.audit_class
     y_train = np.array([int(run.label_map.encode(r.label) == k) for r in train])
     y_test, score_full = _audit_target(run.spec, test)
@@ -182,7 +189,12 @@ def shortcut_audit(run: Run, manifest: Manifest, split: Split, test: Scored, n_r
             f"hospitals {label!r} at rates no test split here can show. Score it on outside data (covidxr evaluate "
             f"RUN --data OTHER) before any use, and train with {label!r}-negative images from that source."
         )
-    return Audit(meta, seen, occlusion, by_source, warnings)
+    sample = {"train": len(train), "train_of": len(every), "test": len(test.records), "test_of": len(scored.records)}
+    return Audit(meta, seen, occlusion, by_source, warnings, sample)
+
+
+def _subset(scored: Scored, rows: list[int]) -> Scored:
+    return Scored([scored.records[i] for i in rows], scored.logits[rows], scored.targets[rows], scored.scores[rows])
 
 
 @torch.no_grad()

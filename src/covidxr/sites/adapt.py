@@ -124,8 +124,9 @@ def head_logits(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return head.eval()(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
 
 
-def site_calibration(run: Run, logits: np.ndarray, y: np.ndarray, method: str = "f1") -> RunCalibration:
-    """Temperature, then threshold, fitted on the site's own held-out films."""
+def site_calibration(run: Run, logits: np.ndarray, y: np.ndarray, method: str = "youden") -> RunCalibration:
+    """Temperature, then threshold, fitted on the site's own held-out films; the threshold by Youden's J (a site
+    sample is small and its classes unequal: max-F1 there calls almost every film positive)."""
     temperature = fit_temperature(logits, y, run.spec.task)
     spec = run.spec.with_calibration(temperature=temperature)
     scores = spec.scores(torch.from_numpy(logits)).numpy()
