@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidxr.data.validate import near_pairs
+from covidxr.data.duplicates import near_pairs
 from covidxr.evaluation.bootstrap import patient_bootstrap
 from covidxr.threads import cgroup_quota, loader_workers, usable_cores
 

@@ -16,6 +16,7 @@ from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Record
 from covidxr.device import current
 from covidxr.models.spec import ModelSpec
+from covidxr.progress import progress
 
 
 @torch.no_grad()
@@ -35,9 +36,11 @@ def predict_logits(
     net = place.module(net).eval()
     dataset = XrayDataset(root, records, label_map, spec.preprocess, augment=transform, films=films)
     logits, targets = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, pin_memory=place.pin_memory):
-        logits.append(place.forward(net, x).numpy())
-        targets.append(y.numpy())
+    with progress(len(dataset), "scoring", "img") as bar:
+        for x, y in DataLoader(dataset, batch_size=batch_size, pin_memory=place.pin_memory):
+            logits.append(place.forward(net, x).numpy())
+            targets.append(y.numpy())
+            bar.update(len(y))
     if not logits:
         return np.zeros((0, spec.num_outputs)), np.zeros(0, dtype=int)
     return np.concatenate(logits), np.concatenate(targets)
