@@ -50,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_inference
 	$(BIN)/python -m benchmarks.bench_quality --deconfounded
 	$(BIN)/python -m benchmarks.bench_preprocess
+	$(BIN)/python -m benchmarks.bench_sites
+	$(BIN)/python -m benchmarks.bench_scale --sizes 10000
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache demo-out
