@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_quality --deconfounded
 	$(BIN)/python -m benchmarks.bench_preprocess
 	$(BIN)/python -m benchmarks.bench_sites
+	$(BIN)/python -m benchmarks.bench_incremental
 	$(BIN)/python -m benchmarks.bench_scale --sizes 10000
 
 clean:

@@ -11,9 +11,9 @@ from covidxr.rundir import RunDir, _Entry
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "covidxr"
 # Lowest first: a module may import from its own layer and the layers before it, never from a later one.
 LAYERS = (
-    "errors", "atomic", "cache", "fields", "progress", "weightfiles", "results", "rundir", "extras", "threads",
-    "device", "store", "data", "config", "augment", "engine", "lungs", "models", "training", "run", "evaluation",
-    "explain", "report", "pipeline", "sites", "serve", "search", "cli",
+    "errors", "atomic", "cache", "fields", "progress", "weightfiles", "results", "site_results", "rundir", "extras",
+    "threads", "device", "store", "data", "config", "augment", "engine", "lungs", "models", "training", "run",
+    "evaluation", "explain", "report", "pipeline", "sites", "serve", "search", "cli",
 )  # fmt: skip
 
 

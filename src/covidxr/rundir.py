@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from covidxr.atomic import write_json
 from covidxr.errors import CovidxrError
 from covidxr.results import Evaluation, Explanation, ExternalEvaluation, JsonRecord, RunCalibration, TrainState
+from covidxr.site_results import Adaptation, SiteCurve
 
 R = TypeVar("R", bound=JsonRecord)
 
@@ -100,6 +101,13 @@ class RunDir:
 
     def read_explanation(self) -> Explanation | None:
         return _read(self.explain, Explanation)
+
+    def read_adaptation(self) -> Adaptation | None:
+        """adapted.json, or None: not an adapted run."""
+        return _read(self.adapted, Adaptation)
+
+    def read_site_curve(self) -> SiteCurve | None:
+        return _read(self.site_curve, SiteCurve)
 
     def external_results(self) -> list[ExternalEvaluation]:
         """Every external data set this run was scored on, by folder name."""

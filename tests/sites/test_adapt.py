@@ -59,6 +59,13 @@ def test_an_adapted_run_says_where_it_came_from_and_keeps_the_sites_calibration(
     films = sorted((site / "images").rglob("*.png"))[:4]
     assert predict_to_file(out, films, out / "p.csv", workers=0)["predicted"] == 4
 
+    from covidxr.report.html import write_report
+    from covidxr.run import Run
+
+    page = write_report(Run(out)).read_text()
+    assert "Adaptation to a site" in page and "hospital-b" in page and "not reached within the site" in page
+    assert 'alt="site curve"' in page  # the curve's plot, embedded
+
 
 def test_the_curve_scores_patients_never_labelled_and_says_whether_it_reached_the_target(
     adapted: tuple[Path, str],

@@ -211,6 +211,20 @@ def external_section(files: RunFiles) -> Section | None:
     return Section("External validation", "external", {"results": tables})
 
 
+def site_section(files: RunFiles) -> Section | None:
+    """An adapted run (covidxr adapt): the base run, the site, what changed, and the learning curve if drawn."""
+    adapted = files.run.read_adaptation()
+    if adapted is None:
+        return None
+    curve = files.run.read_site_curve()
+    scores = [[when, s.films, s.auc, f"{s.auc_ci95[0]:.2f}-{s.auc_ci95[1]:.2f}", s.sensitivity, s.specificity]
+              for when, s in (("before", adapted.before), ("after", adapted.after)) if s is not None]  # fmt: skip
+    points = [[p.k, p.draws, p.auc, f"{p.auc_ci95[0]:.2f}-{p.auc_ci95[1]:.2f}", p.sensitivity, p.specificity]
+              for p in (curve.points if curve else [])]  # fmt: skip
+    context = {"adapted": adapted, "scores": scores, "curve": curve, "points": points}
+    return Section("Adaptation to a site", "site", context)
+
+
 def comparison_section(files: RunFiles) -> Section | None:
     """Written by a search into its winner's run: every trial's settings and validation metrics."""
     if not files.run.leaderboard.is_file():
@@ -259,6 +273,7 @@ SECTIONS: list[Callable[[RunFiles], Section | None]] = [
     mistakes_section,
     augmentation_section,
     external_section,
+    site_section,
     comparison_section,
     credits_section,
 ]

@@ -21,8 +21,8 @@ from covidxr.evaluation.metrics import roc_auc
 from covidxr.progress import progress
 from covidxr.results import RunCalibration
 from covidxr.run import Run
+from covidxr.site_results import CurvePoint, SiteCurve, SiteScore
 from covidxr.sites.adapt import Site, base_rows, fit_head, head_logits, site_calibration
-from covidxr.sites.records import CurvePoint, SiteCurve, SiteScore
 
 DEFAULT_KS = (0, 10, 20, 50, 100)
 HELD_OUT = 0.3  # of the labelled patients: early stopping, temperature and threshold

@@ -18,9 +18,9 @@ from covidxr.errors import CovidxrError
 from covidxr.models.factory import save_weights
 from covidxr.run import Run
 from covidxr.rundir import RunDir
+from covidxr.site_results import Adaptation
 from covidxr.sites.adapt import Site, base_rows, recentred
 from covidxr.sites.curve import adapt_on, score_site, split_held_out
-from covidxr.sites.records import Adaptation
 
 COPIED = (RunDir.config, RunDir.data_report, RunDir.splits, RunDir.history, RunDir.state, RunDir.lungs)
 MODES = ("head", "recentre")
