@@ -26,7 +26,7 @@ from covidxr.models.factory import CovidxrNet, load_model
 from covidxr.models.spec import ModelSpec
 from covidxr.results import Evaluation, Explanation, RunCalibration, TrainState
 from covidxr.rundir import RunDir
-from covidxr.training.feature_cache import CachedFeatures, default_cache_dir
+from covidxr.training.feature_cache import CachedFeatures, cache_folder
 
 
 class Run:
@@ -120,7 +120,7 @@ class Run:
         tc, spec = self.config.train, self.spec
         if spec.head == "ensemble" or not any(r.film for r in records):
             return None
-        cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
+        cache_dir = cache_folder(tc)
         if not cache_dir.is_dir():
             return None
         store = film_store(cache_dir, spec.preprocess, spec.lung_model, self.config.data.max_pixels)

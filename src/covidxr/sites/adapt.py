@@ -18,8 +18,6 @@ import numpy as np
 import torch
 
 from covidxr.config import DataConfig
-from covidxr.data.dataset import XrayDataset
-from covidxr.data.film_cache import cached_films, film_store
 from covidxr.data.manifest import Manifest, Record
 from covidxr.data.prepare import usable_data
 from covidxr.engine.loop import fit, make_fabric
@@ -28,7 +26,7 @@ from covidxr.evaluation.calibration import fit_temperature
 from covidxr.evaluation.threshold import choose_threshold
 from covidxr.results import RunCalibration
 from covidxr.run import Run
-from covidxr.training.feature_cache import default_cache_dir, extract_into, feature_store
+from covidxr.training.feature_cache import cache_folder, extract_films, feature_store
 from covidxr.training.job import quiet_lightning
 from covidxr.training.sampling import EpochSampler
 from covidxr.training.steps import ClassifierSteps, TensorBatches, make_optimizer
@@ -76,16 +74,9 @@ def film_features(run: Run, root: Path, records: list[Record]) -> np.ndarray:
         raise CovidxrError(f"{run.root}: adapt retrains the head on cached features; the base run must be a single "
                            f"--freeze head run (it is freeze {run.spec.freeze}, head {run.spec.head})")  # fmt: skip
     tc, spec = run.config.train, run.spec
-    cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
-    store = feature_store(cache_dir, spec, "pooled", run.config.data.seed)
-    keys = [r.film or "" for r in records]
-    todo = list({r.film: r for r in records if r.film in set(store.missing(keys))}.values())
-    if todo:
-        films = film_store(cache_dir, spec.preprocess, spec.lung_model, run.config.data.max_pixels)
-        rows = cached_films(films, root, todo, spec.preprocess, run.config.data.max_pixels, tc.num_workers)
-        data = XrayDataset(root, todo, run.label_map, spec.preprocess, films=rows)
-        extract_into(store, [r.film or "" for r in todo], run.net.backbone, data, tc, "site features")
-    return store.gather(keys)
+    store = feature_store(cache_folder(tc), spec, "pooled", run.config.data.seed)
+    extract_films(store, run.net.backbone, spec, root, records, run.label_map, tc, run.config.data.max_pixels)
+    return store.gather([r.film or "" for r in records])
 
 
 def base_rows(run: Run, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

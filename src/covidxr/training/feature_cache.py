@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from covidxr.augment import build_augment, preset
 from covidxr.cache import cache_root
-from covidxr.config import Config
+from covidxr.config import Config, TrainConfig
 from covidxr.data.dataset import XrayDataset
-from covidxr.data.film_cache import FilmRows, cached_films, film_store
+from covidxr.data.film_cache import cached_films, film_store
+from covidxr.data.labels import LabelMap
 from covidxr.data.manifest import Record
 from covidxr.data.prepare import PreparedData
 from covidxr.device import current, use
@@ -37,13 +38,17 @@ def default_cache_dir() -> Path:
     return cache_root() / "features"
 
 
+def cache_folder(tc: TrainConfig) -> Path:
+    """Where a run's film and feature stores live: --cache-dir, else the default."""
+    return Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
+
+
 @dataclass
 class CachedFeatures:
     features: np.ndarray  # (rows, width ...), in memory
     rows: list[dict[str, Any]]  # one per feature row: path, copy, split, target
     key: str  # the store's key
     hit: bool  # nothing had to be computed
-    computed: int = 0  # rows extracted now
 
     def _index(self, split: str, with_copies: bool) -> list[int]:
         return [i for i, r in enumerate(self.rows) if r["split"] == split and (with_copies or r["copy"] == 0)]
@@ -121,7 +126,7 @@ def cached_features(
         raise CovidxrError("the feature cache needs checked data (each film's content hash): prepare them first")
     ops = preset(tc.augment, tc.augment_ops)
     copies = tc.augment_copies if ops else 0
-    cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
+    cache_dir = cache_folder(tc)
     store = feature_store(cache_dir, spec, level, cfg.data.seed)
     variant = key_digest({"augment": ops, "seed": cfg.data.seed})
     train = split.records(manifest, "train")
@@ -130,39 +135,51 @@ def cached_features(
     missing = set(store.missing(keys))
     with use(tc.accelerator, tc.precision, tc.devices):
         if missing:
-            films = film_store(cache_dir, spec.preprocess, spec.lung_model, cfg.data.max_pixels)
-            _compute(store, films, cfg, prepared, extractor, spec, missing, copies, variant)
+            _compute(store, cfg, prepared, extractor, spec, missing, copies, variant)
     enforce_cap(cache_dir, keep=store.folder)
     rows = [{"path": r.path, "copy": k, "split": split.assignment[r.path] if k == 0 else "train",
              "target": lm.encode(r.label)} for r, k in wanted]  # fmt: skip
-    return CachedFeatures(store.gather(keys), rows, store.key, hit=not missing, computed=len(missing))
+    return CachedFeatures(store.gather(keys), rows, store.key, hit=not missing)
 
 
 def _row_key(record: Record, copy: int, variant: str) -> str:
     return f"{record.film}" if copy == 0 else f"{record.film}/{copy}/{variant}"
 
 
+def extract_films(
+    store: RowStore, extractor: nn.Module, spec: ModelSpec, root: Path, records: list[Record], label_map: LabelMap,
+    tc: TrainConfig, max_pixels: int,
+) -> None:  # fmt: skip
+    """The rows of `records`' films (originals) that `store` lacks, extracted from the film cache (filled first
+    with whatever films it lacks) on the current placement, stored a chunk at a time."""
+    missing = set(store.missing([r.film or "" for r in records]))
+    todo = list({r.film: r for r in records if r.film in missing}.values())
+    if not todo:
+        return
+    films = film_store(cache_folder(tc), spec.preprocess, spec.lung_model, max_pixels)
+    rows = cached_films(films, root, todo, spec.preprocess, max_pixels, tc.num_workers)
+    data = XrayDataset(root, todo, label_map, spec.preprocess, max_pixels=max_pixels, films=rows)
+    extract_into(store, [r.film or "" for r in todo], extractor, data, tc, "features")
+
+
 def _compute(
-    store: RowStore, films: RowStore, cfg: Config, prepared: PreparedData, extractor: nn.Module, spec: ModelSpec,
-    missing: set[str], copies: int, variant: str,
+    store: RowStore, cfg: Config, prepared: PreparedData, extractor: nn.Module, spec: ModelSpec, missing: set[str],
+    copies: int, variant: str,
 ) -> None:  # fmt: skip
     """The missing rows: originals of any split, then augmented copies of training films, each from the film
-    cache (filled first with whatever films it lacks), stored a chunk at a time."""
+    cache, stored a chunk at a time."""
     tc, manifest, lm = cfg.train, prepared.manifest, prepared.label_map
     root, pre, max_px = manifest.root, spec.preprocess, cfg.data.max_pixels
-    originals = list({r.film: r for r in manifest.records if _row_key(r, 0, variant) in missing}.values())
+    extract_films(store, extractor, spec, root, manifest.records, lm, tc, max_px)
     train = prepared.split.records(manifest, "train")
     augmented = list({r.film: r for r in train if any(_row_key(r, k, variant) in missing
                                                        for k in range(1, copies + 1))}.values())  # fmt: skip
-    located = cached_films(films, root, originals + augmented, pre, max_px, tc.num_workers)
-    n = len(originals)
-    if originals:
-        data = XrayDataset(root, originals, lm, pre, max_pixels=max_px, films=FilmRows(located.locations[:n]))
-        extract_into(store, [_row_key(r, 0, variant) for r in originals], extractor, data, tc, "features")
     if augmented:
+        films = film_store(cache_folder(tc), pre, spec.lung_model, max_px)
+        located = cached_films(films, root, augmented, pre, max_px, tc.num_workers)
         ops = preset(tc.augment, tc.augment_ops)
         data = XrayDataset(root, augmented, lm, pre, build_augment(ops, spec.input_size), max_px, copies=copies,
-                           seed=cfg.data.seed, films=FilmRows(located.locations[n:]))  # fmt: skip
+                           seed=cfg.data.seed, films=located)  # fmt: skip
         m = len(augmented)
         order = [(k, i) for k in range(1, copies + 1) for i in range(m)]
         todo = [j for j, (k, i) in enumerate(order) if _row_key(augmented[i], k, variant) in missing]

@@ -47,7 +47,7 @@ from covidxr.models.weights import bundled_weights_file, check_weights
 from covidxr.results import TrainState
 from covidxr.rundir import RunDir
 from covidxr.training.distributed import is_main_process
-from covidxr.training.feature_cache import CachedFeatures, cached_features, default_cache_dir
+from covidxr.training.feature_cache import CachedFeatures, cache_folder, cached_features
 from covidxr.training.linear_probe import LinearProbe, ProbeResult, nll_of, probe_result
 from covidxr.training.metrics import epoch_metrics
 from covidxr.training.sampling import EpochSampler, Indexed, balance_groups, class_weights, is_balanced
@@ -413,9 +413,8 @@ def _image_loaders(cfg: Config, prepared: PreparedData, spec: ModelSpec) -> tupl
 def _films(cfg: Config, spec: ModelSpec, root: Path, records: list[Record]) -> FilmRows:
     """The films the epochs read, from the film cache (decoded, and cut to their lungs on the run's device, once)."""
     tc = cfg.train
-    cache_dir = Path(tc.cache_dir) if tc.cache_dir else default_cache_dir()
     with use(tc.accelerator, tc.precision, tc.devices):
-        store = film_store(cache_dir, spec.preprocess, spec.lung_model, cfg.data.max_pixels)
+        store = film_store(cache_folder(tc), spec.preprocess, spec.lung_model, cfg.data.max_pixels)
         return cached_films(store, root, records, spec.preprocess, cfg.data.max_pixels, tc.num_workers)
 
 
